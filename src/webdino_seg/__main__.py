@@ -1,0 +1,7 @@
+"""`python -m webdino_seg` runs the command line (also under torchrun)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

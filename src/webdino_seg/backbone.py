@@ -1,0 +1,228 @@
+"""The Web-DINO / DINOv2 vision transformer, numerically equal to the official Web-SSL code.
+
+The module knows nothing about checkpoint formats; see `weights.py` for those. Parameter names
+follow the official un-chunked naming (``blocks.I.*``), so an official state dict loads after a
+pure rename.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .variants import BackboneConfig
+
+
+def check_image_size(height: int, width: int, patch_size: int = 14) -> None:
+    """Raise a ValueError naming the nearest valid sizes unless both sides are multiples of the patch."""
+    for side, value in (("height", height), ("width", width)):
+        if value % patch_size or value <= 0:
+            low = max(patch_size, value // patch_size * patch_size)
+            high = (value // patch_size + 1) * patch_size
+            raise ValueError(
+                f"image {side} {value} (size {height}x{width}) is not a multiple of the patch size "
+                f"{patch_size}; use {low} or {high}"
+            )
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: (B, 3, H, W) -> (B, H/p * W/p, D)."""
+
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, run through SDPA."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class SwiGLUFFN(nn.Module):
+    """out = w3(silu(x1) * x2) where (x1, x2) = w12(x) split in halves."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class Mlp(nn.Module):
+    """The plain GELU MLP of the smaller DINOv2 models."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Element-wise learned scale of a residual branch."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with layer scale."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.attn = Attention(dim, cfg.num_heads)
+        self.ls1 = LayerScale(dim, cfg.layerscale_init)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        ffn = SwiGLUFFN if cfg.ffn == "swiglu" else Mlp
+        self.mlp = ffn(dim, cfg.ffn_hidden)
+        self.ls2 = LayerScale(dim, cfg.layerscale_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class DinoVisionTransformer(nn.Module):
+    """DINOv2-family ViT with the official API: `forward_features`, `get_intermediate_layers`."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        if cfg.embed_dim % cfg.num_heads:
+            raise ValueError(f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}")
+        if cfg.ffn not in ("swiglu", "mlp"):
+            raise ValueError(f"unknown ffn {cfg.ffn!r}; use 'swiglu' or 'mlp'")
+        self.cfg = cfg
+        self.embed_dim = cfg.embed_dim
+        self.patch_size = cfg.patch_size
+        self.num_register_tokens = cfg.num_register_tokens
+        self.weights_info: dict | None = None  # set when weights are loaded: source, path, format
+        dim = cfg.embed_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid**2 + 1, dim))
+        if cfg.num_register_tokens:
+            self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_register_tokens, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        self.patch_embed = PatchEmbed(cfg.patch_size, dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Random initialisation as in the official code (truncated normal, std 0.02)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.num_register_tokens:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def interpolate_pos_encoding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """Positional embedding for an input of this size, resized exactly as the official code."""
+        h0, w0 = height // self.patch_size, width // self.patch_size
+        n_stored = self.pos_embed.shape[1] - 1
+        if h0 * w0 == n_stored and height == width:
+            return self.pos_embed.to(dtype)
+        pos = self.pos_embed.float()
+        m = int(math.sqrt(n_stored))
+        grid = pos[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
+        offset = self.cfg.interpolate_offset
+        if offset:
+            size_kw: dict = {"scale_factor": ((h0 + offset) / m, (w0 + offset) / m)}
+        else:
+            size_kw = {"size": (h0, w0)}
+        grid = F.interpolate(grid, mode="bicubic", antialias=self.cfg.interpolate_antialias, **size_kw)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)
+        return torch.cat((pos[:, :1], grid), dim=1).to(dtype)
+
+    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch-embed, add the class token and positional embedding, insert register tokens."""
+        _, _, height, width = x.shape
+        check_image_size(height, width, self.patch_size)
+        tokens = self.patch_embed(x)
+        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens), dim=1)
+        tokens = tokens + self.interpolate_pos_encoding(height, width, tokens.dtype)
+        if self.num_register_tokens:
+            regs = self.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+            tokens = torch.cat((tokens[:, :1], regs, tokens[:, 1:]), dim=1)
+        return tokens
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run all blocks; return normed class/register/patch tokens and the pre-norm sequence."""
+        tokens = self.prepare_tokens(x)
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        normed = self.norm(tokens)
+        r = self.num_register_tokens
+        return {
+            "x_norm_clstoken": normed[:, 0],
+            "x_norm_regtokens": normed[:, 1 : r + 1],
+            "x_norm_patchtokens": normed[:, r + 1 :],
+            "x_prenorm": tokens,
+        }
+
+    def get_intermediate_layers(
+        self,
+        x: torch.Tensor,
+        n: int | Sequence[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+    ) -> tuple:
+        """Outputs of the last `n` blocks (or of the block indices in `n`), as in the official API."""
+        wanted = set(range(len(self.blocks) - n, len(self.blocks))) if isinstance(n, int) else set(n)
+        tokens = self.prepare_tokens(x)
+        outputs = []
+        for i, blk in enumerate(self.blocks):
+            tokens = blk(tokens)
+            if i in wanted:
+                outputs.append(tokens)
+        if len(outputs) != len(wanted):
+            raise ValueError(f"requested layers {sorted(wanted)} but the model has {len(self.blocks)} blocks")
+        if norm:
+            outputs = [self.norm(out) for out in outputs]
+        class_tokens = [out[:, 0] for out in outputs]
+        outputs = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        if reshape:
+            b, _, height, width = x.shape
+            hp, wp = height // self.patch_size, width // self.patch_size
+            outputs = [out.reshape(b, hp, wp, -1).permute(0, 3, 1, 2).contiguous() for out in outputs]
+        if return_class_token:
+            return tuple(zip(outputs, class_tokens, strict=True))
+        return tuple(outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed class token, like the official model with an identity head."""
+        return self.forward_features(x)["x_norm_clstoken"]

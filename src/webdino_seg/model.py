@@ -1,0 +1,56 @@
+"""SegmentationModel: a DINOv2-family backbone plus a decoder head, frozen or fine-tuned."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import DinoVisionTransformer
+
+
+class SegmentationModel(nn.Module):
+    """Backbone + head. A frozen backbone gets no gradients, stays in eval mode and runs in inference mode."""
+
+    def __init__(self, backbone: DinoVisionTransformer, head: nn.Module, fine_tune: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.fine_tune = fine_tune
+        if not fine_tune:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        """Switch the head (and a fine-tuned backbone) to training mode; a frozen backbone stays in eval."""
+        super().train(mode)
+        if not self.fine_tune:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normed patch tokens as a (B, D, H/14, W/14) grid."""
+        if self.fine_tune:
+            return self._grid(images)
+        with torch.inference_mode():
+            grid = self._grid(images)
+        return grid.clone()  # a normal tensor, so the head's autograd can use it
+
+    def _grid(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.forward_features(images)["x_norm_patchtokens"]
+        b, _, height, width = images.shape
+        p = self.backbone.patch_size
+        return tokens.transpose(1, 2).reshape(b, -1, height // p, width // p)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits on the token grid: (B, classes, H/14, W/14)."""
+        return self.head(self.features(images))
+
+    def forward_upsampled(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits bilinearly upsampled to the input size: (B, classes, H, W)."""
+        return upsample(self(images), images.shape[-2:])
+
+
+def upsample(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear resize of logits to `size` (H, W)."""
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)

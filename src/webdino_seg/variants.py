@@ -1,0 +1,128 @@
+"""The table of backbone variants: one frozen config per name, looked up by `get_variant`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_WEBSSL_URL = "https://dl.fbaipublicfiles.com/webssl/{stem}.pth"
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{arch}/{arch}{reg}_pretrain.pth"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything needed to build a DINOv2-family ViT and find its official weights."""
+
+    name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    ffn: str = "swiglu"  # "swiglu" (Web-DINO, DINOv2 ViT-g) or "mlp" (GELU MLP)
+    mlp_ratio: float = 4.0
+    patch_size: int = 14
+    img_size: int = 224  # the resolution the positional embedding was trained at
+    num_register_tokens: int = 0
+    layerscale_init: float = 1e-5
+    block_chunks: int = 4  # how the official .pth names its blocks (0: blocks.I.*)
+    interpolate_offset: float = 0.1
+    interpolate_antialias: bool = False
+    layer_norm_eps: float = 1e-6
+    url: str | None = None
+    hub_id: str | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def ffn_hidden(self) -> int:
+        """Hidden width of the feed-forward layer, exactly as the official code computes it."""
+        hidden = int(self.embed_dim * self.mlp_ratio)
+        if self.ffn == "swiglu":
+            return (int(hidden * 2 / 3) + 7) // 8 * 8
+        return hidden
+
+    @property
+    def grid(self) -> int:
+        """Side of the stored positional-embedding grid in patches."""
+        return self.img_size // self.patch_size
+
+    def replace(self, **overrides: object) -> BackboneConfig:
+        """Return a copy with some fields replaced; unknown fields raise a clear error."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown backbone option(s) {unknown}; valid options: {sorted(names)}")
+        return dataclasses.replace(self, **overrides)
+
+
+def _webdino(size: str, data: str, res: int, dim: int, depth: int, heads: int) -> BackboneConfig:
+    stem = f"webssl_dino{size}_{data}_{res}"
+    suffix = "" if (data, res) in {("full2b", 224), ("full8b", 224)} else f"-{data[:-2]}" if res == 224 else f"-{res}"
+    return BackboneConfig(
+        name=f"webdino-{size}{suffix}",
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        img_size=res,
+        url=_WEBSSL_URL.format(stem=stem),
+        hub_id=f"facebook/{stem.replace('_', '-')}",
+    )
+
+
+def _dinov2(arch: str, hf: str, dim: int, depth: int, heads: int, ffn: str, reg: bool) -> BackboneConfig:
+    return BackboneConfig(
+        name=f"dinov2-{arch}" + ("-reg" if reg else ""),
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        ffn=ffn,
+        img_size=518,
+        num_register_tokens=4 if reg else 0,
+        layerscale_init=1.0,
+        block_chunks=0,
+        # the official hub builds register models with antialiased, offset-free interpolation
+        interpolate_offset=0.0 if reg else 0.1,
+        interpolate_antialias=reg,
+        url=_DINOV2_URL.format(arch=f"dinov2_{arch}", reg="_reg4" if reg else ""),
+        hub_id=f"facebook/dinov2-with-registers-{hf}" if reg else f"facebook/dinov2-{hf}",
+    )
+
+
+_TABLE: list[BackboneConfig] = [
+    _webdino("300m", "full2b", 224, 1024, 24, 16),
+    _webdino("1b", "full2b", 224, 1536, 40, 24),
+    _webdino("2b", "full2b", 224, 2688, 24, 21),
+    _webdino("3b", "full2b", 224, 3072, 26, 24),
+    _webdino("5b", "full2b", 224, 3584, 32, 28),
+    _webdino("7b", "full8b", 224, 4096, 32, 32),
+    _webdino("7b", "full8b", 378, 4096, 32, 32),
+    _webdino("7b", "full8b", 518, 4096, 32, 32),
+    _webdino("2b", "light2b", 224, 2688, 24, 21),
+    _webdino("2b", "heavy2b", 224, 2688, 24, 21),
+    _webdino("3b", "light2b", 224, 3072, 26, 24),
+    _webdino("3b", "heavy2b", 224, 3072, 26, 24),
+    *[
+        _dinov2(arch, hf, dim, depth, heads, ffn, reg)
+        for arch, hf, dim, depth, heads, ffn in [
+            ("vits14", "small", 384, 12, 6, "mlp"),
+            ("vitb14", "base", 768, 12, 12, "mlp"),
+            ("vitl14", "large", 1024, 24, 16, "mlp"),
+            ("vitg14", "giant", 1536, 40, 24, "swiglu"),
+        ]
+        for reg in (False, True)
+    ],
+    # A few-hundred-kilobyte model of the Web-DINO family for smoke tests; it has no weights.
+    BackboneConfig(name="webdino-tiny", embed_dim=64, depth=4, num_heads=4),
+]
+
+VARIANTS: dict[str, BackboneConfig] = {cfg.name: cfg for cfg in _TABLE}
+
+
+def get_variant(name: str) -> BackboneConfig:
+    """Look up a variant by name, e.g. ``webdino-300m`` or ``dinov2-vitl14-reg``."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(VARIANTS)}") from None

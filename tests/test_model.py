@@ -1,0 +1,54 @@
+"""SegmentationModel: frozen means frozen, shapes, and the `info` summary."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import FIXTURES, TINY
+from webdino_seg import SegmentationModel, SimpleDecoder, create_backbone, create_model
+from webdino_seg.cli import main
+
+
+def test_frozen_backbone_gets_no_gradients_head_gets_all() -> None:
+    model = create_model("webdino-300m", weights=FIXTURES / "tiny_official.pth", num_classes=2, **TINY)
+    model.train()
+    assert not model.backbone.training and model.head.training
+    x = torch.randn(2, 3, 56, 70)
+    logits = model(x)
+    assert logits.shape == (2, 2, 4, 5)
+    logits.square().mean().backward()
+    for name, p in model.head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    for name, p in model.backbone.named_parameters():
+        assert p.grad is None and not p.requires_grad, name
+    assert model.forward_upsampled(x).shape == (2, 2, 56, 70)
+
+
+def test_fine_tune_trains_backbone_too() -> None:
+    backbone = create_backbone("webdino-tiny")
+    model = SegmentationModel(backbone, SimpleDecoder(backbone.embed_dim, 3), fine_tune=True)
+    model.train()
+    assert model.backbone.training
+    model(torch.randn(1, 3, 28, 28)).sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n != "backbone.mask_token")
+
+
+def test_head_channels_follow_backbone() -> None:
+    with torch.device("meta"):
+        model = create_model("dinov2-vitb14", num_classes=5)
+    assert model.head.decode[0].in_channels == 768 and model.head.decode[2].out_channels == 5
+
+
+def test_info_prints_the_tutorial_counts(capsys) -> None:
+    assert main(["info", "--arch", "webdino-300m", "--imgsz", "644", "644", "--num-classes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Backbone params: 303,655,168" in out
+    assert "Head params: 2,360,066" in out
+    assert "Total params: 306,015,234" in out
+    assert "Trainable params: 2,360,066" in out
+    assert "[1, 2, 46, 46]" in out
+
+
+def test_info_rejects_bad_size(capsys) -> None:
+    assert main(["info", "--imgsz", "650", "644"]) == 2
+    assert "use 644 or 658" in capsys.readouterr().err
