@@ -40,6 +40,93 @@ def cmd_convert_weights(args: argparse.Namespace) -> None:
     print(f"converted {args.input} ({fmt}) -> {args.output} ({args.to})")
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from .data import prepare_pennfudan
+
+    info = prepare_pennfudan(args.source, args.out, args.valid_count, args.seed)
+    print(f"wrote {info['train']} train and {info['valid']} valid pairs to {info['out']} (split in split.json)")
+
+
+def cmd_download_data(args: argparse.Namespace) -> None:
+    from .data import PENNFUDAN_URL, download_pennfudan
+
+    path = download_pennfudan(args.out, args.url or PENNFUDAN_URL, args.sha256)
+    print(f"downloaded {path}; next: webdino-seg prepare-data --source {path} --out data/pennfudan")
+
+
+def cmd_show_data(args: argparse.Namespace) -> None:
+    from .data import show_data
+
+    print(f"wrote {show_data(args.data, args.out, args.split, args.count, args.mask_mode)}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    if args.resume:
+        train(None, resume=args.resume)  # type: ignore[arg-type]
+        return
+    if not args.data:
+        raise ValueError(
+            "--data is required: a folder with train_images/ train_masks/ valid_images/ valid_masks/ "
+            "(masks are PNGs of class ids). Try the bundled sample: --data examples/pennfudan-sample, or make "
+            "the full set with `webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`"
+        )
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        arch=args.arch,
+        weights=args.weights,
+        fine_tune=args.fine_tune,
+        num_classes=args.num_classes,
+        class_names=args.class_names,
+        mask_mode=args.mask_mode,
+        imgsz=tuple(args.imgsz),
+        lr=args.lr,
+        batch=args.batch,
+        epochs=args.epochs,
+        scheduler=args.scheduler,
+        scheduler_epochs=args.scheduler_epochs,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        cache=not args.no_cache,
+        cache_views=args.cache_views,
+        feature_cache_dir=args.feature_cache_dir,
+        amp=not args.no_amp,
+        skip_bad=args.skip_bad,
+    )
+    train(cfg)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, format_report
+
+    report = evaluate(
+        args.model,
+        args.data,
+        args.split,
+        args.device,
+        tuple(args.imgsz) if args.imgsz else None,
+        args.weights,
+        args.mask_mode,
+        args.out,
+    )
+    print(format_report(report))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import Predictor, predict_paths
+
+    predictor = Predictor.from_checkpoint(
+        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights
+    )
+    info = predict_paths(predictor, args.input, args.out, args.batch, args.skip_bad)
+    print(
+        f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="webdino-seg", description=__doc__)
@@ -59,6 +146,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["hf", "official"], required=True)
     p.add_argument("--arch", help="variant, when it cannot be told from the file")
     p.set_defaults(func=cmd_convert_weights)
+
+    p = sub.add_parser("prepare-data", help="turn the Penn-Fudan release (folder or zip) into train/valid folders")
+    p.add_argument("--source", required=True, help="PennFudanPed folder or PennFudanPed.zip")
+    p.add_argument("--out", required=True, help="new folder for train_images/ train_masks/ valid_images/ valid_masks/")
+    p.add_argument("--valid-count", type=int, default=24)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("download-data", help="download the official Penn-Fudan zip (needs internet)")
+    p.add_argument("--out", default="data", help="folder for PennFudanPed.zip")
+    p.add_argument("--url", help="another mirror of the zip")
+    p.add_argument("--sha256", help="expected checksum of the zip")
+    p.set_defaults(func=cmd_download_data)
+
+    p = sub.add_parser("show-data", help="write a grid PNG of samples with their masks")
+    p.add_argument("data")
+    p.add_argument("--out", default="data_samples.png")
+    p.add_argument("--split", default="train", choices=["train", "valid"])
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--mask-mode", default="ids", choices=["ids", "binary", "instances"])
+    p.set_defaults(func=cmd_show_data)
+
+    p = sub.add_parser("train", help="train a segmentation head (or fine-tune) on an image/mask dataset")
+    p.add_argument("--data", help="folder with train_images/ train_masks/ valid_images/ valid_masks/")
+    p.add_argument("--out", default="runs/train", help="run folder (a new -2, -3... is made if it is not empty)")
+    p.add_argument("--arch", default="webdino-300m", help="backbone variant (see `webdino-seg info --list`)")
+    p.add_argument(
+        "--weights",
+        help="official .pth, HF folder, Hub id, https:// URL, or 'random' (default: the variant's official .pth URL)",
+    )
+    p.add_argument("--fine-tune", action="store_true", help="train the backbone too")
+    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--class-names", nargs="+")
+    p.add_argument(
+        "--mask-mode",
+        default="ids",
+        choices=["ids", "binary", "instances"],
+        help="mask values: class ids (255 void), binary 0/non-zero, or instance ids",
+    )
+    _imgsz(p)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--scheduler", action="store_true", help="multiply the lr by 0.1 at --scheduler-epochs")
+    p.add_argument("--scheduler-epochs", type=int, nargs="+", default=[45])
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, default=4, help="data-loader processes")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-cache", action="store_true", help="recompute frozen features every epoch (tutorial way)")
+    p.add_argument("--cache-views", type=int, default=4, help="augmented views per training image in the cache")
+    p.add_argument("--feature-cache-dir", help="also keep the feature cache on disk here, reused when unchanged")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs with a warning instead of failing")
+    p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN after its last completed epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on a split")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True, help="a checkpoint written by train")
+    p.add_argument("--split", default="valid")
+    _imgsz(p, None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+    p.add_argument("--mask-mode", default="ids", choices=["ids", "binary", "instances"])
+    p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment images: overlays and class-id masks")
+    p.add_argument("--input", required=True, help="an image, a folder or a glob")
+    p.add_argument("--model", required=True)
+    _imgsz(p, None)
+    p.add_argument("--out", default="outputs/predict")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -1,0 +1,127 @@
+"""Model checkpoints: the head (and a fine-tuned backbone), settings, and the backbone's identity.
+
+A frozen backbone is not copied into every file: the checkpoint names its variant, the weights
+source and the sha256 of the weights file, and `load_model` fetches and verifies them again.
+Random backbones (smoke tests) are rebuilt from their seed and checked against a fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .backbone import DinoVisionTransformer
+from .download import sha256_file
+from .heads import create_head
+from .io import atomic_write
+from .model import SegmentationModel
+from .variants import BackboneConfig
+from .weights import WeightsError, load_backbone_weights, resolve_weights
+
+FORMAT = "webdino-seg/1"
+
+
+def fingerprint(module: torch.nn.Module) -> float:
+    """A cheap checksum of all parameters (float64 sum of values and absolute values)."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() + p.double().abs().sum() for p in module.parameters()))
+
+
+def build_backbone(cfg: BackboneConfig, weights: str | None, seed: int) -> DinoVisionTransformer:
+    """A backbone from `weights` (path, URL, Hub id) or, for ``None``/``random``, seeded random init."""
+    if weights in (None, "random"):
+        torch.manual_seed(seed)
+        return DinoVisionTransformer(cfg)
+    with torch.device("meta"):
+        backbone = DinoVisionTransformer(cfg)
+    backbone.weights_info = load_backbone_weights(backbone, weights)
+    return backbone
+
+
+def backbone_identity(backbone: DinoVisionTransformer, weights: str | None, seed: int) -> dict:
+    """What a checkpoint records about its backbone so it can be found and verified again."""
+    identity = {
+        "arch": backbone.cfg.name,
+        "config": dataclasses.asdict(backbone.cfg),
+        "weights": weights or "random",
+        "seed": seed,
+    }
+    if weights in (None, "random"):
+        identity["fingerprint"] = fingerprint(backbone)
+    else:
+        path = Path(backbone.weights_info["path"])
+        file = path / "model.safetensors" if path.is_dir() else path
+        identity.update(
+            path=str(path), format=backbone.weights_info["format"], sha256=sha256_file(file) if file.exists() else None
+        )
+    return identity
+
+
+def save_model(path: str | Path, model: SegmentationModel, identity: dict, meta: dict) -> Path:
+    """Write a model checkpoint atomically; `meta` holds imgsz, class names, mean/std, config, metrics."""
+    payload = {
+        "format": FORMAT,
+        "head": model.head.state_dict(),
+        "head_name": "simple",
+        "fine_tune": model.fine_tune,
+        "backbone": model.backbone.state_dict() if model.fine_tune else None,
+        "backbone_identity": identity,
+        **meta,
+    }
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict safely (weights only) and check it is one of ours."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise WeightsError(f"{path}: not a loadable checkpoint ({detail})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a webdino-seg model checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def load_model(path: str | Path, weights: str | None = None) -> tuple[SegmentationModel, dict]:
+    """Rebuild the model a checkpoint describes; `weights` overrides where the backbone weights are."""
+    ckpt = read_checkpoint(path)
+    ident = ckpt["backbone_identity"]
+    cfg_fields = dict(ident["config"])
+    cfg_fields["mean"], cfg_fields["std"] = tuple(cfg_fields["mean"]), tuple(cfg_fields["std"])
+    cfg = BackboneConfig(**cfg_fields)
+    source = weights or ident["weights"]
+    if ckpt["backbone"] is not None:
+        with torch.device("meta"):
+            backbone = DinoVisionTransformer(cfg)
+        backbone.load_state_dict(ckpt["backbone"], strict=True, assign=True)
+    elif source == "random":
+        backbone = build_backbone(cfg, None, ident["seed"])
+        if abs(fingerprint(backbone) - ident["fingerprint"]) > 1e-6 * max(1.0, abs(ident["fingerprint"])):
+            raise WeightsError(f"{path}: the random backbone (seed {ident['seed']}) could not be rebuilt identically")
+    else:
+        try:
+            resolve_weights(source)
+        except FileNotFoundError as err:
+            hint = f" (official URL {cfg.url}, Hub id {cfg.hub_id})" if cfg.url else ""
+            raise FileNotFoundError(
+                f"{path}: needs the backbone weights {source} ({cfg.name}, sha256 {ident.get('sha256')}){hint}, "
+                f"which are not available: {err}. Pass --weights PATH to point at a local copy."
+            ) from None
+        backbone = build_backbone(cfg, source, ident["seed"])
+        expected = ident.get("sha256")
+        actual = backbone_identity(backbone, source, ident["seed"]).get("sha256")
+        if expected and actual and expected != actual:
+            raise WeightsError(
+                f"{path}: backbone weights {source} have sha256 {actual[:16]}..., but the model was trained on "
+                f"{expected[:16]}..."
+            )
+    head = create_head(ckpt["head_name"], backbone.embed_dim, len(ckpt["class_names"]))
+    head.load_state_dict(ckpt["head"], strict=True)
+    model = SegmentationModel(backbone, head, fine_tune=ckpt["fine_tune"]).eval()
+    return model, ckpt

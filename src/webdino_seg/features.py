@@ -1,0 +1,109 @@
+"""Cache of frozen-backbone features: each image (and augmented view) goes through the backbone once.
+
+View ``v`` of image ``i`` is the augmentation the live pipeline would draw at epoch ``v``, so a
+cache with as many views as epochs trains on exactly the data an uncached run sees; fewer views
+repeat them (epoch ``e`` uses view ``e % views``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import SegmentationDataset
+from .io import atomic_write
+from .model import SegmentationModel
+from .predict import autocast
+
+
+class FeatureCache:
+    """Patch-token grids and their masks for ``views`` passes over a dataset."""
+
+    def __init__(self, features: torch.Tensor, masks: torch.Tensor, views: int) -> None:
+        self.features, self.masks, self.views = features, masks, views
+        self.count = features.shape[0] // views
+
+    def batch(self, view: int, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (float32) and masks (int64) of images `index` in `view`, on `device`."""
+        rows = (view % self.views) * self.count + index.to(self.features.device)
+        return self.features[rows].to(device, non_blocking=True).float(), self.masks[rows].to(device).long()
+
+    def nbytes(self) -> int:
+        """Memory the cache holds."""
+        return self.features.numel() * self.features.element_size() + self.masks.numel()
+
+
+def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int, identity: dict) -> str:
+    """A hash of everything the features depend on: image and mask bytes, augmentation, backbone, size."""
+    digest = hashlib.sha256()
+    for image, mask in dataset.pairs:
+        digest.update(hashlib.sha256(image.read_bytes()).digest())
+        digest.update(hashlib.sha256(mask.read_bytes()).digest())
+    recipe = {
+        "imgsz": dataset.imgsz,
+        "augment": dataset.augment,
+        "seed": dataset.seed,
+        "views": views,
+        "mask_mode": dataset.mask_mode,
+        "transform": repr(dataset.transform),
+        "mean": dataset.mean,
+        "std": dataset.std,
+        "backbone": {k: identity.get(k) for k in ("arch", "config", "weights", "sha256", "fingerprint")},
+    }
+    digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+@torch.inference_mode()
+def extract(
+    model: SegmentationModel,
+    dataset: SegmentationDataset,
+    views: int,
+    device: torch.device,
+    batch: int = 16,
+    workers: int = 0,
+    dtype: torch.dtype = torch.float32,
+    store: torch.device | None = None,
+    desc: str = "features",
+) -> FeatureCache:
+    """Run the backbone over `views` augmented passes of `dataset` and keep the token grids."""
+    store = store or torch.device("cpu")
+    n = len(dataset)
+    feats = masks = None
+    with tqdm(total=views * n, unit="img", desc=desc, leave=False) as bar:
+        for view in range(views):
+            dataset.set_epoch(view)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=batch, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+            )
+            row = view * n
+            for images, target in loader:
+                with autocast(device):
+                    grid = model.features(images.to(device, non_blocking=True))
+                if feats is None:
+                    feats = torch.empty((views * n, *grid.shape[1:]), dtype=dtype, device=store)
+                    masks = torch.empty((views * n, *target.shape[1:]), dtype=torch.uint8, device=store)
+                feats[row : row + len(images)] = grid.to(store, dtype)
+                masks[row : row + len(images)] = target.to(store, torch.uint8)
+                row += len(images)
+                bar.update(len(images))
+    return FeatureCache(feats, masks, views)
+
+
+def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> FeatureCache:
+    """Reuse a cache saved on disk under `key`, else extract it (and save it when `cache_dir` is set)."""
+    path = cache_dir / f"{key}.pt" if cache_dir else None
+    if path is not None and path.exists():
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        store = kwargs.get("store") or torch.device("cpu")
+        dtype = kwargs.get("dtype", torch.float32)
+        return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"])
+    cache = extract(**kwargs)
+    if path is not None:
+        payload = {"features": cache.features.cpu(), "masks": cache.masks.cpu(), "views": cache.views}
+        atomic_write(path, lambda f: torch.save(payload, f))
+    return cache

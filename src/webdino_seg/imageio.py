@@ -1,0 +1,96 @@
+"""Reading images and masks from disk into RGB uint8 and class-id arrays, with clear errors."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_PIXELS = 16_000 * 16_000  # past this a file is refused rather than decoded into many GB
+VOID = 255
+MASK_MODES = ("ids", "binary", "instances")
+
+
+class ImageError(ValueError):
+    """An image or mask file that cannot be used; the message names the file."""
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.exists():
+        raise ImageError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(
+                    f"{path}: image is {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} allowed; "
+                    "downscale it first"
+                )
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{path}: image is too large to decode safely; downscale it first") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
+    return img
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode (gray, 16-bit, palette, RGBA, CMYK) to an RGB uint8 array, EXIF orientation applied."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        background = Image.new("RGB", img.size, (0, 0, 0))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        img = background
+    return np.array(img.convert("RGB"))  # writable, so torch can take it without a copy warning
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array in display orientation."""
+    return to_rgb(_open(Path(path)))
+
+
+def read_mask(path: str | Path, mode: str = "ids", num_classes: int | None = None) -> np.ndarray:
+    """Read a mask PNG as (H, W) uint8 class ids; 255 is void.
+
+    `mode` says how to read the stored values: ``ids`` (values are class ids), ``binary`` (0 is
+    background, anything else is class 1: 0/1 or 0/255 masks) or ``instances`` (0 background,
+    1..254 instance ids of class 1, 255 void).
+    """
+    path = Path(path)
+    img = ImageOps.exif_transpose(_open(path))
+    if img.mode not in ("L", "P", "1", "I", "I;16"):
+        raise ImageError(f"{path}: mask must be single-channel (mode L or P), found mode {img.mode}")
+    values = np.asarray(img)
+    if mode == "binary":
+        mask = (values > 0).astype(np.uint8)
+    elif mode == "instances":
+        mask = np.where(values == VOID, VOID, values > 0).astype(np.uint8)
+    elif mode == "ids":
+        if values.max(initial=0) > VOID:
+            raise ImageError(f"{path}: mask values up to {values.max()} do not fit class ids (0-254, 255 void)")
+        mask = values.astype(np.uint8)
+    else:
+        raise ValueError(f"unknown mask mode {mode!r}; use one of {MASK_MODES}")
+    if num_classes is not None:
+        bad = np.unique(mask[(mask >= num_classes) & (mask != VOID)])
+        if bad.size:
+            raise ImageError(
+                f"{path}: mask has value(s) {bad.tolist()[:8]} outside the {num_classes} classes (0-{num_classes - 1}, "
+                f"255 void); for 0/255 masks use --mask-mode binary, for instance ids --mask-mode instances"
+            )
+    return mask
