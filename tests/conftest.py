@@ -40,3 +40,47 @@ def test_video() -> Path:
 def tiny_io() -> dict:
     """Official reference inputs and outputs for the tiny model."""
     return torch.load(FIXTURES / "tiny_io.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def prepared(pennfudan: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full Penn-Fudan set prepared into the train/valid layout (seed 42, 24 valid)."""
+    from webdino_seg.data import prepare_pennfudan
+
+    out = tmp_path_factory.mktemp("prepared") / "pennfudan"
+    prepare_pennfudan(pennfudan, out)
+    return out
+
+
+def make_subset(prepared: Path, out: Path, n_train: int, n_valid: int) -> Path:
+    """A small copy of the prepared set: the first images of each split."""
+    import shutil
+
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        for kind in ("images", "masks"):
+            (out / f"{split}_{kind}").mkdir(parents=True)
+        for image in sorted((prepared / f"{split}_images").iterdir())[:n]:
+            shutil.copy(image, out / f"{split}_images" / image.name)
+            shutil.copy(prepared / f"{split}_masks" / image.name, out / f"{split}_masks" / image.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (short) training run of the tiny random backbone on the full prepared Penn-Fudan set."""
+    from webdino_seg.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(prepared),
+        out=str(tmp_path_factory.mktemp("runs") / "tiny"),
+        arch="webdino-tiny",
+        weights="random",
+        imgsz=(224, 224),
+        epochs=6,
+        lr=1e-3,
+        batch=8,
+        workers=0,
+        cache_views=2,
+        seed=0,
+    )
+    return train(cfg, log=lambda *_: None)

@@ -178,6 +178,14 @@ def sample_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
 
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Seed a pipeline so each step draws independently (Compose.set_random_seed gives every step the
+    same seed, which makes flip, brightness and rotation fire together)."""
+    transform.set_random_seed(seed)
+    for k, step in enumerate(transform.transforms):
+        step.set_random_seed(sample_seed(seed, k))
+
+
 @dataclass
 class Sample:
     """One decoded pair before augmentation."""
@@ -252,7 +260,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.load(self.pairs[index])
         if self.augment:
-            self.transform.set_random_seed(sample_seed(self.seed, self.epoch, index))
+            seed_transform(self.transform, sample_seed(self.seed, self.epoch, index))
         out = self.transform(image=sample.image, mask=sample.mask)
         return normalize(out["image"], self.mean, self.std), torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
 

@@ -42,7 +42,7 @@ class ConfusionMatrix:
     def pixel_accuracy(self) -> float:
         """Fraction of non-void pixels predicted right."""
         total = self.mat.sum()
-        return float(self.mat.diag().sum() / total) if total else float("nan")
+        return float(self.mat.diag().sum().double() / total.double()) if total else float("nan")
 
     def summary(self, class_names: list[str] | None = None) -> dict:
         """mIoU, pixel accuracy and per-class IoU as plain numbers."""

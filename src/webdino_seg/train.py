@@ -167,12 +167,11 @@ class _Source:
         """Token-grid logits from images (live) or from cached features."""
         return self.model.head(inputs) if self.cached else self.model(inputs)
 
-    def _loader(self, dataset: SegmentationDataset, generator: torch.Generator | None):
+    def _loader(self, dataset: SegmentationDataset, order: list[int]):
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=self.cfg.batch,
-            shuffle=generator is not None,
-            generator=generator,
+            sampler=order,
             num_workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -180,13 +179,13 @@ class _Source:
     def train_batches(self, epoch: int):
         """(inputs, masks) batches for one epoch, in an order seeded by (seed, epoch)."""
         generator = torch.Generator().manual_seed(sample_seed(self.cfg.seed, epoch, -1))
+        order = torch.randperm(len(self.train_ds), generator=generator)
         if self.cached:
-            order = torch.randperm(self.train_cache.count, generator=generator)
             for i in range(0, len(order), self.cfg.batch):
                 yield self.train_cache.batch(epoch, order[i : i + self.cfg.batch], self.device)
         else:
             self.train_ds.set_epoch(epoch)
-            for images, masks in self._loader(self.train_ds, generator):
+            for images, masks in self._loader(self.train_ds, order.tolist()):
                 yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
 
     def valid_batches(self):
@@ -196,7 +195,7 @@ class _Source:
             for i in range(0, len(index), self.cfg.batch):
                 yield self.valid_cache.batch(0, index[i : i + self.cfg.batch], self.device)
         else:
-            for images, masks in self._loader(self.valid_ds, None):
+            for images, masks in self._loader(self.valid_ds, list(range(len(self.valid_ds)))):
                 yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
 
 

@@ -1,0 +1,86 @@
+"""Confusion-matrix metrics against an independent computation, including absent classes and void."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from webdino_seg.metrics import ConfusionMatrix
+
+
+def _reference(preds: list[np.ndarray], targets: list[np.ndarray], n: int) -> tuple[float, float, list[float]]:
+    """Pooled IoU per class written the slow way, straight from the definition."""
+    p = np.concatenate([x.ravel() for x in preds])
+    t = np.concatenate([x.ravel() for x in targets])
+    keep = t != 255
+    p, t = p[keep], t[keep]
+    ious = []
+    for c in range(n):
+        inter = np.sum((p == c) & (t == c))
+        union = np.sum((p == c) | (t == c))
+        ious.append(inter / union if union else float("nan"))
+    acc = float(np.mean(p == t)) if len(t) else float("nan")
+    return float(np.nanmean(ious)), acc, ious
+
+
+def test_hand_made_masks_with_absent_class_and_void() -> None:
+    t1 = np.array([[0, 0, 1], [1, 255, 2]])
+    p1 = np.array([[0, 1, 1], [1, 2, 2]])
+    t2 = np.array([[0, 0], [0, 255]])  # classes 1 and 2 absent from this batch
+    p2 = np.array([[0, 0], [1, 1]])
+    cm = ConfusionMatrix(4)  # class 3 never occurs anywhere: NaN, left out of the mean
+    for p, t in ((p1, t1), (p2, t2)):
+        cm.update(torch.from_numpy(p), torch.from_numpy(t))
+    miou, acc, ious = _reference([p1, p2], [t1, t2], 4)
+    # by hand: 8 non-void pixels; class 0: inter 3, union 5; class 1: inter 2, union 4; class 2: 1/1
+    assert np.allclose(ious[:3], [3 / 5, 2 / 4, 1.0]) and np.isnan(ious[3])
+    assert cm.iou()[:3].tolist() == ious[:3] and torch.isnan(cm.iou()[3])
+    assert abs(cm.miou() - miou) < 1e-12 and abs(cm.miou() - (3 / 5 + 0.5 + 1) / 3) < 1e-12
+    assert abs(cm.pixel_accuracy() - 6 / 8) < 1e-12 and abs(acc - 6 / 8) < 1e-12
+
+
+def test_whole_split_is_not_a_mean_of_batches() -> None:
+    # batch 1: a big person predicted perfectly; batch 2: a tiny person missed
+    t1, p1 = np.ones((10, 10), int), np.ones((10, 10), int)
+    t1[0, 0] = p1[0, 0] = 0
+    t2, p2 = np.zeros((10, 10), int), np.zeros((10, 10), int)
+    t2[0, 0] = 1
+    cm = ConfusionMatrix(2)
+    per_batch = []
+    for p, t in ((p1, t1), (p2, t2)):
+        cm.update(torch.from_numpy(p), torch.from_numpy(t))
+        per_batch.append(_reference([p], [t], 2)[0])
+    assert abs(cm.miou() - _reference([p1, p2], [t1, t2], 2)[0]) < 1e-12
+    assert abs(cm.miou() - float(np.mean(per_batch))) > 0.1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(2, 5).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(
+                st.tuples(
+                    arrays(np.int64, (3, 4), elements=st.integers(0, n - 1)),
+                    arrays(np.int64, (3, 4), elements=st.sampled_from([*range(n), 255])),
+                ),
+                min_size=1,
+                max_size=4,
+            ),
+        )
+    )
+)
+def test_matches_reference_on_random_batches(case) -> None:
+    n, batches = case
+    cm = ConfusionMatrix(n)
+    for p, t in batches:
+        cm.update(torch.from_numpy(p), torch.from_numpy(t))
+    miou, acc, ious = _reference([p for p, _ in batches], [t for _, t in batches], n)
+    np.testing.assert_allclose(cm.iou().numpy(), np.array(ious), equal_nan=True)
+    assert cm.mat.sum() == sum(int((t != 255).sum()) for _, t in batches)
+    if not np.isnan(acc):
+        assert abs(cm.pixel_accuracy() - acc) < 1e-12
+        assert abs(cm.miou() - miou) < 1e-12

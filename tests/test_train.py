@@ -1,0 +1,167 @@
+"""Training on real Penn-Fudan images: the metric must rise, artifacts must load, resume must be exact."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import webdino_seg.train as train_mod
+from conftest import make_subset
+from webdino_seg.checkpoint import load_model
+from webdino_seg.cli import main
+from webdino_seg.data import SegmentationDataset
+from webdino_seg.metrics import ConfusionMatrix
+from webdino_seg.train import TrainConfig, train
+from webdino_seg.variants import IMAGENET_MEAN, IMAGENET_STD
+
+ARTIFACTS = [
+    "best_model_loss.pth",
+    "best_model_iou.pth",
+    "final_model.pth",
+    "last.pth",
+    "metrics.csv",
+    "config.yaml",
+    "loss.png",
+    "accuracy.png",
+    "miou.png",
+]
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _background_miou(data: Path, imgsz: tuple[int, int]) -> float:
+    ds = SegmentationDataset(data, "valid", imgsz, IMAGENET_MEAN, IMAGENET_STD)
+    cm = ConfusionMatrix(2)
+    for i in range(len(ds)):
+        mask = ds[i][1]
+        cm.update(torch.zeros_like(mask), mask)
+    return cm.miou()
+
+
+def test_training_beats_all_background(trained_run: Path, prepared: Path) -> None:
+    rows = _rows(trained_run)
+    assert len(rows) == 6
+    baseline = _background_miou(prepared, (224, 224))
+    best = max(float(r["valid_miou"]) for r in rows)
+    print(
+        f"all-background valid mIoU {baseline:.4f}; trained best {best:.4f}; epoch 1 {float(rows[0]['valid_miou']):.4f}"
+    )
+    assert best >= baseline + 0.05
+    assert float(rows[-1]["valid_miou"]) > float(rows[0]["valid_miou"])
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_every_artifact_exists_and_loads(trained_run: Path) -> None:
+    for name in ARTIFACTS:
+        assert (trained_run / name).stat().st_size > 0, name
+    for name in ("loss.png", "accuracy.png", "miou.png"):
+        with Image.open(trained_run / name) as img:
+            assert img.format == "PNG" and img.width >= 400
+    preds = sorted((trained_run / "valid_preds").iterdir())
+    assert len(preds) == 24
+    cfg = TrainConfig.from_yaml(trained_run / "config.yaml")
+    assert cfg.arch == "webdino-tiny" and cfg.imgsz == (224, 224)
+    rows = _rows(trained_run)
+    best_epoch = max(range(len(rows)), key=lambda i: float(rows[i]["valid_miou"])) + 1
+    for name in ("best_model_loss.pth", "best_model_iou.pth", "final_model.pth"):
+        model, ckpt = load_model(trained_run / name)
+        assert ckpt["backbone"] is None  # a frozen backbone is not copied into every checkpoint
+        assert ckpt["backbone_identity"]["arch"] == "webdino-tiny"
+        assert ckpt["class_names"] == ["background", "person"] and ckpt["imgsz"] == [224, 224]
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 2, 16, 16)
+    assert torch.load(trained_run / "best_model_iou.pth", weights_only=True)["epoch"] == best_epoch
+    last = torch.load(trained_run / "last.pth", weights_only=True)
+    assert last["epoch"] == 6 and len(last["history"]) == 6
+
+
+def test_evaluate_command(trained_run: Path, prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    assert (
+        main(
+            ["evaluate", "--data", str(prepared), "--model", str(trained_run / "best_model_iou.pth"), "--out", str(out)]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["images"] == 24 and len(report["per_image"]) == 24
+    assert set(report["iou"]) == {"background", "person"}
+    assert 0.0 < report["miou"] < 1.0
+    assert report["per_image_miou"]["min"] <= report["per_image_miou"]["median"] <= report["per_image_miou"]["max"]
+    assert abs(report["miou"] - sum(report["iou"].values()) / 2) < 1e-9
+
+
+def _config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = {
+        "data": str(data),
+        "out": str(out),
+        "arch": "webdino-tiny",
+        "weights": "random",
+        "imgsz": (112, 112),
+        "epochs": 4,
+        "lr": 1e-3,
+        "batch": 4,
+        "workers": 0,
+        "cache_views": 4,
+        "seed": 3,
+    }
+    return TrainConfig(**(base | kw))
+
+
+def _strip_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_resume_after_crash_is_bit_exact(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: bool
+) -> None:
+    data = make_subset(prepared, tmp_path / "data", 12, 4)
+    whole = train(_config(data, tmp_path / "whole", cache=cache), log=lambda *_: None)
+
+    real_write = train_mod._write_metrics_csv
+
+    def crash_after_epoch_2(run: Path, history: list[dict]) -> None:
+        real_write(run, history)
+        if len(history) == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(train_mod, "_write_metrics_csv", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(data, tmp_path / "crashed", cache=cache), log=lambda *_: None)
+    monkeypatch.setattr(train_mod, "_write_metrics_csv", real_write)
+    assert len(_rows(tmp_path / "crashed")) == 2 and not (tmp_path / "crashed" / "final_model.pth").exists()
+    assert main(["train", "--resume", str(tmp_path / "crashed")]) == 0
+    assert _strip_time(_rows(tmp_path / "crashed")) == _strip_time(_rows(whole))
+    a = torch.load(whole / "final_model.pth", weights_only=True)["head"]
+    b = torch.load(tmp_path / "crashed" / "final_model.pth", weights_only=True)["head"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cache_trains_like_the_live_pipeline(prepared: Path, tmp_path: Path) -> None:
+    data = make_subset(prepared, tmp_path / "data", 8, 4)
+    cached = _rows(train(_config(data, tmp_path / "c", epochs=2, cache_views=2), log=lambda *_: None))
+    live = _rows(train(_config(data, tmp_path / "l", epochs=2, cache=False), log=lambda *_: None))
+    for rc, rl in zip(cached, live, strict=True):
+        for key in ("train_loss", "valid_loss", "valid_miou", "valid_pixel_acc"):
+            assert abs(float(rc[key]) - float(rl[key])) < 1e-4, key
+
+
+def test_run_folders_are_never_reused(prepared: Path, tmp_path: Path) -> None:
+    data = make_subset(prepared, tmp_path / "data", 4, 2)
+    first = train(_config(data, tmp_path / "run", epochs=1), log=lambda *_: None)
+    second = train(_config(data, tmp_path / "run", epochs=1), log=lambda *_: None)
+    assert first == tmp_path / "run" and second == tmp_path / "run-2"
+
+
+def test_train_without_data_says_what_it_needs(capsys) -> None:
+    assert main(["train", "--arch", "webdino-tiny", "--weights", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "--data is required" in err and "train_images/ train_masks/ valid_images/ valid_masks/" in err
