@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _imgsz(parser: argparse.ArgumentParser, default: tuple[int, int] | None = (644, 644)) -> None:
@@ -127,6 +128,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_video(args: argparse.Namespace) -> None:
+    from .predict import Predictor
+
+    predictor = Predictor.from_checkpoint(
+        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights
+    )
+    src = args.input
+    out = args.out or str(Path("outputs") / f"{Path(src).stem if not src.isdigit() else 'camera' + src}_seg.mp4")
+    info = predictor.predict_video(src, out, batch=args.batch, max_frames=args.max_frames, show=args.show)
+    for warning in info["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{info['frames']} frames ({info['width']}x{info['height']} at {info['rate']:g} fps) -> {info['output']} "
+        f"in {info['seconds']:.2f}s ({info['fps']:.1f} FPS end to end)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="webdino-seg", description=__doc__)
@@ -223,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("video", help="segment a video file or camera into an overlay MP4 (H.264)")
+    p.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
+    p.add_argument("--model", required=True)
+    _imgsz(p, None)
+    p.add_argument("--out", help="output .mp4 (default outputs/<input>_seg.mp4)")
+    p.add_argument("--batch", type=int, default=8, help="frames per forward pass")
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+    p.set_defaults(func=cmd_video)
     return parser
 
 

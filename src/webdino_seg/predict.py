@@ -132,7 +132,7 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write an array as PNG atomically."""
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=1))
 
 
 def predict_paths(
