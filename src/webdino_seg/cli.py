@@ -25,7 +25,15 @@ def cmd_info(args: argparse.Namespace) -> None:
     from .backbone import check_image_size
     from .factory import create_model
     from .summary import model_summary
+    from .variants import VARIANTS
 
+    if args.list:
+        for cfg in VARIANTS.values():
+            print(
+                f"{cfg.name:<20} dim {cfg.embed_dim:>4}  depth {cfg.depth:>2}  heads {cfg.num_heads:>2}  "
+                f"{cfg.ffn:<6}  {cfg.img_size}px  {cfg.hub_id or '-'}"
+            )
+        return
     check_image_size(*args.imgsz)
     with torch.device("meta"):
         model = create_model(args.arch, num_classes=args.num_classes, fine_tune=args.fine_tune)
@@ -156,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _imgsz(p)
     p.add_argument("--num-classes", type=int, default=2)
     p.add_argument("--fine-tune", action="store_true")
+    p.add_argument("--list", action="store_true", help="list the backbone variants")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert-weights", help="convert a checkpoint between official .pth and Hugging Face")

@@ -11,18 +11,22 @@ PALETTE = np.array(
 )
 
 
+_LUT = np.full((256, 3), 128, dtype=np.uint8)
+_LUT[: len(PALETTE)] = PALETTE
+
+
 def colorize(mask: np.ndarray) -> np.ndarray:
     """(H, W) class ids to an (H, W, 3) RGB picture (void and unknown ids in grey)."""
-    colours = np.full((256, 3), 128, dtype=np.uint8)
-    colours[: len(PALETTE)] = PALETTE
-    return colours[mask]
+    return _LUT[mask]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend the colour of each non-background class over an (H, W, 3) uint8 image."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-    out = image.astype(np.float32)
+    out = image.copy()
     fg = mask != 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(mask)[fg]
-    return out.round().astype(np.uint8)
+    if fg.any():  # work only on the masked pixels: video frames are mostly background
+        blended = (1 - alpha) * image[fg].astype(np.float32) + alpha * _LUT[mask[fg]]
+        out[fg] = (blended + 0.5).astype(np.uint8)
+    return out

@@ -70,7 +70,8 @@ class Predictor:
     def _prepare(self, images: list[np.ndarray]) -> torch.Tensor:
         batch = []
         for img in images:
-            x = torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)[None].float().div_(255)
+            img = np.ascontiguousarray(img) if img.flags.writeable else img.copy()
+            x = torch.from_numpy(img).to(self.device).permute(2, 0, 1)[None].float().div_(255)
             batch.append(
                 F.interpolate(x, size=self.imgsz, mode="bilinear", align_corners=False)
             )  # as cv2 INTER_LINEAR in training
@@ -86,7 +87,8 @@ class Predictor:
     def predict_batch(self, images: Iterable[np.ndarray | Image.Image]) -> list[np.ndarray]:
         """Class-id masks (uint8, H x W) for a batch of RGB arrays or PIL images."""
         arrays = [to_rgb(img) if isinstance(img, Image.Image) else _as_rgb(img) for img in images]
-        return [lg.argmax(0).to(torch.uint8).cpu().numpy() for lg in self.logits(arrays)]
+        # max(0).indices is argmax (first maximum on ties) without argmax's slow strided path on the CPU
+        return [lg.max(0).indices.to(torch.uint8).cpu().numpy() for lg in self.logits(arrays)]
 
     def predict(self, image: np.ndarray | Image.Image) -> np.ndarray:
         """Class-id mask (uint8) at the input's size."""
