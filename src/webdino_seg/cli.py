@@ -274,11 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        return 0
     except (ValueError, OSError, RuntimeError) as err:
         if args.debug:
             raise
-        message = str(err) or type(err).__name__
-        print(f"webdino-seg {args.command}: error: {message}", file=sys.stderr)
+        message = "; ".join(line.strip() for line in (str(err) or type(err).__name__).splitlines() if line.strip())
+        print(f"webdino-seg {args.command}: error: {message} (--debug shows details)", file=sys.stderr)
         return 2
     return 0
 

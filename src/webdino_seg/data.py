@@ -214,6 +214,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         augment: bool = False,
         seed: int = 0,
         on_bad: str = "error",
+        validate: bool = False,
     ) -> None:
         root = Path(root)
         self.pairs = find_pairs(root / f"{split}_images", root / f"{split}_masks", on_bad)
@@ -227,6 +228,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self.pairs = [pair for pair in self.pairs if self._usable(pair)]
             if not self.pairs:
                 raise DataError(f"{root}: no usable {split} pairs")
+        elif validate:  # fail now, naming the file, rather than in the middle of an epoch
+            for pair in self.pairs:
+                self.load(pair)
 
     def _usable(self, pair: tuple[Path, Path]) -> bool:
         try:

@@ -35,8 +35,8 @@ def _open(path: Path) -> Image.Image:
             img.load()
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: image is too large to decode safely; downscale it first") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{path}: image is too large to decode safely ({err}); downscale it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as err:

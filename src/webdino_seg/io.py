@@ -20,6 +20,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        reason = err.strerror or str(err)
+        raise OSError(err.errno, f"cannot write {path}: {reason}; the previous version, if any, is intact") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -235,6 +235,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
         if not (run / LAST).exists() or not (run / "config.yaml").exists():
             raise FileNotFoundError(f"--resume {run}: no {LAST} and config.yaml there; is it a run folder?")
         cfg = TrainConfig.from_yaml(run / "config.yaml")
+        for stale in run.glob(".*.tmp"):  # half-written files of the interrupted run
+            stale.unlink()
     _check_data(Path(cfg.data))
     device = resolve_device(cfg.device)
     variant = get_variant(cfg.arch)
@@ -247,11 +249,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
     torch.manual_seed(cfg.seed)
     head = create_head(cfg.head, backbone.embed_dim, cfg.num_classes)
     model = SegmentationModel(backbone, head, fine_tune=cfg.fine_tune).to(device)
+    source = _Source(cfg, model, device, identity)  # reads and checks the data before any folder is made
     if resume is None:
         run = new_run_dir(cfg.out)
         atomic_write_text(run / "config.yaml", cfg.to_yaml())
     log(f"run folder: {run}  device: {device}  backbone: {cfg.arch} ({identity['weights']})")
-    source = _Source(cfg, model, device, identity)
     if source.cached:
         log(
             f"cached {source.train_cache.views} view(s) x {source.train_cache.count} train + "
