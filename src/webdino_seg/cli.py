@@ -70,6 +70,15 @@ def cmd_show_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from . import distributed
+
+    try:
+        _train(args)
+    finally:
+        distributed.teardown()
+
+
+def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
     if args.resume:
@@ -151,6 +160,26 @@ def cmd_video(args: argparse.Namespace) -> None:
         f"{info['frames']} frames ({info['width']}x{info['height']} at {info['rate']:g} fps) -> {info['output']} "
         f"in {info['seconds']:.2f}s ({info['fps']:.1f} FPS end to end)"
     )
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    import json
+
+    from .benchmark import benchmark, format_table
+    from .io import atomic_write_text
+
+    res = benchmark(
+        args.arch,
+        tuple(args.imgsz),
+        args.device,
+        args.quick,
+        args.video,
+        args.cache_views,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(format_table(res))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     p.set_defaults(func=cmd_video)
+
+    p = sub.add_parser("benchmark", help="time the tutorial's recipe against ours on one device")
+    p.add_argument("--arch", default="webdino-300m")
+    _imgsz(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (and smaller batches on a CPU)")
+    p.add_argument("--video", help="a video file for the end-to-end video figures")
+    p.add_argument("--cache-views", type=int, default=4)
+    p.add_argument("--out", help="also write the figures as JSON here")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

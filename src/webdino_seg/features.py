@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import SegmentationDataset
 from .io import atomic_write
 from .model import SegmentationModel
@@ -70,28 +71,39 @@ def extract(
     store: torch.device | None = None,
     desc: str = "features",
 ) -> FeatureCache:
-    """Run the backbone over `views` augmented passes of `dataset` and keep the token grids."""
+    """Run the backbone over `views` augmented passes of `dataset` and keep the token grids.
+
+    Under torchrun each process extracts every world_size-th image and the shards are gathered,
+    so every process ends with the whole cache.
+    """
     store = store or torch.device("cpu")
     n = len(dataset)
+    mine = list(range(distributed.rank(), n, distributed.world_size()))
     feats = masks = None
-    with tqdm(total=views * n, unit="img", desc=desc, leave=False) as bar:
+    with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=distributed.rank() > 0) as bar:
         for view in range(views):
             dataset.set_epoch(view)
             loader = torch.utils.data.DataLoader(
-                dataset, batch_size=batch, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+                torch.utils.data.Subset(dataset, mine),
+                batch_size=batch,
+                shuffle=False,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
             )
-            row = view * n
+            row = view * len(mine)
             for images, target in loader:
                 with autocast(device):
                     grid = model.features(images.to(device, non_blocking=True))
                 if feats is None:
-                    feats = torch.empty((views * n, *grid.shape[1:]), dtype=dtype, device=store)
-                    masks = torch.empty((views * n, *target.shape[1:]), dtype=torch.uint8, device=store)
+                    feats = torch.empty((views * len(mine), *grid.shape[1:]), dtype=dtype, device=store)
+                    masks = torch.empty((views * len(mine), *target.shape[1:]), dtype=torch.uint8, device=store)
                 feats[row : row + len(images)] = grid.to(store, dtype)
                 masks[row : row + len(images)] = target.to(store, torch.uint8)
                 row += len(images)
                 bar.update(len(images))
-    return FeatureCache(feats, masks, views)
+    if feats is None:
+        raise ValueError(f"no images to extract features from in {desc}")
+    return FeatureCache(distributed.gather_rows(feats, n, views), distributed.gather_rows(masks, n, views), views)
 
 
 def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> FeatureCache:
@@ -103,7 +115,7 @@ def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> Featu
         dtype = kwargs.get("dtype", torch.float32)
         return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"])
     cache = extract(**kwargs)
-    if path is not None:
+    if path is not None and distributed.rank() == 0:
         payload = {"features": cache.features.cpu(), "masks": cache.masks.cpu(), "views": cache.views}
         atomic_write(path, lambda f: torch.save(payload, f))
     return cache

@@ -40,7 +40,7 @@ class SegmentationModel(nn.Module):
         tokens = self.backbone.forward_features(images)["x_norm_patchtokens"]
         b, _, height, width = images.shape
         p = self.backbone.patch_size
-        return tokens.transpose(1, 2).reshape(b, -1, height // p, width // p)
+        return tokens.transpose(1, 2).reshape(b, tokens.shape[-1], height // p, width // p)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits on the token grid: (B, classes, H/14, W/14)."""

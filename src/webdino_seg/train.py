@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbone import check_image_size
 from .checkpoint import backbone_identity, build_backbone, save_model
 from .data import DataError, SegmentationDataset, find_pairs, sample_seed
@@ -127,6 +128,7 @@ class _Source:
             "mask_mode": cfg.mask_mode,
             "seed": cfg.seed,
             "on_bad": on_bad,
+            "validate": True,
         }
         self.train_ds = SegmentationDataset(cfg.data, "train", augment=True, **common)
         self.valid_ds = SegmentationDataset(cfg.data, "valid", augment=False, **common)
@@ -163,40 +165,50 @@ class _Source:
             )
             self.cache_seconds = time.perf_counter() - start
 
+        self.trainable = trainable = model.head if self.cached else model
+        self.net = trainable
+        if distributed.world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(trainable, device_ids=ids)
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Token-grid logits from images (live) or from cached features."""
-        return self.model.head(inputs) if self.cached else self.model(inputs)
+        return self.net(inputs)
 
-    def _loader(self, dataset: SegmentationDataset, order: list[int]):
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.cfg.batch,
-            sampler=order,
-            num_workers=self.cfg.workers,
-            pin_memory=self.device.type == "cuda",
+    def _batches(self, dataset: SegmentationDataset, cache, view: int, order: torch.Tensor):
+        """This process's share of each batch of `order` (all of it without torchrun)."""
+        shards = [distributed.shard(order[i : i + self.cfg.batch]) for i in range(0, len(order), self.cfg.batch)]
+        if self.cached:
+            for idx in shards:
+                yield cache.batch(view, idx, self.device)
+            return
+        loader = iter(
+            torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=[idx.tolist() for idx in shards if len(idx)],
+                num_workers=self.cfg.workers,
+                pin_memory=self.device.type == "cuda",
+            )
         )
+        h, w = self.cfg.imgsz
+        for idx in shards:
+            if len(idx):
+                images, masks = next(loader)
+            else:  # more processes than images in this batch: an empty share keeps the collectives in step
+                images, masks = torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long)
+            yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
 
     def train_batches(self, epoch: int):
         """(inputs, masks) batches for one epoch, in an order seeded by (seed, epoch)."""
         generator = torch.Generator().manual_seed(sample_seed(self.cfg.seed, epoch, -1))
         order = torch.randperm(len(self.train_ds), generator=generator)
-        if self.cached:
-            for i in range(0, len(order), self.cfg.batch):
-                yield self.train_cache.batch(epoch, order[i : i + self.cfg.batch], self.device)
-        else:
-            self.train_ds.set_epoch(epoch)
-            for images, masks in self._loader(self.train_ds, order.tolist()):
-                yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+        self.train_ds.set_epoch(epoch)
+        yield from self._batches(self.train_ds, getattr(self, "train_cache", None), epoch, order)
 
     def valid_batches(self):
         """(inputs, masks) batches over the validation split."""
-        if self.cached:
-            index = torch.arange(self.valid_cache.count)
-            for i in range(0, len(index), self.cfg.batch):
-                yield self.valid_cache.batch(0, index[i : i + self.cfg.batch], self.device)
-        else:
-            for images, masks in self._loader(self.valid_ds, list(range(len(self.valid_ds)))):
-                yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+        order = torch.arange(len(self.valid_ds))
+        yield from self._batches(self.valid_ds, getattr(self, "valid_cache", None), 0, order)
 
 
 def _loss(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +250,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
         for stale in run.glob(".*.tmp"):  # half-written files of the interrupted run
             stale.unlink()
     _check_data(Path(cfg.data))
+    rank, world, local_rank = distributed.setup()
+    if rank > 0:
+        log = _quiet
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
     variant = get_variant(cfg.arch)
     weights = cfg.weights or variant.url
     if weights in (None, "random"):
@@ -251,9 +268,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
     model = SegmentationModel(backbone, head, fine_tune=cfg.fine_tune).to(device)
     source = _Source(cfg, model, device, identity)  # reads and checks the data before any folder is made
     if resume is None:
-        run = new_run_dir(cfg.out)
-        atomic_write_text(run / "config.yaml", cfg.to_yaml())
-    log(f"run folder: {run}  device: {device}  backbone: {cfg.arch} ({identity['weights']})")
+        run = new_run_dir(cfg.out) if rank == 0 else None
+        run = distributed.broadcast(run)  # only rank 0 writes; the others need the path to resume
+        if rank == 0:
+            atomic_write_text(run / "config.yaml", cfg.to_yaml())
+    processes = f"  processes: {world}" if world > 1 else ""
+    log(f"run folder: {run}  device: {device}{processes}  backbone: {cfg.arch} ({identity['weights']})")
     if source.cached:
         log(
             f"cached {source.train_cache.views} view(s) x {source.train_cache.count} train + "
@@ -289,6 +309,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
         "head_name": cfg.head,
     }
 
+    epoch_log = tqdm.write if rank == 0 else _quiet
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -299,29 +320,33 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
             leave=False,
+            disable=rank > 0,
         )
         for step, (inputs, masks) in enumerate(bar):
-            valid = (masks != VOID).sum()
+            valid = distributed.all_sum((masks != VOID).sum())  # over the whole batch, all processes
             if valid == 0:
                 continue
             with autocast(device, cfg.amp):
                 logits = source.forward(inputs)
             loss_sum, pred = _loss(logits, masks)
-            loss = loss_sum / valid
-            if not torch.isfinite(loss):
+            # each process holds part of the batch; DDP averages gradients, hence the factor `world`
+            loss = loss_sum / valid * world
+            step_loss = distributed.all_sum(loss_sum.detach() / valid).item()
+            if not math.isfinite(step_loss):
                 last = f"{run / LAST} (epoch {start_epoch if not history else history[-1]['epoch']})"
                 raise TrainingError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. Last good checkpoint: "
+                    f"loss became {step_loss} at epoch {epoch + 1}, step {step + 1}; stopped. Last good checkpoint: "
                     f"{last if (run / LAST).exists() else 'none yet'}. Try a lower --lr."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             train_cm.update(pred.detach(), masks)
-            total_loss += loss.item()
+            total_loss += step_loss
             steps += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{step_loss:.4f}")
         bar.close()
+        distributed.all_sum(train_cm.mat)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler:
             scheduler.step()
@@ -342,26 +367,36 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
         meta_now = meta | {"epoch": epoch + 1, "metrics": row}
         if row["valid_loss"] < best["loss"]:
             best["loss"] = row["valid_loss"]
-            save_model(run / "best_model_loss.pth", model, identity, meta_now)
+            if rank == 0:
+                save_model(run / "best_model_loss.pth", model, identity, meta_now)
         if row["valid_miou"] > best["miou"]:
             best.update(miou=row["valid_miou"], iou_epoch=epoch + 1)
-            save_model(run / "best_model_iou.pth", model, identity, meta_now)
-        _save_last(run, epoch + 1, model, optimizer, scheduler, history, best)
-        _write_metrics_csv(run, history)
-        tqdm.write(
+            if rank == 0:
+                save_model(run / "best_model_iou.pth", model, identity, meta_now)
+        if rank == 0:
+            _save_last(run, epoch + 1, model, optimizer, scheduler, history, best)
+            _write_metrics_csv(run, history)
+        distributed.barrier()  # no process runs ahead of what is on disk
+        epoch_log(
             f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_pixel_acc']:.4f} "
             f"mIoU {row['train_miou']:.4f} | valid loss {row['valid_loss']:.4f} acc {row['valid_pixel_acc']:.4f} "
             f"mIoU {row['valid_miou']:.4f} | lr {lr:.2e} | {row['seconds']:.1f}s"
         )
 
-    final_meta = meta | {"epoch": cfg.epochs, "metrics": history[-1] if history else {}}
-    save_model(run / "final_model.pth", model, identity, final_meta)
-    from .plots import save_curves
+    if rank == 0:
+        final_meta = meta | {"epoch": cfg.epochs, "metrics": history[-1] if history else {}}
+        save_model(run / "final_model.pth", model, identity, final_meta)
+        from .plots import save_curves
 
-    save_curves(history, run)
-    write_valid_preds(run, model, source.valid_ds, cfg, device)
+        save_curves(history, run)
+        write_valid_preds(run, model, source.valid_ds, cfg, device)
+    distributed.barrier()
     log(f"best valid mIoU {best['miou']:.4f} at epoch {best['iou_epoch']}; artifacts in {run}")
     return run
+
+
+def _quiet(*_args: object) -> None:
+    """Log sink for processes other than rank 0."""
 
 
 @torch.no_grad()
@@ -371,12 +406,14 @@ def evaluate_source(source: _Source, cfg: TrainConfig, device: torch.device) -> 
     cm, loss_sum, pixels = ConfusionMatrix(cfg.num_classes), 0.0, 0
     for inputs, masks in source.valid_batches():
         with autocast(device, cfg.amp):
-            logits = source.forward(inputs)
+            logits = source.trainable(inputs)  # unwrapped: no collectives in evaluation
         batch_loss, pred = _loss(logits, masks)
         loss_sum += batch_loss.item()
         pixels += int((masks != VOID).sum())
         cm.update(pred, masks)
-    return loss_sum / max(pixels, 1), cm
+    totals = distributed.all_sum(torch.tensor([loss_sum, float(pixels)], dtype=torch.float64))
+    distributed.all_sum(cm.mat)
+    return float(totals[0] / max(totals[1], 1.0)), cm
 
 
 def write_valid_preds(
