@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,12 @@ def prepared(pennfudan: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def tiny_train_cli(data: Path, out: Path, *extra: str) -> list[str]:
+    """`webdino-seg train` arguments for a one-epoch tiny random-backbone run at 56x56 (later flags win)."""
+    return ["train", "--data", str(data), "--out", str(out), "--arch", "webdino-tiny", "--weights", "random",
+            "--imgsz", "56", "56", "--epochs", "1", "--workers", "0", *extra]  # fmt: skip
+
+
 def make_subset(prepared: Path, out: Path, n_train: int, n_valid: int) -> Path:
     """A small copy of the prepared set: the first images of each split."""
     import shutil
@@ -84,3 +93,45 @@ def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         seed=0,
     )
     return train(cfg, log=lambda *_: None)
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; honours `Range: bytes=N-`; can be told to cut a response short."""
+
+    cut_after: int | None = None
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].rstrip("-"))
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if type(self).cut_after is not None and not rng:
+            body = body[: type(self).cut_after]
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/srv; yields (base URL, handler class)."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    handler = type("H", (_RangeHandler,), {"cut_after": None})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", handler
+    httpd.shutdown()

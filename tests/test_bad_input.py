@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from conftest import FIXTURES, make_subset
+from conftest import FIXTURES, make_subset, tiny_train_cli
 from webdino_seg.cli import main
 from webdino_seg.data import SegmentationDataset
 from webdino_seg.imageio import ImageError, read_image, read_mask
@@ -110,24 +110,7 @@ def test_bad_dataset_items_fail_or_skip(prepared: Path, tmp_path: Path, capsys) 
     images = sorted((data / "train_images").iterdir())
     images[0].write_bytes(b"")  # zero-byte image
     Image.new("L", (10, 10)).save(data / "train_masks" / images[1].name)  # size mismatch
-    base = [
-        "train",
-        "--data",
-        str(data),
-        "--arch",
-        "webdino-tiny",
-        "--weights",
-        "random",
-        "--imgsz",
-        "56",
-        "56",
-        "--epochs",
-        "1",
-        "--workers",
-        "0",
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    base = tiny_train_cli(data, tmp_path / "run")
     err = _assert_cli_error(base, capsys, images[0].name)
     assert "empty file" in err
     with pytest.warns(UserWarning, match="skipping"):
@@ -139,32 +122,8 @@ def test_mask_values_outside_classes(prepared: Path, tmp_path: Path, capsys) -> 
     data = make_subset(prepared, tmp_path / "d", 2, 1)
     mask = next((data / "valid_masks").iterdir())
     Image.fromarray((read_mask(mask) * 7).astype(np.uint8)).save(mask)  # instance-like ids read as class ids
-    _assert_cli_error(
-        [
-            "train",
-            "--data",
-            str(data),
-            "--arch",
-            "webdino-tiny",
-            "--weights",
-            "random",
-            "--imgsz",
-            "56",
-            "56",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--out",
-            str(tmp_path / "r"),
-            "--cache-views",
-            "1",
-        ],
-        capsys,
-        mask.name,
-        "outside the 2 classes",
-        "--mask-mode binary",
-    )
+    _assert_cli_error(tiny_train_cli(data, tmp_path / "r", "--cache-views", "1"), capsys, mask.name,
+                      "outside the 2 classes", "--mask-mode binary")  # fmt: skip
 
 
 def test_cli_input_errors(prepared: Path, tmp_path: Path, trained_run: Path, capsys) -> None:

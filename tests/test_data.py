@@ -126,3 +126,25 @@ def test_empty_split_folder(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "train_masks")
     with pytest.raises(DataError, match="train_masks: mask folder not found"):
         _dataset(tmp_path, augment=False)
+
+
+def test_download_data_from_local_server(pennfudan: Path, server, tmp_path: Path, capsys) -> None:
+    base, _ = server
+    archive = tmp_path / "srv" / "PennFudanPed.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for stem in ("FudanPed00001", "FudanPed00002", "PennPed00001"):
+            zf.write(pennfudan / "PNGImages" / f"{stem}.png", f"PennFudanPed/PNGImages/{stem}.png")
+            zf.write(pennfudan / "PedMasks" / f"{stem}_mask.png", f"PennFudanPed/PedMasks/{stem}_mask.png")
+    from webdino_seg.download import sha256_file
+
+    url = f"{base}/PennFudanPed.zip"
+    assert main(["download-data", "--url", url, "--out", str(tmp_path / "bad"), "--sha256", "0" * 64]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err and not (tmp_path / "bad" / "PennFudanPed.zip").exists()
+    assert main(["download-data", "--url", url, "--out", str(tmp_path / "dl"), "--sha256", sha256_file(archive)]) == 0
+    got = tmp_path / "dl" / "PennFudanPed.zip"
+    assert sha256_file(got) == sha256_file(archive)
+    assert main(["prepare-data", "--source", str(got), "--out", str(tmp_path / "prep"), "--valid-count", "1"]) == 0
+    assert len(list((tmp_path / "prep" / "train_images").iterdir())) == 2
+    (tmp_path / "srv" / "junk.zip").write_text("<html>not found</html>")
+    assert main(["download-data", "--url", f"{base}/junk.zip", "--out", str(tmp_path / "j")]) == 2
+    assert "not a zip" in capsys.readouterr().err

@@ -11,30 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_subset
+from conftest import make_subset, tiny_train_cli
 from webdino_seg.train import TrainConfig, train
 
-ARGS = [
-    "--arch",
-    "webdino-tiny",
-    "--weights",
-    "random",
-    "--imgsz",
-    "56",
-    "56",
-    "--epochs",
-    "3",
-    "--lr",
-    "1e-3",
-    "--batch",
-    "4",
-    "--workers",
-    "0",
-    "--cache-views",
-    "3",
-    "--seed",
-    "11",
-]
+SETTINGS = {"epochs": 3, "lr": 1e-3, "batch": 4, "cache_views": 3, "seed": 11}
 
 
 def _rows(run: Path) -> list[dict]:
@@ -47,42 +27,15 @@ def test_two_processes_match_one(prepared: Path, tmp_path: Path, cache: bool) ->
     data = make_subset(prepared, tmp_path / "data", 9, 3)  # odd sizes: uneven shards, a 1-image last batch
     extra = [] if cache else ["--no-cache"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "webdino_seg",
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "ddp"),
-        *ARGS,
-        *extra,
-    ]
+    flags = [x for k, v in SETTINGS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    train_args = tiny_train_cli(data, tmp_path / "ddp", *flags, *extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "webdino_seg", *train_args]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = train(
-        TrainConfig(
-            data=str(data),
-            out=str(tmp_path / "one"),
-            arch="webdino-tiny",
-            weights="random",
-            imgsz=(56, 56),
-            epochs=3,
-            lr=1e-3,
-            batch=4,
-            workers=0,
-            cache_views=3,
-            seed=11,
-            cache=cache,
-        ),
-        log=lambda *_: None,
-    )
+    config = TrainConfig(data=str(data), out=str(tmp_path / "one"), arch="webdino-tiny", weights="random",
+                         imgsz=(56, 56), workers=0, cache=cache, **SETTINGS)  # fmt: skip
+    single = train(config, log=lambda *_: None)
     ddp_rows, one_rows = _rows(tmp_path / "ddp"), _rows(single)
     assert len(ddp_rows) == len(one_rows) == 3
     for a, b in zip(ddp_rows, one_rows, strict=True):

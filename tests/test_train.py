@@ -165,3 +165,22 @@ def test_train_without_data_says_what_it_needs(capsys) -> None:
     assert main(["train", "--arch", "webdino-tiny", "--weights", "random"]) == 2
     err = capsys.readouterr().err
     assert "--data is required" in err and "train_images/ train_masks/ valid_images/ valid_masks/" in err
+
+
+def test_feature_cache_on_disk_is_reused_and_keyed(prepared: Path, tmp_path: Path) -> None:
+    data = make_subset(prepared, tmp_path / "data", 6, 2)
+    cache = tmp_path / "cache"
+    first = _rows(train(_config(data, tmp_path / "a", epochs=2, feature_cache_dir=str(cache)), log=lambda *_: None))
+    files = sorted(cache.glob("*.pt"))
+    assert len(files) == 2  # train views and valid
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    again = _rows(train(_config(data, tmp_path / "b", epochs=2, feature_cache_dir=str(cache)), log=lambda *_: None))
+    assert _strip_time(again) == _strip_time(first)
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps  # read, not rewritten
+    # a changed image, another size or another view count each make a new entry: a stale cache is never used
+    image = next((data / "train_images").iterdir())
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)
+    train(_config(data, tmp_path / "c", epochs=1, feature_cache_dir=str(cache)), log=lambda *_: None)
+    assert len(list(cache.glob("*.pt"))) == 3
+    train(_config(data, tmp_path / "d", epochs=1, imgsz=(84, 84), feature_cache_dir=str(cache)), log=lambda *_: None)
+    assert len(list(cache.glob("*.pt"))) == 5

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import pickle
-import threading
 from pathlib import Path
 
 import pytest
@@ -192,53 +189,12 @@ def test_convert_round_trip_is_lossless(tmp_path: Path, to: str) -> None:
             assert cfg[key] == ref_cfg[key]
 
 
-# --- remote sources, through local stand-ins only -----------------------------------------------
-
-
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files; honours `Range: bytes=N-`; can be told to cut a response short."""
-
-    cut_after: int | None = None
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(rng.split("=")[1].rstrip("-"))
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if type(self).cut_after is not None and not rng:
-            body = body[: type(self).cut_after]
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    root = tmp_path / "srv"
-    root.mkdir()
-    (root / "tiny.pth").write_bytes(OFFICIAL.read_bytes())
-    handler = type("H", (_RangeHandler,), {"cut_after": None})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}", handler
-    httpd.shutdown()
+# --- remote sources, through local stand-ins only (the `server` fixture in conftest) ------------
 
 
 def test_url_downloads_once_into_cache(tmp_path: Path, server, monkeypatch: pytest.MonkeyPatch) -> None:
     base, _ = server
+    (tmp_path / "srv" / "tiny.pth").write_bytes(OFFICIAL.read_bytes())
     monkeypatch.setenv("WEBDINO_SEG_CACHE", str(tmp_path / "cache"))
     model = create_backbone("webdino-300m", weights=f"{base}/tiny.pth", **TINY)
     cached = tmp_path / "cache" / "downloads" / "tiny.pth"
@@ -250,6 +206,7 @@ def test_url_downloads_once_into_cache(tmp_path: Path, server, monkeypatch: pyte
 
 def test_interrupted_download_resumes_and_is_checked(tmp_path: Path, server) -> None:
     base, handler = server
+    (tmp_path / "srv" / "tiny.pth").write_bytes(OFFICIAL.read_bytes())
     handler.cut_after = 1000
     with pytest.raises(ConnectionError, match="run again to resume"):
         download_url(f"{base}/tiny.pth", tmp_path / "dl", progress=False)

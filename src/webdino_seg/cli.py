@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,14 @@ def _imgsz(parser: argparse.ArgumentParser, default: tuple[int, int] | None = (6
         default=default,
         help="input height and width, multiples of 14" + (f" (default {default[0]} {default[1]})" if default else ""),
     )
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    """The options every command that loads a trained checkpoint takes."""
+    parser.add_argument("--model", required=True, help="a checkpoint written by train")
+    _imgsz(parser, None)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--weights", help="where the backbone weights are, if not where training found them")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -90,30 +99,9 @@ def _train(args: argparse.Namespace) -> None:
             "(masks are PNGs of class ids). Try the bundled sample: --data examples/pennfudan-sample, or make "
             "the full set with `webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`"
         )
-    cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        arch=args.arch,
-        weights=args.weights,
-        fine_tune=args.fine_tune,
-        num_classes=args.num_classes,
-        class_names=args.class_names,
-        mask_mode=args.mask_mode,
-        imgsz=tuple(args.imgsz),
-        lr=args.lr,
-        batch=args.batch,
-        epochs=args.epochs,
-        scheduler=args.scheduler,
-        scheduler_epochs=args.scheduler_epochs,
-        device=args.device,
-        workers=args.workers,
-        seed=args.seed,
-        cache=not args.no_cache,
-        cache_views=args.cache_views,
-        feature_cache_dir=args.feature_cache_dir,
-        amp=not args.no_amp,
-        skip_bad=args.skip_bad,
-    )
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {k: v for k, v in vars(args).items() if k in names}
+    cfg = TrainConfig(**settings, cache=not args.no_cache, amp=not args.no_amp)
     train(cfg)
 
 
@@ -260,36 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on a split")
     p.add_argument("--data", required=True)
-    p.add_argument("--model", required=True, help="a checkpoint written by train")
+    _model_args(p)
     p.add_argument("--split", default="valid")
-    _imgsz(p, None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     p.add_argument("--mask-mode", default="ids", choices=["ids", "binary", "instances"])
     p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment images: overlays and class-id masks")
     p.add_argument("--input", required=True, help="an image, a folder or a glob")
-    p.add_argument("--model", required=True)
-    _imgsz(p, None)
+    _model_args(p)
     p.add_argument("--out", default="outputs/predict")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("video", help="segment a video file or camera into an overlay MP4 (H.264)")
     p.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
-    p.add_argument("--model", required=True)
-    _imgsz(p, None)
+    _model_args(p)
     p.add_argument("--out", help="output .mp4 (default outputs/<input>_seg.mp4)")
     p.add_argument("--batch", type=int, default=8, help="frames per forward pass")
     p.add_argument("--max-frames", type=int)
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     p.set_defaults(func=cmd_video)
 
     p = sub.add_parser("benchmark", help="time the tutorial's recipe against ours on one device")

@@ -144,26 +144,17 @@ def draw_fps(frame: np.ndarray, fps: float) -> np.ndarray:
     import cv2
 
     scale = max(0.6, frame.shape[1] / 900)
-    cv2.putText(
-        frame,
-        f"{fps:.1f} FPS",
-        (15, int(40 * scale)),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (0, 0, 0),
-        int(4 * scale),
-        cv2.LINE_AA,
-    )
-    cv2.putText(
-        frame,
-        f"{fps:.1f} FPS",
-        (15, int(40 * scale)),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (255, 255, 255),
-        max(1, int(2 * scale)),
-        cv2.LINE_AA,
-    )
+    for colour, thickness in (((0, 0, 0), int(4 * scale)), ((255, 255, 255), max(1, int(2 * scale)))):  # outlined
+        cv2.putText(
+            frame,
+            f"{fps:.1f} FPS",
+            (15, int(40 * scale)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            colour,
+            thickness,
+            cv2.LINE_AA,
+        )
     return frame
 
 
