@@ -184,3 +184,19 @@ def test_feature_cache_on_disk_is_reused_and_keyed(prepared: Path, tmp_path: Pat
     assert len(list(cache.glob("*.pt"))) == 3
     train(_config(data, tmp_path / "d", epochs=1, imgsz=(84, 84), feature_cache_dir=str(cache)), log=lambda *_: None)
     assert len(list(cache.glob("*.pt"))) == 5
+
+
+def test_fine_tune_saves_and_reloads_the_backbone(prepared: Path, tmp_path: Path) -> None:
+    data = make_subset(prepared, tmp_path / "data", 4, 2)
+    run = train(_config(data, tmp_path / "ft", epochs=1, fine_tune=True), log=lambda *_: None)
+    ckpt = torch.load(run / "final_model.pth", weights_only=True)
+    assert ckpt["fine_tune"] and ckpt["backbone"] is not None
+    model, _ = load_model(run / "final_model.pth")
+    assert model.fine_tune
+    for key, value in ckpt["backbone"].items():
+        assert torch.equal(model.backbone.state_dict()[key], value)
+    from webdino_seg.checkpoint import build_backbone
+    from webdino_seg.variants import get_variant
+
+    untouched = build_backbone(get_variant("webdino-tiny"), None, 3)  # the same seeded random start
+    assert not torch.equal(untouched.blocks[0].attn.qkv.weight, model.backbone.blocks[0].attn.qkv.weight)

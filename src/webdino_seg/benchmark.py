@@ -217,7 +217,7 @@ def format_table(res: dict) -> str:
         lines.append(f"{name:<58}{tut:>12.4g}{ours:>12.4g}{speed:>9.1f}x")
     lines.append(
         f"tutorial: training step b8 {res['tutorial_train_s_per_step_b8']:.4g} s "
-        f"({res['tutorial_train_img_s']:.1f} img/s), inference b1 {res['tutorial_infer_ms_b1']:.1f} ms/img"
+        f"({res['tutorial_train_img_s']:.3g} img/s), inference b1 {res['tutorial_infer_ms_b1']:.1f} ms/img"
     )
     lines.append(
         f"ours: feature extraction {res['ours_extract_s']:.3g} s once, head step b8 "

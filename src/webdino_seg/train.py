@@ -309,7 +309,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
         "head_name": cfg.head,
     }
 
-    epoch_log = tqdm.write if rank == 0 else _quiet
+    epoch_log = log  # rank > 0 logs nothing
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
