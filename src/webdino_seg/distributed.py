@@ -40,9 +40,14 @@ def shard(items: torch.Tensor) -> torch.Tensor:
 
 
 def all_sum(value: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all processes (in place, returned)."""
+    """Sum a tensor over all processes (in place, returned); CPU tensors work under NCCL too."""
     if world_size() > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and value.device.type != "cuda":
+            on_gpu = value.cuda()
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            value.copy_(on_gpu)
+        else:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
 
 

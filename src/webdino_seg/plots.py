@@ -22,8 +22,8 @@ def save_curves(history: list[dict], run: str | Path) -> list[Path]:
     written = []
     for filename, (key, title) in CURVES.items():
         fig, ax = plt.subplots(figsize=(8, 5))
-        ax.plot(epochs, [row[f"train_{key}"] for row in history], color="tab:blue", label=f"train {title.lower()}")
-        ax.plot(epochs, [row[f"valid_{key}"] for row in history], color="tab:red", label=f"valid {title.lower()}")
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], color="tab:blue", label=f"train {title}")
+        ax.plot(epochs, [row[f"valid_{key}"] for row in history], color="tab:red", label=f"valid {title}")
         ax.set_xlabel("Epoch")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
