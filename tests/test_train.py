@@ -200,3 +200,20 @@ def test_fine_tune_saves_and_reloads_the_backbone(prepared: Path, tmp_path: Path
 
     untouched = build_backbone(get_variant("webdino-tiny"), None, 3)  # the same seeded random start
     assert not torch.equal(untouched.blocks[0].attn.qkv.weight, model.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_cache_too_big_for_memory_spills_to_disk(prepared: Path, tmp_path: Path) -> None:
+    data = make_subset(prepared, tmp_path / "data", 6, 2)
+    spill = tmp_path / "spill"
+    in_memory = _rows(train(_config(data, tmp_path / "m", epochs=2), log=lambda *_: None))
+    logs: list[str] = []
+    on_disk = _rows(train(_config(data, tmp_path / "d", epochs=2, cache_memory_gb=1e-6, feature_cache_dir=str(spill)),
+                          log=logs.append))  # fmt: skip
+    assert any("in disk" in line for line in logs), logs
+    assert not list(spill.glob("features-*"))  # the mapped files were unlinked at once
+    for a, b in zip(in_memory, on_disk, strict=True):  # bf16 on disk: close, not equal
+        assert abs(float(a["valid_miou"]) - float(b["valid_miou"])) < 0.02
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 0.01
+    again = _rows(train(_config(data, tmp_path / "e", epochs=2, cache_memory_gb=1e-6, feature_cache_dir=str(spill)),
+                        log=lambda *_: None))  # fmt: skip
+    assert _strip_time(again) == _strip_time(on_disk)  # served memory-mapped from the saved cache

@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute frozen features every epoch (tutorial way)")
     p.add_argument("--cache-views", type=int, default=4, help="augmented views per training image in the cache")
     p.add_argument("--feature-cache-dir", help="also keep the feature cache on disk here, reused when unchanged")
+    p.add_argument("--cache-memory-gb", type=float,
+                   help="largest feature cache kept in memory; a larger one is memory-mapped on disk "
+                        "(default: half the free GPU or CPU memory)")  # fmt: skip
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs with a warning instead of failing")
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN after its last completed epoch")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -36,6 +39,36 @@ class FeatureCache:
     def nbytes(self) -> int:
         """Memory the cache holds."""
         return self.features.numel() * self.features.element_size() + self.masks.numel()
+
+
+def plan_store(nbytes: int, device: torch.device, limit_gb: float | None = None) -> str:
+    """Where a cache of `nbytes` goes: ``cuda`` or ``cpu`` memory when it fits, else ``disk``.
+
+    It fits when it takes at most `limit_gb`, or, without a limit, half of what is free there.
+    """
+    limit = None if limit_gb is None else limit_gb * 2**30
+    if device.type == "cuda":
+        free_gpu, _ = torch.cuda.mem_get_info(device)
+        if nbytes <= (limit if limit is not None else free_gpu / 2):
+            return "cuda"
+    free_ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return "cpu" if nbytes <= (limit if limit is not None else free_ram / 2) else "disk"
+
+
+def allocate(shape: tuple[int, ...], dtype: torch.dtype, store: torch.device | Path) -> torch.Tensor:
+    """An empty tensor in memory on `store`, or, when `store` is a folder, backed by a file there.
+
+    The file is unlinked at once: the mapping lives as long as the tensor and nothing is left behind.
+    """
+    if isinstance(store, torch.device):
+        return torch.empty(shape, dtype=dtype, device=store)
+    store.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=store, prefix="features-", suffix=".bin")
+    os.close(fd)
+    try:
+        return torch.from_file(name, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+    finally:
+        os.unlink(name)
 
 
 def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int, identity: dict) -> str:
@@ -68,7 +101,7 @@ def extract(
     batch: int = 16,
     workers: int = 0,
     dtype: torch.dtype = torch.float32,
-    store: torch.device | None = None,
+    store: torch.device | Path | None = None,
     desc: str = "features",
 ) -> FeatureCache:
     """Run the backbone over `views` augmented passes of `dataset` and keep the token grids.
@@ -95,10 +128,10 @@ def extract(
                 with autocast(device):
                     grid = model.features(images.to(device, non_blocking=True))
                 if feats is None:
-                    feats = torch.empty((views * len(mine), *grid.shape[1:]), dtype=dtype, device=store)
-                    masks = torch.empty((views * len(mine), *target.shape[1:]), dtype=torch.uint8, device=store)
-                feats[row : row + len(images)] = grid.to(store, dtype)
-                masks[row : row + len(images)] = target.to(store, torch.uint8)
+                    feats = allocate((views * len(mine), *grid.shape[1:]), dtype, store)
+                    masks = allocate((views * len(mine), *target.shape[1:]), torch.uint8, store)
+                feats[row : row + len(images)] = grid.to(feats.device, dtype)
+                masks[row : row + len(images)] = target.to(masks.device, torch.uint8)
                 row += len(images)
                 bar.update(len(images))
     if feats is None:
@@ -110,9 +143,12 @@ def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> Featu
     """Reuse a cache saved on disk under `key`, else extract it (and save it when `cache_dir` is set)."""
     path = cache_dir / f"{key}.pt" if cache_dir else None
     if path is not None and path.exists():
-        data = torch.load(path, map_location="cpu", weights_only=True)
         store = kwargs.get("store") or torch.device("cpu")
         dtype = kwargs.get("dtype", torch.float32)
+        on_disk = not isinstance(store, torch.device)  # then read it memory-mapped, in place
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=on_disk)
+        if on_disk:
+            return FeatureCache(data["features"], data["masks"], data["views"])
         return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"])
     cache = extract(**kwargs)
     if path is not None and distributed.rank() == 0:

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from . import distributed
 from .backbone import check_image_size
 from .checkpoint import backbone_identity, build_backbone, save_model
 from .data import DataError, SegmentationDataset, find_pairs, sample_seed
-from .features import cache_key, load_or_extract
+from .features import cache_key, load_or_extract, plan_store
 from .heads import create_head
 from .imageio import VOID, read_image, read_mask
 from .io import atomic_write, atomic_write_text
@@ -63,6 +64,7 @@ class TrainConfig:
     cache: bool = True
     cache_views: int = 4
     feature_cache_dir: str | None = None
+    cache_memory_gb: float | None = None  # beyond this the cache is memory-mapped on disk (None: half the free)
     amp: bool = True
     skip_bad: bool = False
 
@@ -135,9 +137,15 @@ class _Source:
         self.cfg, self.model, self.device = cfg, model, device
         self.cached = cfg.cache and not cfg.fine_tune
         if self.cached:
-            store = device if device.type == "cuda" else torch.device("cpu")
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
             cache_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else None
+            h, w = (side // model.backbone.patch_size for side in cfg.imgsz)
+            values = (cfg.cache_views * len(self.train_ds) + len(self.valid_ds)) * model.backbone.embed_dim * h * w
+            # bf16 on the GPU and on disk; float32 in CPU memory keeps CPU runs equal to uncached ones
+            self.store_kind = plan_store(values * 4, device, cfg.cache_memory_gb)
+            store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.store_kind) or Path(
+                cache_dir or tempfile.gettempdir()
+            )
+            dtype = torch.float32 if self.store_kind == "cpu" else torch.bfloat16
             kwargs = {
                 "model": model,
                 "device": device,
@@ -278,7 +286,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
         log(
             f"cached {source.train_cache.views} view(s) x {source.train_cache.count} train + "
             f"{source.valid_cache.count} valid images in {source.cache_seconds:.1f}s "
-            f"({source.train_cache.nbytes() / 2**20:.0f} MiB)"
+            f"({source.train_cache.nbytes() / 2**20:.0f} MiB in {source.store_kind})"
         )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
