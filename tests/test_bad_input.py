@@ -238,3 +238,15 @@ def test_predictions_come_back_at_the_input_size(height: int, width: int, imgsz:
     (logits,) = predictor.logits([image])
     assert logits.shape == (3, height, width)
     assert np.array_equal(mask, logits.argmax(0).numpy().astype(np.uint8))
+
+
+def test_predict_skip_bad(trained_run: Path, pennfudan: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "good.png").write_bytes((pennfudan / "PNGImages" / "FudanPed00002.png").read_bytes())
+    (src / "broken.png").write_bytes(b"")
+    argv = ["predict", "--input", str(src), "--model", str(trained_run / "best_model_iou.pth"), "--out"]
+    _assert_cli_error([*argv, str(tmp_path / "a")], capsys, "broken.png", "empty file")
+    assert main([*argv, str(tmp_path / "b"), "--skip-bad"]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["good_mask.png", "good_overlay.png"]

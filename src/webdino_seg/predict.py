@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import glob
 import time
 from collections.abc import Iterable, Iterator
@@ -158,7 +159,7 @@ def predict_paths(
                     if not skip_bad:
                         raise
                     skipped.append(str(err))
-                    bar.write(f"skipped: {err}")
+                    bar.write(f"skipped: {err}", file=sys.stderr)
             if images:
                 for path, image, mask in zip(names, images, predictor.predict_batch(images), strict=True):
                     save_png(out / f"{path.stem}_overlay.png", overlay(image, mask))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import tempfile
 import threading
 import time
@@ -228,7 +229,7 @@ def run_video(
                     if window:
                         window = _show(out)
                         if not window:
-                            bar.write("--show: no window available (headless OpenCV or no display); continuing")
+                            bar.write("--show: no window available (headless OpenCV or no display)", file=sys.stderr)
                 done += len(chunk)
                 bar.update(len(chunk))
                 if errors:

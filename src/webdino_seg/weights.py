@@ -318,11 +318,14 @@ def resolve_weights(source: str | Path) -> Path:
 
 def _hub_download(repo_id: str) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         hf_hub_download(repo_id, "config.json")
-        return Path(hf_hub_download(repo_id, "model.safetensors")).parent
+        try:
+            return Path(hf_hub_download(repo_id, "model.safetensors")).parent
+        except EntryNotFoundError:  # older repos ship only the pickle (read with weights_only=True)
+            return Path(hf_hub_download(repo_id, "pytorch_model.bin")).parent
     except LocalEntryNotFoundError as err:
         raise FileNotFoundError(
             f"Hub id {repo_id}: not in the local Hugging Face cache and the Hub cannot be reached ({err}). "
