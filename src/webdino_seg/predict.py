@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import glob
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
