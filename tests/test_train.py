@@ -217,3 +217,14 @@ def test_cache_too_big_for_memory_spills_to_disk(prepared: Path, tmp_path: Path)
     again = _rows(train(_config(data, tmp_path / "e", epochs=2, cache_memory_gb=1e-6, feature_cache_dir=str(spill)),
                         log=lambda *_: None))  # fmt: skip
     assert _strip_time(again) == _strip_time(on_disk)  # served memory-mapped from the saved cache
+
+
+def test_written_files_get_normal_permissions(trained_run: Path, prepared: Path) -> None:
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (trained_run / "best_model_iou.pth", trained_run / "metrics.csv", trained_run / "loss.png"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path  # not mkstemp's owner-only 0600
+    assert stat.S_IMODE(prepared.stat().st_mode) == 0o777 & ~mask

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .imageio import IMAGE_SUFFIXES, ImageError, read_image, read_mask
+from .io import publish
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 import albumentations as A
@@ -95,7 +96,7 @@ def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24
             (staging / "split.json").write_text(json.dumps(record, indent=2) + "\n")
             if out.exists():
                 out.rmdir()
-            os.replace(staging, out)
+            publish(staging, out, directory=True)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

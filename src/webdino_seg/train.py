@@ -149,7 +149,7 @@ class _Source:
             kwargs = {
                 "model": model,
                 "device": device,
-                "batch": max(cfg.batch, 16),
+                "batch": max(cfg.batch, 32 if device.type == "cuda" else 16),
                 "workers": cfg.workers,
                 "dtype": dtype,
                 "store": store,

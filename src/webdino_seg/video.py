@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
+from .io import publish
 from .overlay import overlay
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ def _writer(path: Path, info: dict, inbox: queue.Queue, errors: list[BaseExcepti
             stream = container.add_stream("libx264", rate=info["rate"])
             stream.width, stream.height = info["width"], info["height"]
             stream.pix_fmt = "yuv420p" if even else "yuv444p"
+            stream.options = {"preset": "veryfast", "crf": "20"}  # keeps encoding off the critical path
             stream.codec_context.time_base = 1 / info["rate"]
             index = 0
             while (item := inbox.get()) is not _END:
@@ -249,7 +251,7 @@ def run_video(
     if done == 0:
         tmp.unlink(missing_ok=True)
         raise VideoError(f"{src}: the video has no frames")
-    os.replace(tmp, dst)
+    publish(tmp, dst)
     seconds = time.perf_counter() - start
     return {
         "frames": done,
