@@ -148,7 +148,7 @@ def benchmark(
 
     def head_eval() -> None:
         with torch.no_grad(), autocast(dev):
-            F.interpolate(model.head(feats.float()).float(), size=(h, w), mode="bilinear").argmax(1)
+            F.interpolate(model.head(feats.float()).float(), size=(h, w), mode="bilinear").max(1).indices
 
     log("ours: head step on cached features ...")
     with _peak(dev, res, "ours_head_peak_gib"):

@@ -141,7 +141,7 @@ class _Source:
             h, w = (side // model.backbone.patch_size for side in cfg.imgsz)
             values = (cfg.cache_views * len(self.train_ds) + len(self.valid_ds)) * model.backbone.embed_dim * h * w
             # bf16 on the GPU and on disk; float32 in CPU memory keeps CPU runs equal to uncached ones
-            self.store_kind = plan_store(values * 4, device, cfg.cache_memory_gb)
+            self.store_kind = distributed.broadcast(plan_store(values * 4, device, cfg.cache_memory_gb))
             store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.store_kind) or Path(
                 cache_dir or tempfile.gettempdir()
             )
@@ -221,7 +221,8 @@ class _Source:
 
 def _loss(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     up = upsample(logits.float(), masks.shape[-2:])
-    return F.cross_entropy(up, masks, ignore_index=VOID, reduction="sum"), up.argmax(1)
+    # max(1).indices equals argmax(1) and avoids argmax's slow strided path on the CPU (65 -> 5 ms at 8x2x224x224)
+    return F.cross_entropy(up, masks, ignore_index=VOID, reduction="sum"), up.max(1).indices
 
 
 def _save_last(
