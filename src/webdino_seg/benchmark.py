@@ -146,9 +146,9 @@ def benchmark(
         loss.backward()
         opt.step()
 
-    def head_eval() -> None:
+    def head_eval() -> torch.Tensor:
         with torch.no_grad(), autocast(dev):
-            F.interpolate(model.head(feats.float()).float(), size=(h, w), mode="bilinear").max(1).indices
+            return F.interpolate(model.head(feats.float()).float(), size=(h, w), mode="bilinear").max(1).indices
 
     log("ours: head step on cached features ...")
     with _peak(dev, res, "ours_head_peak_gib"):
