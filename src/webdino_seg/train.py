@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .backbone import check_image_size
 from .checkpoint import backbone_identity, build_backbone, save_model
-from .data import DataError, SegmentationDataset, find_pairs, sample_seed
+from .data import DataError, SegmentationDataset, sample_seed
 from .features import cache_key, load_or_extract, plan_store
 from .heads import create_head
 from .imageio import VOID, read_image, read_mask
@@ -112,28 +112,36 @@ def _check_data(root: Path) -> None:
             "`webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`, or use the bundled "
             "examples/pennfudan-sample."
         )
-    for split in ("train", "valid"):
-        find_pairs(root / f"{split}_images", root / f"{split}_masks", on_missing="warn")
+
+
+def _datasets(cfg: TrainConfig, mean: tuple, std: tuple) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """Both splits, every pair decoded and checked once, before any backbone is built or weights fetched."""
+    common = {
+        "imgsz": cfg.imgsz,
+        "mean": mean,
+        "std": std,
+        "num_classes": cfg.num_classes,
+        "mask_mode": cfg.mask_mode,
+        "seed": cfg.seed,
+        "on_bad": "skip" if cfg.skip_bad else "error",
+        "validate": True,
+    }
+    train_ds = SegmentationDataset(cfg.data, "train", augment=True, **common)
+    return train_ds, SegmentationDataset(cfg.data, "valid", augment=False, **common)
 
 
 class _Source:
     """Where batches come from: the live image pipeline, or cached backbone features."""
 
-    def __init__(self, cfg: TrainConfig, model: SegmentationModel, device: torch.device, identity: dict) -> None:
-        mean, std = model.backbone.cfg.mean, model.backbone.cfg.std
-        on_bad = "skip" if cfg.skip_bad else "error"
-        common = {
-            "imgsz": cfg.imgsz,
-            "mean": mean,
-            "std": std,
-            "num_classes": cfg.num_classes,
-            "mask_mode": cfg.mask_mode,
-            "seed": cfg.seed,
-            "on_bad": on_bad,
-            "validate": True,
-        }
-        self.train_ds = SegmentationDataset(cfg.data, "train", augment=True, **common)
-        self.valid_ds = SegmentationDataset(cfg.data, "valid", augment=False, **common)
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: SegmentationModel,
+        device: torch.device,
+        identity: dict,
+        datasets: tuple[SegmentationDataset, SegmentationDataset],
+    ) -> None:
+        self.train_ds, self.valid_ds = datasets
         self.cfg, self.model, self.device = cfg, model, device
         self.cached = cfg.cache and not cfg.fine_tune
         if self.cached:
@@ -266,6 +274,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     variant = get_variant(cfg.arch)
+    datasets = _datasets(cfg, variant.mean, variant.std)
     weights = cfg.weights or variant.url
     if weights in (None, "random"):
         log(f"WARNING: {cfg.arch} uses RANDOM weights (--weights random): a smoke test, not a real model")
@@ -275,7 +284,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
     torch.manual_seed(cfg.seed)
     head = create_head(cfg.head, backbone.embed_dim, cfg.num_classes)
     model = SegmentationModel(backbone, head, fine_tune=cfg.fine_tune).to(device)
-    source = _Source(cfg, model, device, identity)  # reads and checks the data before any folder is made
+    source = _Source(cfg, model, device, identity, datasets)  # before any folder is made
     if resume is None:
         run = new_run_dir(cfg.out) if rank == 0 else None
         run = distributed.broadcast(run)  # only rank 0 writes; the others need the path to resume
