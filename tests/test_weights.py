@@ -137,6 +137,10 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     junk.write_text("this is not a checkpoint")
     with pytest.raises(WeightsError, match=r"junk\.pth: not a PyTorch checkpoint"):
         create_backbone("webdino-tiny", weights=junk)
+    opcode = tmp_path / "opcode.pth"  # bytes the unpickler rejects as an unknown opcode: garbage, not code
+    opcode.write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match=r"opcode\.pth: not a PyTorch checkpoint \(UnpicklingError: Unsupported"):
+        create_backbone("webdino-tiny", weights=opcode)
     nested = tmp_path / "meta.pth"
     torch.save({"epoch": 3, "config": {"lr": 1.0}}, nested)
     with pytest.raises(WeightsError, match="not a state dict"):

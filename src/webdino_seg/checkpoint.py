@@ -18,7 +18,7 @@ from .heads import create_head
 from .io import atomic_write
 from .model import SegmentationModel
 from .variants import BackboneConfig
-from .weights import WeightsError, load_backbone_weights, resolve_weights
+from .weights import WeightsError, load_backbone_weights, resolve_weights, safe_torch_load
 
 FORMAT = "webdino-seg/1"
 
@@ -52,11 +52,14 @@ def backbone_identity(backbone: DinoVisionTransformer, weights: str | None, seed
         identity["fingerprint"] = fingerprint(backbone)
     else:
         path = Path(backbone.weights_info["path"])
-        file = path / "model.safetensors" if path.is_dir() else path
-        identity.update(
-            path=str(path), format=backbone.weights_info["format"], sha256=sha256_file(file) if file.exists() else None
-        )
+        identity.update(path=str(path), format=backbone.weights_info["format"], sha256=_weights_sha256(path))
     return identity
+
+
+def _weights_sha256(path: Path) -> str | None:
+    """sha256 of a weights file, or of an HF folder's model.safetensors (None when there is none)."""
+    file = path / "model.safetensors" if path.is_dir() else path
+    return sha256_file(file) if file.exists() else None
 
 
 def save_model(path: str | Path, model: SegmentationModel, identity: dict, meta: dict) -> Path:
@@ -78,11 +81,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise WeightsError(f"{path}: not a loadable checkpoint ({detail})") from None
+    ckpt = safe_torch_load(path, what="loadable checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a webdino-seg model checkpoint (expected format {FORMAT!r})")
     return ckpt
@@ -106,21 +105,20 @@ def load_model(path: str | Path, weights: str | None = None) -> tuple[Segmentati
             raise WeightsError(f"{path}: the random backbone (seed {ident['seed']}) could not be rebuilt identically")
     else:
         try:
-            resolve_weights(source)
+            found = resolve_weights(source)
         except FileNotFoundError as err:
             hint = f" (official URL {cfg.url}, Hub id {cfg.hub_id})" if cfg.url else ""
             raise FileNotFoundError(
                 f"{path}: needs the backbone weights {source} ({cfg.name}, sha256 {ident.get('sha256')}){hint}, "
                 f"which are not available: {err}. Pass --weights PATH to point at a local copy."
             ) from None
-        backbone = build_backbone(cfg, source, ident["seed"])
-        expected = ident.get("sha256")
-        actual = backbone_identity(backbone, source, ident["seed"]).get("sha256")
-        if expected and actual and expected != actual:
+        expected, actual = ident.get("sha256"), _weights_sha256(found)
+        if expected and actual and expected != actual:  # checked before the weights are read into a model
             raise WeightsError(
                 f"{path}: backbone weights {source} have sha256 {actual[:16]}..., but the model was trained on "
                 f"{expected[:16]}..."
             )
+        backbone = build_backbone(cfg, str(found), ident["seed"])
     head = create_head(ckpt["head_name"], backbone.embed_dim, len(ckpt["class_names"]))
     head.load_state_dict(ckpt["head"], strict=True)
     model = SegmentationModel(backbone, head, fine_tune=ckpt["fine_tune"]).eval()

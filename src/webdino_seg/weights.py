@@ -7,7 +7,6 @@ model's keys and shapes, or a `WeightsError` says what is wrong before anything 
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 
@@ -102,18 +101,47 @@ def read_state_dict(path: str | Path) -> StateDict:
             return load_file(path)
         except (SafetensorError, OSError) as err:
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+    return unwrap(safe_torch_load(path), source=str(path))
+
+
+def safe_torch_load(path: Path, what: str = "PyTorch checkpoint") -> object:
+    """`torch.load(weights_only=True)` on the CPU; a file that is not a `what`, or would run code, is a WeightsError."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(
-            f"{path}: refused to load: the file is not a plain tensor checkpoint and would need to run code "
-            f"to unpickle ({first})"
-        ) from None
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler fails in many ways on foreign bytes
-        detail = (str(err).splitlines() or [type(err).__name__])[0]
-        raise WeightsError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {detail})") from None
-    return unwrap(obj, source=str(path))
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        code = [line for line in lines if "GLOBAL" in line] or _foreign_imports(path)
+        if code:
+            raise WeightsError(
+                f"{path}: refused to load: the file is not a plain tensor checkpoint and would need to run code "
+                f"to unpickle ({code[0]})"
+            ) from None
+        detail = next((line for line in lines if "Unsupported" in line), lines[0])  # not torch's generic advice
+        raise WeightsError(f"{path}: not a {what} ({type(err).__name__}: {detail})") from None
+
+
+def _foreign_imports(path: Path) -> list[str]:
+    """Names outside torch/collections that a pickle (plain or inside a torch zip) imports; read, never run."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "GLOBAL":
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # not a pickle at all
+        return []
+    return [f"imports {n}" for n in names if not n.startswith(("torch.", "collections."))]
 
 
 def unwrap(obj: object, source: str = "checkpoint") -> StateDict:
