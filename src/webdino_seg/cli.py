@@ -105,40 +105,31 @@ def _train(args: argparse.Namespace) -> None:
     train(cfg)
 
 
+def _predictor(args: argparse.Namespace):
+    """The Predictor for a command's --model, --device, --imgsz and --weights."""
+    from .predict import Predictor
+
+    return Predictor.from_checkpoint(args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate, format_report
 
-    report = evaluate(
-        args.model,
-        args.data,
-        args.split,
-        args.device,
-        tuple(args.imgsz) if args.imgsz else None,
-        args.weights,
-        args.mask_mode,
-        args.out,
-    )
+    report = evaluate(_predictor(args), args.model, args.data, args.split, args.mask_mode, args.out)
     print(format_report(report))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import Predictor, predict_paths
+    from .predict import predict_paths
 
-    predictor = Predictor.from_checkpoint(
-        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights
-    )
-    info = predict_paths(predictor, args.input, args.out, args.batch, args.skip_bad)
+    info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad)
     print(
         f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
     )
 
 
 def cmd_video(args: argparse.Namespace) -> None:
-    from .predict import Predictor
-
-    predictor = Predictor.from_checkpoint(
-        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights
-    )
+    predictor = _predictor(args)
     src = args.input
     out = args.out or str(Path("outputs") / f"{Path(src).stem if not src.isdigit() else 'camera' + src}_seg.mp4")
     info = predictor.predict_video(src, out, batch=args.batch, max_frames=args.max_frames, show=args.show)

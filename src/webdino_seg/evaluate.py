@@ -17,17 +17,17 @@ from .predict import Predictor
 
 
 def evaluate(
+    predictor: Predictor,
     model: str | Path,
     data: str | Path,
     split: str = "valid",
-    device: str = "auto",
-    imgsz: tuple[int, int] | None = None,
-    weights: str | None = None,
     mask_mode: str = "ids",
     out: str | Path | None = None,
 ) -> dict:
-    """Score `model` on ``data/<split>_images`` against its masks at full resolution; write a JSON report."""
-    predictor = Predictor.from_checkpoint(model, device, imgsz, weights)
+    """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
+
+    Writes the report as JSON to `out` (default ``<model>.eval.json``) and returns it.
+    """
     names = predictor.class_names
     pairs = find_pairs(Path(data) / f"{split}_images", Path(data) / f"{split}_masks")
     cm = ConfusionMatrix(len(names))
