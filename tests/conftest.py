@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import http.server
 import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +18,16 @@ SHARED_DATA = Path(os.environ.get("WEBDINO_SEG_DATA", Path(__file__).resolve().p
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` are skipped where no CUDA GPU is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 def _shared(sub: str) -> Path:
@@ -93,6 +105,66 @@ def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         seed=0,
     )
     return train(cfg, log=lambda *_: None)
+
+
+def tiny_config(data: Path, out: Path, **overrides: object):
+    """A TrainConfig for the tiny random backbone on a small dataset (112x112, 4 epochs); `overrides` win."""
+    from webdino_seg.train import TrainConfig
+
+    base = {"data": str(data), "out": str(out), "arch": "webdino-tiny", "weights": "random", "imgsz": (112, 112),
+            "epochs": 4, "lr": 1e-3, "batch": 4, "workers": 0, "cache_views": 4, "seed": 3}  # fmt: skip
+    return TrainConfig(**(base | overrides))
+
+
+def metrics_rows(run: Path, timings: bool = True) -> list[dict]:
+    """metrics.csv of a run folder as dicts; `timings=False` drops the wall-clock column."""
+    with open(Path(run) / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if timings or k != "seconds"} for row in csv.DictReader(f)]
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], rel: float = 1e-5) -> None:
+    """Two runs' metrics rows agree (timings aside) to `rel`: 2-thread CPU kernels vary in the last float bits."""
+    assert len(a) == len(b)
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            if key != "seconds":
+                assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=rel, abs=1e-7), (key, row_a, row_b)
+
+
+def reference_mask(model: torch.nn.Module, meta: dict, image: np.ndarray) -> np.ndarray:
+    """Class ids for an RGB image computed here, independently of the Predictor: OpenCV resize and
+    normalisation in NumPy, the model's token-grid logits upsampled with OpenCV to the image size."""
+    import cv2
+
+    h, w = meta["imgsz"]
+    x = cv2.resize(image.astype(np.float32) / 255.0, (w, h), interpolation=cv2.INTER_LINEAR)
+    x = (x - np.array(meta["mean"], np.float32)) / np.array(meta["std"], np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).permute(2, 0, 1)[None].float())[0].numpy()
+    up = np.stack([cv2.resize(c, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR) for c in logits])
+    return up.argmax(0).astype(np.uint8)
+
+
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture, *needles: str) -> str:
+    """Run the CLI, expect exit code 2 and one error line (no traceback) holding every needle; return it."""
+    from webdino_seg.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1].split("\r")[-1]  # progress bars may come before it
+    assert last.startswith(f"webdino-seg {argv[0]}: error: "), err
+    for needle in needles:
+        assert needle in last, err
+    return last
+
+
+class Evil:
+    """Unpickling this would run a shell command that creates the file PWNED in the current folder."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):

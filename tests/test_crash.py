@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
@@ -16,7 +15,7 @@ import torch
 
 import webdino_seg.io as io_mod
 import webdino_seg.train as train_mod
-from conftest import make_subset
+from conftest import assert_same_metrics, make_subset, metrics_rows
 from webdino_seg.checkpoint import load_model
 from webdino_seg.cli import main
 from webdino_seg.train import TrainConfig, TrainingError, train
@@ -68,11 +67,6 @@ def _cfg(data: Path, out: Path) -> dict:
     }
 
 
-def _metrics(run: Path) -> list[dict]:
-    with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
 @pytest.fixture(scope="module")
 def small(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_subset(prepared, tmp_path_factory.mktemp("small"), 8, 4)
@@ -83,6 +77,7 @@ def uninterrupted(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return train(TrainConfig(**_cfg(small, tmp_path_factory.mktemp("whole") / "run")), log=lambda *_: None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "at"), [("step", 4), ("write", 4)])  # 2 steps/epoch; 3 files/epoch at first
 def test_sigkill_then_resume(small: Path, uninterrupted: Path, tmp_path: Path, mode: str, at: int) -> None:
     run = tmp_path / "run"
@@ -101,7 +96,7 @@ def test_sigkill_then_resume(small: Path, uninterrupted: Path, tmp_path: Path, m
             load_model(path)
         assert state["epoch"] >= 1
     assert main(["train", "--resume", str(run)]) == 0
-    assert _metrics(run) == _metrics(uninterrupted)
+    assert_same_metrics(metrics_rows(run), metrics_rows(uninterrupted))
     assert not list(run.glob(".*.tmp"))  # the half-written temp file was cleaned up
 
 
@@ -128,7 +123,7 @@ def test_disk_full_stops_cleanly(small: Path, tmp_path: Path, monkeypatch: pytes
 
 
 def test_nan_loss_stops_with_epoch_and_step(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_loss = train_mod._loss
+    real_loss = train_mod.segmentation_loss
     calls = {"n": 0}
 
     def loss(logits: torch.Tensor, masks: torch.Tensor):
@@ -138,7 +133,7 @@ def test_nan_loss_stops_with_epoch_and_step(small: Path, tmp_path: Path, monkeyp
             value = value * float("nan")
         return value, pred
 
-    monkeypatch.setattr(train_mod, "_loss", loss)
+    monkeypatch.setattr(train_mod, "segmentation_loss", loss)
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, step 2.*last\.pth \(epoch 1\)"):
         train(TrainConfig(**_cfg(small, tmp_path / "run")), log=lambda *_: None)
     state = torch.load(tmp_path / "run" / "last.pth", weights_only=True)

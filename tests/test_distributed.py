@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -11,17 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_subset, tiny_train_cli
+from conftest import make_subset, metrics_rows, tiny_train_cli
 from webdino_seg.train import TrainConfig, train
 
 SETTINGS = {"epochs": 3, "lr": 1e-3, "batch": 4, "cache_views": 3, "seed": 11}
 
 
-def _rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [True, False])
 def test_two_processes_match_one(prepared: Path, tmp_path: Path, cache: bool) -> None:
     data = make_subset(prepared, tmp_path / "data", 9, 3)  # odd sizes: uneven shards, a 1-image last batch
@@ -36,7 +31,7 @@ def test_two_processes_match_one(prepared: Path, tmp_path: Path, cache: bool) ->
     config = TrainConfig(data=str(data), out=str(tmp_path / "one"), arch="webdino-tiny", weights="random",
                          imgsz=(56, 56), workers=0, cache=cache, **SETTINGS)  # fmt: skip
     single = train(config, log=lambda *_: None)
-    ddp_rows, one_rows = _rows(tmp_path / "ddp"), _rows(single)
+    ddp_rows, one_rows = metrics_rows(tmp_path / "ddp"), metrics_rows(single)
     assert len(ddp_rows) == len(one_rows) == 3
     for a, b in zip(ddp_rows, one_rows, strict=True):
         for key in a:

@@ -30,7 +30,11 @@ def test_fine_tune_trains_backbone_too() -> None:
     model.train()
     assert model.backbone.training
     model(torch.randn(1, 3, 28, 28)).sum().backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if n != "backbone.mask_token")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) == len(list(model.parameters())) - 1  # all but the mask token, which no forward uses
+    for name, p in trainable:  # an unused trainable parameter would stop DDP on its second step
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert not model.backbone.mask_token.requires_grad
 
 
 def test_head_channels_follow_backbone() -> None:

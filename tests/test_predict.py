@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import av
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from conftest import FIXTURES, make_subset
+from conftest import FIXTURES, make_subset, reference_mask
 from webdino_seg.checkpoint import load_model
 from webdino_seg.cli import main
-from webdino_seg.predict import Predictor
+from webdino_seg.overlay import overlay
+from webdino_seg.predictor import Predictor
 from webdino_seg.train import TrainConfig, train
 from webdino_seg.weights import WeightsError
 
@@ -23,17 +24,6 @@ from webdino_seg.weights import WeightsError
 @pytest.fixture(scope="module")
 def ckpt(trained_run: Path) -> Path:
     return trained_run / "best_model_iou.pth"
-
-
-def _reference_mask(ckpt: Path, image: np.ndarray) -> np.ndarray:
-    """Argmax of the model's logits upsampled to the image size, computed here without the Predictor."""
-    model, meta = load_model(ckpt)
-    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
-    x = F.interpolate(x, size=tuple(meta["imgsz"]), mode="bilinear", align_corners=False)
-    x = (x - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        logits = F.interpolate(model(x), size=image.shape[:2], mode="bilinear", align_corners=False)
-    return logits.argmax(1)[0].numpy().astype(np.uint8)
 
 
 def test_predict_folder_writes_overlays_and_masks(ckpt: Path, pennfudan: Path, tmp_path: Path) -> None:
@@ -50,7 +40,7 @@ def test_predict_folder_writes_overlays_and_masks(ckpt: Path, pennfudan: Path, t
         with Image.open(tmp_path / "out" / f"{p.stem}_overlay.png") as ov:
             assert ov.size == (image.shape[1], image.shape[0]) and ov.mode == "RGB"
         assert mask.shape == image.shape[:2] and set(np.unique(mask)) <= {0, 1}
-        assert np.array_equal(mask, _reference_mask(ckpt, image))
+        assert (mask != reference_mask(*load_model(ckpt), image)).mean() <= 0.001  # independent: OpenCV resizes
 
 
 def test_predict_glob_and_single_file(ckpt: Path, pennfudan: Path, tmp_path: Path) -> None:
@@ -132,6 +122,21 @@ def test_video_first_frames(ckpt: Path, test_video: Path, tmp_path: Path) -> Non
     assert len(frames) == 12
     assert frames[0].shape == (432, 768, 3)
     assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed into place
+    # every written frame is the overlay of the model's mask on that input frame (to H.264's loss)
+    with av.open(str(test_video)) as container:
+        inputs = [f.to_ndarray(format="rgb24") for f in itertools.islice(container.decode(video=0), 12)]
+    model, meta = load_model(ckpt)
+    below_label = (slice(80, None), slice(None))  # the frame-rate label sits in the top-left corner
+    for frame_in, frame_out in zip(inputs, frames, strict=True):
+        mask = reference_mask(model, meta, frame_in)
+        fg = (mask == 1)[below_label]
+        assert fg.sum() > 200  # the check below must see some person pixels
+        expected = overlay(frame_in, mask)[below_label].astype(np.float32)
+        got = frame_out[below_label].astype(np.float32)
+        raw = frame_in[below_label].astype(np.float32)
+        assert np.abs(got - expected)[fg].mean() < 6  # matches the overlay where the mask is ...
+        assert np.abs(got - raw)[fg].mean() > 4 * np.abs(got - expected)[fg].mean()  # ... not the plain frame
+        assert np.abs(got - expected)[~fg].mean() < 6
 
 
 def test_video_errors(ckpt: Path, test_video: Path, tmp_path: Path, capsys) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, TINY
+from conftest import FIXTURES, TINY, Evil
 from webdino_seg import WeightsError, convert_weights, create_backbone
 from webdino_seg.download import download_url, sha256_file
 from webdino_seg.variants import get_variant
@@ -151,17 +150,12 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
         create_backbone("webdino-tiny", weights=bad_st)
 
 
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch PWNED",))
-
-
 def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"pos_embed": _Evil()}, f)
-    torch.save({"x": _Evil()}, tmp_path / "evil2.pth")
+        pickle.dump({"pos_embed": Evil()}, f)
+    torch.save({"x": Evil()}, tmp_path / "evil2.pth")
     for p in (path, tmp_path / "evil2.pth"):
         with pytest.raises(WeightsError, match="refused to load"):
             create_backbone("webdino-tiny", weights=p)

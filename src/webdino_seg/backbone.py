@@ -138,6 +138,18 @@ class DinoVisionTransformer(nn.Module):
             self.init_weights()
 
     @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise every parameter (e.g. after ``to_empty``) exactly as construction would, then `init_weights`."""
+        for token in (self.cls_token, self.pos_embed, self.mask_token):
+            token.zero_()
+        for m in self.modules():  # construction order, so the random stream matches building on a real device
+            if isinstance(m, LayerScale):
+                m.gamma.fill_(self.cfg.layerscale_init)
+            elif isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)):
+                m.reset_parameters()
+        self.init_weights()
+
+    @torch.no_grad()
     def init_weights(self) -> None:
         """Random initialisation as in the official code (truncated normal, std 0.02)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

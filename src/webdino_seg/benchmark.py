@@ -16,12 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .factory import create_model
-from .predict import Predictor, autocast, resolve_device
+from .losses import segmentation_loss
+from .model import SegmentationModel
+from .predictor import Predictor
+from .runtime import autocast, configure, describe, resolve_device
+from .train import train_step
 from .variants import get_variant
+from .video import run_video
 
 TRAIN_IMAGES, VALID_IMAGES, EPOCHS, BATCH = 146, 24, 60, 8
 
@@ -59,6 +63,17 @@ def _tutorial_mode():
     return sdpa_kernel(SDPBackend.MATH)
 
 
+def tutorial_step(model: SegmentationModel, optimizer, images: torch.Tensor, masks: torch.Tensor, dev) -> None:
+    """The tutorial's training step: fp32, plain (math) attention, the frozen backbone run on every batch."""
+    with _tutorial_mode():
+        train_step(model, optimizer, images, masks, dev, amp=False)
+
+
+def our_step(model: SegmentationModel, optimizer, features: torch.Tensor, masks: torch.Tensor, dev) -> None:
+    """Our training step: the head alone on cached backbone features, bf16 autocast on GPU."""
+    train_step(model.head, optimizer, features.float(), masks, dev, amp=True)
+
+
 def benchmark(
     arch: str = "webdino-300m",
     imgsz: tuple[int, int] = (644, 644),
@@ -70,6 +85,7 @@ def benchmark(
 ) -> dict:
     """Measure both recipes; return a dict of figures (seconds, images/s, FPS, GiB)."""
     dev = resolve_device(device)
+    configure(dev)
     iters, warmup = (1, 1) if quick else (10, 3)
     batches = (1, 2) if quick and dev.type == "cpu" else (1, 8, 32)
     train_batch = 2 if quick and dev.type == "cpu" else BATCH
@@ -87,6 +103,7 @@ def benchmark(
         "train_batch_measured": train_batch,
         "views": views,
     }
+    res |= {"runtime": describe(dev)}
     if dev.type == "cuda":
         res["device_name"] = torch.cuda.get_device_name(dev)
 
@@ -99,16 +116,9 @@ def benchmark(
     opt = torch.optim.AdamW(model.head.parameters(), lr=1e-4)
     x_train = images(train_batch)
 
-    def tutorial_step() -> None:
-        logits = F.interpolate(model(x_train), size=(h, w), mode="bilinear")
-        loss = F.cross_entropy(logits, masks)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
     log("tutorial recipe: training step ...")
     with _tutorial_mode(), _peak(dev, res, "tutorial_train_peak_gib"):
-        per_img = _time(tutorial_step, dev, iters, warmup) / train_batch
+        per_img = _time(lambda: tutorial_step(model, opt, x_train, masks, dev), dev, iters, warmup) / train_batch
     res["tutorial_train_img_s"] = 1 / per_img
     res["tutorial_train_s_per_step_b8"] = per_img * BATCH
     x1 = images(1)
@@ -138,21 +148,15 @@ def benchmark(
     target = torch.randint(0, 2, (BATCH, h, w), device=dev)
     opt = torch.optim.AdamW(model.head.parameters(), lr=1e-4)
 
-    def head_step() -> None:
-        with autocast(dev):
-            logits = model.head(feats.float())
-        loss = F.cross_entropy(F.interpolate(logits.float(), size=(h, w), mode="bilinear"), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
     def head_eval() -> torch.Tensor:
         with torch.no_grad(), autocast(dev):
-            return F.interpolate(model.head(feats.float()).float(), size=(h, w), mode="bilinear").max(1).indices
+            return segmentation_loss(model.head(feats.float()), target)[1]
 
     log("ours: head step on cached features ...")
     with _peak(dev, res, "ours_head_peak_gib"):
-        res["ours_head_s_per_step_b8"] = _time(head_step, dev, max(iters, 5), warmup)
+        res["ours_head_s_per_step_b8"] = _time(
+            lambda: our_step(model, opt, feats, target, dev), dev, max(iters, 5), warmup
+        )
         head_eval_s = _time(head_eval, dev, max(iters, 5), warmup)
     res["ours_extract_s"] = extract_s
     res["ours_epoch_s"] = steps * res["ours_head_s_per_step_b8"] + math.ceil(VALID_IMAGES / BATCH) * head_eval_s
@@ -168,10 +172,10 @@ def benchmark(
             log(f"video: {frames} frames each way ...")
             slow = Predictor(model, imgsz, mean, std, ["background", "person"], dev, amp=False)
             with _tutorial_mode():
-                info = slow.predict_video(video, Path(tmp) / "t.mp4", batch=1, max_frames=frames, progress=False)
+                info = run_video(slow, video, Path(tmp) / "t.mp4", batch=1, max_frames=frames, progress=False)
             res["tutorial_video_fps"] = info["fps"]
             fast = Predictor(model, imgsz, mean, std, ["background", "person"], dev, amp=True)
-            info = fast.predict_video(video, Path(tmp) / "o.mp4", batch=8, max_frames=frames, progress=False)
+            info = run_video(fast, video, Path(tmp) / "o.mp4", batch=8, max_frames=frames, progress=False)
             res["ours_video_fps"] = info["fps"]
             res["video_frames"] = frames
     res["process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

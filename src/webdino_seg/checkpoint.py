@@ -14,11 +14,12 @@ import torch
 
 from .backbone import DinoVisionTransformer
 from .download import sha256_file
-from .heads import create_head
+from .factory import build_backbone
+from .heads import create_head, head_name
 from .io import atomic_write
 from .model import SegmentationModel
 from .variants import BackboneConfig
-from .weights import WeightsError, load_backbone_weights, resolve_weights, safe_torch_load
+from .weights import WeightsError, resolve_weights, safe_torch_load
 
 FORMAT = "webdino-seg/1"
 
@@ -27,17 +28,6 @@ def fingerprint(module: torch.nn.Module) -> float:
     """A cheap checksum of all parameters (float64 sum of values and absolute values)."""
     with torch.no_grad():
         return float(sum(p.double().sum() + p.double().abs().sum() for p in module.parameters()))
-
-
-def build_backbone(cfg: BackboneConfig, weights: str | None, seed: int) -> DinoVisionTransformer:
-    """A backbone from `weights` (path, URL, Hub id) or, for ``None``/``random``, seeded random init."""
-    if weights in (None, "random"):
-        torch.manual_seed(seed)
-        return DinoVisionTransformer(cfg)
-    with torch.device("meta"):
-        backbone = DinoVisionTransformer(cfg)
-    backbone.weights_info = load_backbone_weights(backbone, weights)
-    return backbone
 
 
 def backbone_identity(backbone: DinoVisionTransformer, weights: str | None, seed: int) -> dict:
@@ -67,7 +57,7 @@ def save_model(path: str | Path, model: SegmentationModel, identity: dict, meta:
     payload = {
         "format": FORMAT,
         "head": model.head.state_dict(),
-        "head_name": "simple",
+        "head_name": head_name(model.head),
         "fine_tune": model.fine_tune,
         "backbone": model.backbone.state_dict() if model.fine_tune else None,
         "backbone_identity": identity,
@@ -87,39 +77,54 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_model(path: str | Path, weights: str | None = None) -> tuple[SegmentationModel, dict]:
-    """Rebuild the model a checkpoint describes; `weights` overrides where the backbone weights are."""
+def load_model(
+    path: str | Path, weights: str | None = None, backbone: DinoVisionTransformer | None = None
+) -> tuple[SegmentationModel, dict]:
+    """Rebuild the model a checkpoint describes; `weights` overrides where the backbone weights are.
+
+    `backbone`, when given, is used as the frozen backbone instead of loading it again (training
+    passes the one it already holds); it must be the variant the checkpoint names.
+    """
     ckpt = read_checkpoint(path)
     ident = ckpt["backbone_identity"]
     cfg_fields = dict(ident["config"])
     cfg_fields["mean"], cfg_fields["std"] = tuple(cfg_fields["mean"]), tuple(cfg_fields["std"])
     cfg = BackboneConfig(**cfg_fields)
-    source = weights or ident["weights"]
     if ckpt["backbone"] is not None:
         with torch.device("meta"):
             backbone = DinoVisionTransformer(cfg)
         backbone.load_state_dict(ckpt["backbone"], strict=True, assign=True)
-    elif source == "random":
-        backbone = build_backbone(cfg, None, ident["seed"])
-        if abs(fingerprint(backbone) - ident["fingerprint"]) > 1e-6 * max(1.0, abs(ident["fingerprint"])):
-            raise WeightsError(f"{path}: the random backbone (seed {ident['seed']}) could not be rebuilt identically")
+    elif backbone is not None:
+        if backbone.cfg != cfg:
+            raise WeightsError(f"{path}: the given backbone is {backbone.cfg.name}, the checkpoint needs {cfg.name}")
     else:
-        try:
-            found = resolve_weights(source)
-        except FileNotFoundError as err:
-            hint = f" (official URL {cfg.url}, Hub id {cfg.hub_id})" if cfg.url else ""
-            raise FileNotFoundError(
-                f"{path}: needs the backbone weights {source} ({cfg.name}, sha256 {ident.get('sha256')}){hint}, "
-                f"which are not available: {err}. Pass --weights PATH to point at a local copy."
-            ) from None
-        expected, actual = ident.get("sha256"), _weights_sha256(found)
-        if expected and actual and expected != actual:  # checked before the weights are read into a model
-            raise WeightsError(
-                f"{path}: backbone weights {source} have sha256 {actual[:16]}..., but the model was trained on "
-                f"{expected[:16]}..."
-            )
-        backbone = build_backbone(cfg, str(found), ident["seed"])
+        backbone = _frozen_backbone(path, cfg, ident, weights)
     head = create_head(ckpt["head_name"], backbone.embed_dim, len(ckpt["class_names"]))
     head.load_state_dict(ckpt["head"], strict=True)
     model = SegmentationModel(backbone, head, fine_tune=ckpt["fine_tune"]).eval()
     return model, ckpt
+
+
+def _frozen_backbone(path: str | Path, cfg: BackboneConfig, ident: dict, weights: str | None) -> DinoVisionTransformer:
+    """The frozen backbone a head-only checkpoint names, found again and verified (sha256 or fingerprint)."""
+    source = weights or ident["weights"]
+    if source == "random":
+        backbone = build_backbone(cfg, None, ident["seed"])
+        if abs(fingerprint(backbone) - ident["fingerprint"]) > 1e-6 * max(1.0, abs(ident["fingerprint"])):
+            raise WeightsError(f"{path}: the random backbone (seed {ident['seed']}) could not be rebuilt identically")
+        return backbone
+    try:
+        found = resolve_weights(source)
+    except FileNotFoundError as err:
+        hint = f" (official URL {cfg.url}, Hub id {cfg.hub_id})" if cfg.url else ""
+        raise FileNotFoundError(
+            f"{path}: needs the backbone weights {source} ({cfg.name}, sha256 {ident.get('sha256')}){hint}, "
+            f"which are not available: {err}. Pass --weights PATH to point at a local copy."
+        ) from None
+    expected, actual = ident.get("sha256"), _weights_sha256(found)
+    if expected and actual and expected != actual:  # checked before the weights are read into a model
+        raise WeightsError(
+            f"{path}: backbone weights {source} have sha256 {actual[:16]}..., but the model was trained on "
+            f"{expected[:16]}..."
+        )
+    return build_backbone(cfg, str(found), ident["seed"])

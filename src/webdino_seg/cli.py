@@ -20,6 +20,17 @@ def _imgsz(parser: argparse.ArgumentParser, default: tuple[int, int] | None = (6
     )
 
 
+def _mask_mode(parser: argparse.ArgumentParser) -> None:
+    from .imageio import MASK_MODES
+
+    parser.add_argument(
+        "--mask-mode",
+        default="ids",
+        choices=MASK_MODES,
+        help="how to read mask values: class ids (255 void), binary 0/non-zero, or instance ids (default: ids)",
+    )
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     """The options every command that loads a trained checkpoint takes."""
     parser.add_argument("--model", required=True, help="a checkpoint written by train")
@@ -107,7 +118,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _predictor(args: argparse.Namespace):
     """The Predictor for a command's --model, --device, --imgsz and --weights."""
-    from .predict import Predictor
+    from .predictor import Predictor
 
     return Predictor.from_checkpoint(args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights)
 
@@ -129,10 +140,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_video(args: argparse.Namespace) -> None:
+    from .video import run_video
+
     predictor = _predictor(args)
     src = args.input
     out = args.out or str(Path("outputs") / f"{Path(src).stem if not src.isdigit() else 'camera' + src}_seg.mp4")
-    info = predictor.predict_video(src, out, batch=args.batch, max_frames=args.max_frames, show=args.show)
+    info = run_video(predictor, src, out, batch=args.batch, max_frames=args.max_frames, show=args.show)
     for warning in info["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
@@ -200,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data_samples.png")
     p.add_argument("--split", default="train", choices=["train", "valid"])
     p.add_argument("--count", type=int, default=8)
-    p.add_argument("--mask-mode", default="ids", choices=["ids", "binary", "instances"])
+    _mask_mode(p)
     p.set_defaults(func=cmd_show_data)
 
     p = sub.add_parser("train", help="train a segmentation head (or fine-tune) on an image/mask dataset")
@@ -214,12 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-tune", action="store_true", help="train the backbone too")
     p.add_argument("--num-classes", type=int, default=2)
     p.add_argument("--class-names", nargs="+")
-    p.add_argument(
-        "--mask-mode",
-        default="ids",
-        choices=["ids", "binary", "instances"],
-        help="mask values: class ids (255 void), binary 0/non-zero, or instance ids",
-    )
+    _mask_mode(p)
     _imgsz(p)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=8)
@@ -244,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     _model_args(p)
     p.add_argument("--split", default="valid")
-    p.add_argument("--mask-mode", default="ids", choices=["ids", "binary", "instances"])
+    _mask_mode(p)
     p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
     p.set_defaults(func=cmd_evaluate)
 

@@ -13,7 +13,7 @@ from .data import find_pairs
 from .imageio import VOID, read_image, read_mask
 from .io import atomic_write_text
 from .metrics import ConfusionMatrix
-from .predict import Predictor
+from .predictor import Predictor
 
 
 def evaluate(

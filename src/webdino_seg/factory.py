@@ -1,32 +1,60 @@
-"""Build backbones and segmentation models by variant name, optionally with weights."""
+"""The one backbone builder: built on the meta device, then loaded from weights or initialised once."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .backbone import DinoVisionTransformer
 from .heads import create_head
 from .model import SegmentationModel
-from .variants import get_variant
+from .variants import BackboneConfig, get_variant
 from .weights import load_backbone_weights
 
 
-def create_backbone(
-    arch: str = "webdino-300m", weights: str | Path | None = None, **overrides: object
-) -> DinoVisionTransformer:
-    """Build a backbone by name; `overrides` replace config fields; `weights` is a path, URL or Hub id.
+def _on_meta() -> bool:
+    """True inside ``with torch.device("meta")``: then only shapes are wanted."""
+    return torch.empty(0).device.type == "meta"
 
-    ``weights="default"`` uses the variant's official URL. Loading is strict.
+
+def build_backbone(
+    cfg: BackboneConfig, weights: str | Path | None = None, seed: int | None = None
+) -> DinoVisionTransformer:
+    """A backbone for `cfg`: loaded strictly from `weights` (path, URL, Hub id), or randomly initialised.
+
+    ``weights`` ``None`` or ``"random"`` gives the official random initialisation, seeded by `seed`
+    when given (the same seed gives the same backbone). Inside ``torch.device("meta")`` nothing is
+    allocated or loaded. Parameters are allocated once, never initialised and then overwritten.
+    """
+    with torch.device("meta"):
+        backbone = DinoVisionTransformer(cfg)
+    if _on_meta():
+        return backbone
+    if weights is None or str(weights) == "random":
+        if seed is not None:
+            torch.manual_seed(seed)
+        backbone.to_empty(device="cpu")
+        backbone.reset_parameters()
+        return backbone
+    backbone.weights_info = load_backbone_weights(backbone, weights)
+    return backbone
+
+
+def create_backbone(
+    arch: str = "webdino-300m", weights: str | Path | None = None, seed: int | None = None, **overrides: object
+) -> DinoVisionTransformer:
+    """Build a backbone by variant name; `overrides` replace config fields; `weights` is a path, URL or Hub id.
+
+    ``weights="default"`` uses the variant's official URL; ``None`` or ``"random"`` initialises randomly.
+    Loading is strict.
     """
     cfg = get_variant(arch).replace(**overrides) if overrides else get_variant(arch)
-    model = DinoVisionTransformer(cfg)
-    if weights is not None:
-        if weights == "default":
-            if cfg.url is None:
-                raise ValueError(f"{cfg.name} has no official weights; pass a file, URL or Hub id")
-            weights = cfg.url
-        model.weights_info = load_backbone_weights(model, weights)
-    return model
+    if weights == "default":
+        if cfg.url is None:
+            raise ValueError(f"{cfg.name} has no official weights; pass a file, URL or Hub id")
+        weights = cfg.url
+    return build_backbone(cfg, weights, seed)
 
 
 def create_model(

@@ -21,7 +21,7 @@ from . import distributed
 from .data import SegmentationDataset
 from .io import atomic_write
 from .model import SegmentationModel
-from .predict import autocast
+from .runtime import autocast
 
 
 class FeatureCache:

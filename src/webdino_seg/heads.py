@@ -24,6 +24,14 @@ class SimpleDecoder(nn.Module):
 HEADS = {"simple": SimpleDecoder}
 
 
+def head_name(head: nn.Module) -> str:
+    """The name `create_head` knows a head by."""
+    for name, cls in HEADS.items():
+        if type(head) is cls:
+            return name
+    raise ValueError(f"{type(head).__name__} is not one of the known heads: {', '.join(HEADS)}")
+
+
 def create_head(name: str, in_channels: int, num_classes: int) -> nn.Module:
     """Build a head by name (``simple``)."""
     if name not in HEADS:

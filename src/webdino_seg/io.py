@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 
 @functools.cache
 def _umask() -> int:
@@ -47,3 +49,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write an (H, W) or (H, W, 3) uint8 array as PNG atomically."""
+    from PIL import Image
+
+    return atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=1))

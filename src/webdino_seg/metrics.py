@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-VOID = 255
+from .imageio import VOID
 
 
 class ConfusionMatrix:

@@ -20,6 +20,8 @@ class SegmentationModel(nn.Module):
         if not fine_tune:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+        else:  # only masked-image pre-training uses the mask token: a trainable unused parameter breaks DDP
+            self.backbone.mask_token.requires_grad_(False)
 
     def train(self, mode: bool = True) -> SegmentationModel:
         """Switch the head (and a fine-tuned backbone) to training mode; a frozen backbone stays in eval."""

@@ -15,16 +15,13 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from .io import publish
 from .overlay import overlay
-
-if TYPE_CHECKING:
-    from .predict import Predictor
+from .predictor import Predictor
 
 _END = object()
 

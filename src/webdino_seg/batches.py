@@ -1,0 +1,141 @@
+"""Where training batches come from: the live image pipeline, or cached frozen-backbone features.
+
+Under torchrun each process takes its share of every batch; an empty share keeps the
+collectives in step when there are more processes than images in a batch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .data import SegmentationDataset, sample_seed
+from .features import FeatureCache, cache_key, load_or_extract, plan_store
+from .model import SegmentationModel
+
+
+class BatchSource:
+    """(inputs, masks) batches for training and validation, and the module that turns inputs into logits.
+
+    With a frozen backbone and the cache on, inputs are cached token grids and the trainable
+    module is the head; otherwise inputs are images and the trainable module is the whole model.
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        datasets: tuple[SegmentationDataset, SegmentationDataset],
+        device: torch.device,
+        batch: int,
+        seed: int,
+        workers: int = 0,
+        cache: bool = True,
+        cache_views: int = 1,
+        cache_dir: str | Path | None = None,
+        cache_memory_gb: float | None = None,
+        identity: dict | None = None,
+    ) -> None:
+        self.train_ds, self.valid_ds = datasets
+        self.model, self.device = model, device
+        self.batch, self.seed, self.workers = batch, seed, workers
+        self.cached = cache and not model.fine_tune
+        self.train_cache: FeatureCache | None = None
+        self.valid_cache: FeatureCache | None = None
+        self.cache_seconds = 0.0
+        self.store_kind = "none"
+        if self.cached:
+            self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {})
+        self.trainable = model.head if self.cached else model
+        self.net = self.trainable
+        if distributed.world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.trainable, device_ids=ids)
+
+    def _extract(self, views: int, cache_dir: Path | None, memory_gb: float | None, identity: dict) -> None:
+        model, device = self.model, self.device
+        h, w = (side // model.backbone.patch_size for side in self.train_ds.imgsz)
+        values = (views * len(self.train_ds) + len(self.valid_ds)) * model.backbone.embed_dim * h * w
+        # bf16 on the GPU and on disk; float32 in CPU memory keeps CPU runs equal to uncached ones
+        self.store_kind = distributed.broadcast(plan_store(values * 4, device, memory_gb))
+        store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.store_kind) or Path(
+            cache_dir or tempfile.gettempdir()
+        )
+        common = {
+            "model": model,
+            "device": device,
+            "batch": max(self.batch, 32 if device.type == "cuda" else 16),
+            "workers": self.workers,
+            "dtype": torch.float32 if self.store_kind == "cpu" else torch.bfloat16,
+            "store": store,
+        }
+        start = time.perf_counter()
+        self.train_cache = load_or_extract(
+            cache_dir,
+            cache_key(self.train_ds, model, views, identity),
+            dataset=self.train_ds,
+            views=views,
+            desc="caching train features",
+            **common,
+        )
+        self.valid_cache = load_or_extract(
+            cache_dir,
+            cache_key(self.valid_ds, model, 1, identity),
+            dataset=self.valid_ds,
+            views=1,
+            desc="caching valid features",
+            **common,
+        )
+        self.cache_seconds = time.perf_counter() - start
+
+    def describe_cache(self) -> str:
+        """One line on what the cache holds and where."""
+        train, valid = self.train_cache, self.valid_cache
+        return (
+            f"cached {train.views} view(s) x {train.count} train + {valid.count} valid images in "
+            f"{self.cache_seconds:.1f}s ({train.nbytes() / 2**20:.0f} MiB in {self.store_kind})"
+        )
+
+    def steps_per_epoch(self) -> int:
+        """Batches in one training epoch."""
+        return -(-len(self.train_ds) // self.batch)
+
+    def _batches(
+        self, dataset: SegmentationDataset, cache: FeatureCache | None, view: int, order: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's share of each batch of `order` (all of it without torchrun)."""
+        shards = [distributed.shard(order[i : i + self.batch]) for i in range(0, len(order), self.batch)]
+        if cache is not None:
+            for idx in shards:
+                yield cache.batch(view, idx, self.device)
+            return
+        loader = iter(
+            torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=[idx.tolist() for idx in shards if len(idx)],
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        )
+        h, w = dataset.imgsz
+        for idx in shards:
+            if len(idx):
+                images, masks = next(loader)
+            else:  # more processes than images in this batch: an empty share keeps the collectives in step
+                images, masks = torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long)
+            yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, masks) batches for one epoch, in an order seeded by (seed, epoch)."""
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
+        order = torch.randperm(len(self.train_ds), generator=generator)
+        self.train_ds.set_epoch(epoch)
+        yield from self._batches(self.train_ds, self.train_cache, epoch, order)
+
+    def valid_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, masks) batches over the validation split."""
+        yield from self._batches(self.valid_ds, self.valid_cache, 0, torch.arange(len(self.valid_ds)))

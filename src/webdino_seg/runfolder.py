@@ -1,0 +1,199 @@
+"""The run folder: training settings (`TrainConfig`), creating and resuming a run, and what it holds.
+
+A run folder has config.yaml, metrics.csv, last.pth (resume state), best_model_iou.pth,
+best_model_loss.pth, final_model.pth, the curves and valid_preds/. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .backbone import check_image_size
+from .checkpoint import load_model, save_model
+from .imageio import MASK_MODES, read_image, read_mask
+from .io import atomic_write, atomic_write_text, save_png
+from .model import SegmentationModel
+from .overlay import overlay
+from .predictor import Predictor
+
+LAST = "last.pth"
+CONFIG = "config.yaml"
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; written to ``config.yaml`` in the run folder and read back on resume."""
+
+    data: str
+    out: str = "runs/train"
+    arch: str = "webdino-300m"
+    weights: str | None = None  # path, URL, Hub id, "random"; None: the variant's official .pth URL
+    fine_tune: bool = False
+    num_classes: int = 2
+    class_names: list[str] | None = None
+    mask_mode: str = "ids"
+    head: str = "simple"
+    imgsz: tuple[int, int] = (644, 644)
+    lr: float = 1e-4
+    batch: int = 8
+    epochs: int = 60
+    scheduler: bool = False
+    scheduler_epochs: list[int] = field(default_factory=lambda: [45])
+    device: str = "auto"
+    workers: int = 4
+    seed: int = 42
+    cache: bool = True
+    cache_views: int = 4
+    feature_cache_dir: str | None = None
+    cache_memory_gb: float | None = None  # beyond this the cache is memory-mapped on disk (None: half the free)
+    amp: bool = True
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        self.imgsz = tuple(self.imgsz)
+        check_image_size(*self.imgsz)
+        if self.class_names is None:
+            self.class_names = (
+                ["background", "person"] if self.num_classes == 2 else [f"class{i}" for i in range(self.num_classes)]
+            )
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
+        for name, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--cache-views", self.cache_views)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"--mask-mode {self.mask_mode!r}: use one of {', '.join(MASK_MODES)}")
+
+    def to_dict(self) -> dict:
+        """The settings as plain data (lists, not tuples)."""
+        return dataclasses.asdict(self) | {"imgsz": list(self.imgsz)}
+
+    def to_yaml(self) -> str:
+        """The settings as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrainConfig:
+        """Read settings written by `to_yaml`."""
+        return cls(**yaml.safe_load(path.read_text()))
+
+
+def new_run_dir(out: str | Path) -> Path:
+    """Create and return `out` if new or empty, else the first free ``out-2``, ``out-3``...
+
+    Each candidate is claimed with an atomic mkdir, so two runs started together never share a folder.
+    """
+    base = Path(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            if candidate.is_dir() and not any(candidate.iterdir()):
+                try:  # an empty folder is taken over by whoever removes and re-creates it first
+                    candidate.rmdir()
+                    candidate.mkdir()
+                    return candidate
+                except (FileNotFoundError, FileExistsError, OSError):
+                    pass
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+
+
+class RunFolder:
+    """One training run's folder and the files in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def create(cls, cfg: TrainConfig) -> RunFolder:
+        """A new folder for `cfg` (``--out`` or the next free ``-N``) with its config.yaml."""
+        run = cls(new_run_dir(cfg.out))
+        atomic_write_text(run / CONFIG, cfg.to_yaml())
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple[RunFolder, TrainConfig]:
+        """An existing run to resume, and its settings; half-written temp files of the stopped run are removed."""
+        run = cls(path)
+        if not (run / LAST).exists() or not (run / CONFIG).exists():
+            raise FileNotFoundError(f"--resume {run.path}: no {LAST} and {CONFIG} there; is it a run folder?")
+        for stale in run.path.glob(".*.tmp"):
+            stale.unlink()
+        return run, TrainConfig.from_yaml(run / CONFIG)
+
+    def save_last(self, state: dict) -> None:
+        """Write the resume state (epoch, head, optimizer, scheduler, history, best)."""
+        atomic_write(self / LAST, lambda f: torch.save({"format": "webdino-seg/last", **state}, f))
+
+    def load_last(self) -> dict:
+        """Read the resume state written by `save_last`."""
+        return torch.load(self / LAST, map_location="cpu", weights_only=True)
+
+    def write_metrics(self, history: list[dict]) -> None:
+        """metrics.csv: one row per epoch."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self / "metrics.csv", buf.getvalue())
+
+    def save_model(self, name: str, model: SegmentationModel, identity: dict, meta: dict) -> Path:
+        """A model checkpoint in the folder (see `checkpoint.save_model`)."""
+        return save_model(self / name, model, identity, meta)
+
+    def finish(
+        self,
+        model: SegmentationModel,
+        identity: dict,
+        meta: dict,
+        history: list[dict],
+        valid_pairs: list[tuple[Path, Path]],
+        cfg: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        """Final artifacts: final_model.pth, the curves and valid_preds/."""
+        self.save_model("final_model.pth", model, identity, meta)
+        from .plots import save_curves
+
+        save_curves(history, self.path)
+        self.write_valid_preds(model, valid_pairs, cfg, device)
+
+    def write_valid_preds(
+        self, model: SegmentationModel, pairs: list[tuple[Path, Path]], cfg: TrainConfig, device: torch.device
+    ) -> None:
+        """``valid_preds/<name>.png``: ground truth beside the best-mIoU model's prediction, at full resolution."""
+        best_path = self / "best_model_iou.pth"
+        if not best_path.exists():
+            return
+        best, ckpt = load_model(best_path, backbone=model.backbone)
+        predictor = Predictor(best, cfg.imgsz, ckpt["mean"], ckpt["std"], ckpt["class_names"], device, cfg.amp)
+        out = self / "valid_preds"
+        out.mkdir(exist_ok=True)
+        for image_path, mask_path in tqdm(pairs, desc="valid_preds", leave=False):
+            image = read_image(image_path)
+            truth = read_mask(mask_path, cfg.mask_mode)
+            pred = predictor.predict(image)
+            gap = np.full((image.shape[0], 8, 3), 255, np.uint8)
+            save_png(
+                out / f"{image_path.stem}.png", np.concatenate([overlay(image, truth), gap, overlay(image, pred)], 1)
+            )
