@@ -129,8 +129,8 @@ def test_cli_input_errors(prepared: Path, tmp_path: Path, trained_run: Path, cap
         ["predict", "--input", str(tmp_path / "huge.png"), "--model", ckpt, "--out", str(tmp_path / "p")],
         capsys,
         "huge.png",
-        "too large",
-        "400000000 pixels",
+        "400,000,000 pixels",
+        "256 MP",
     )
     cli_error(["evaluate", "--data", str(tmp_path / "empty"), "--model", ckpt], capsys, "valid_images")
     junk = tmp_path / "junk.pth"

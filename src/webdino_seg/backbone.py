@@ -20,7 +20,12 @@ from .variants import BackboneConfig
 def check_image_size(height: int, width: int, patch_size: int = 14) -> None:
     """Raise a ValueError naming the nearest valid sizes unless both sides are multiples of the patch."""
     for side, value in (("height", height), ("width", width)):
-        if value % patch_size or value <= 0:
+        if value < patch_size:
+            raise ValueError(
+                f"image {side} {value} (size {height}x{width}) must be a positive multiple of the patch size "
+                f"{patch_size}, e.g. {patch_size * 46}"
+            )
+        if value % patch_size:
             low = max(patch_size, value // patch_size * patch_size)
             high = (value // patch_size + 1) * patch_size
             raise ValueError(

@@ -9,6 +9,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _imgsz(parser: argparse.ArgumentParser, default: tuple[int, int] | None = (644, 644)) -> None:
     parser.add_argument(
         "--imgsz",
@@ -131,8 +147,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .io import check_output_dir
     from .predict import predict_paths
 
+    check_output_dir(args.out)  # before the model is loaded
     info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad)
     print(
         f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
@@ -140,11 +158,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_video(args: argparse.Namespace) -> None:
-    from .video import run_video
+    from .io import check_output_file
+    from .video import is_camera, run_video
 
-    predictor = _predictor(args)
     src = args.input
-    out = args.out or str(Path("outputs") / f"{Path(src).stem if not src.isdigit() else 'camera' + src}_seg.mp4")
+    name = "camera" + src.removeprefix("camera:") if is_camera(src) else Path(src).stem
+    out = check_output_file(args.out or Path("outputs") / f"{name}_seg.mp4")  # before the model is loaded
+    predictor = _predictor(args)
     info = run_video(predictor, src, out, batch=args.batch, max_frames=args.max_frames, show=args.show)
     for warning in info["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -183,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the model's layer table and parameter counts")
     p.add_argument("--arch", default="webdino-300m")
     _imgsz(p)
-    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--num-classes", type=positive, default=2)
     p.add_argument("--fine-tune", action="store_true")
     p.add_argument("--list", action="store_true", help="list the backbone variants")
     p.set_defaults(func=cmd_info)
@@ -198,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-data", help="turn the Penn-Fudan release (folder or zip) into train/valid folders")
     p.add_argument("--source", required=True, help="PennFudanPed folder or PennFudanPed.zip")
     p.add_argument("--out", required=True, help="new folder for train_images/ train_masks/ valid_images/ valid_masks/")
-    p.add_argument("--valid-count", type=int, default=24)
+    p.add_argument("--valid-count", type=positive, default=24)
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_prepare_data)
 
@@ -212,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--out", default="data_samples.png")
     p.add_argument("--split", default="train", choices=["train", "valid"])
-    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--count", type=positive, default=8)
     _mask_mode(p)
     p.set_defaults(func=cmd_show_data)
 
@@ -225,20 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="official .pth, HF folder, Hub id, https:// URL, or 'random' (default: the variant's official .pth URL)",
     )
     p.add_argument("--fine-tune", action="store_true", help="train the backbone too")
-    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--num-classes", type=positive, default=2)
     p.add_argument("--class-names", nargs="+")
     _mask_mode(p)
     _imgsz(p)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch", type=positive, default=8)
+    p.add_argument("--epochs", type=positive, default=60)
     p.add_argument("--scheduler", action="store_true", help="multiply the lr by 0.1 at --scheduler-epochs")
     p.add_argument("--scheduler-epochs", type=int, nargs="+", default=[45])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--workers", type=int, default=4, help="data-loader processes")
+    p.add_argument("--workers", type=non_negative, default=4, help="data-loader processes")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-cache", action="store_true", help="recompute frozen features every epoch (tutorial way)")
-    p.add_argument("--cache-views", type=int, default=4, help="augmented views per training image in the cache")
+    p.add_argument("--cache-views", type=positive, default=4, help="augmented views per training image in the cache")
     p.add_argument("--feature-cache-dir", help="also keep the feature cache on disk here, reused when unchanged")
     p.add_argument("--cache-memory-gb", type=float,
                    help="largest feature cache kept in memory; a larger one is memory-mapped on disk "
@@ -260,16 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="an image, a folder or a glob")
     _model_args(p)
     p.add_argument("--out", default="outputs/predict")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=positive, default=8)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("video", help="segment a video file or camera into an overlay MP4 (H.264)")
-    p.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="a video file, or a camera index such as 0 (camera:0 if a file is named 0)",
+    )
     _model_args(p)
     p.add_argument("--out", help="output .mp4 (default outputs/<input>_seg.mp4)")
-    p.add_argument("--batch", type=int, default=8, help="frames per forward pass")
-    p.add_argument("--max-frames", type=int)
+    p.add_argument("--batch", type=positive, default=8, help="frames per forward pass")
+    p.add_argument("--max-frames", type=positive)
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
     p.set_defaults(func=cmd_video)
 
@@ -279,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer iterations (and smaller batches on a CPU)")
     p.add_argument("--video", help="a video file for the end-to-end video figures")
-    p.add_argument("--cache-views", type=int, default=4)
+    p.add_argument("--cache-views", type=positive, default=4)
     p.add_argument("--out", help="also write the figures as JSON here")
     p.set_defaults(func=cmd_benchmark)
     return parser

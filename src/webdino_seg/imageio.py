@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .io import why_missing
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-MAX_PIXELS = 16_000 * 16_000  # past this a file is refused rather than decoded into many GB
+MAX_PIXELS = 256_000_000  # 256 megapixels; past this a file is refused (or, for JPEG, decoded reduced)
 VOID = 255
 MASK_MODES = ("ids", "binary", "instances")
 
@@ -18,29 +20,44 @@ class ImageError(ValueError):
     """An image or mask file that cannot be used; the message names the file."""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, reduce: bool = False) -> Image.Image:
+    """Open and decode an image; over `MAX_PIXELS` it is refused, or, with `reduce`, a JPEG is decoded at
+    1/2, 1/4 or 1/8 of its size (the first that fits)."""
     if not path.exists():
-        raise ImageError(f"{path}: file not found")
+        raise ImageError(f"{path}: {why_missing(path)}")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our limit below, not Pillow's (it refuses at twice its own, ~179 MP)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(
-                    f"{path}: image is {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} allowed; "
-                    "downscale it first"
+            pixels = img.width * img.height
+            if pixels > MAX_PIXELS:
+                if not (reduce and img.format == "JPEG"):
+                    raise ImageError(
+                        f"{path}: image is {img.width}x{img.height} = {pixels:,} pixels, more than the "
+                        f"{MAX_PIXELS:,} ({MAX_PIXELS / 1e6:.0f} MP) allowed; downscale it first"
+                    )
+                scale = next(s for s in (2, 4, 8, 16) if pixels / s**2 <= MAX_PIXELS)
+                img.draft("RGB", (img.width // scale, img.height // scale))
+                warnings.warn(
+                    f"{path}: {pixels / 1e6:.0f} MP is over the {MAX_PIXELS / 1e6:.0f} MP limit; decoded at "
+                    f"1/{scale} size ({img.width}x{img.height})",
+                    stacklevel=3,
                 )
             img.load()
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise ImageError(f"{path}: image is too large to decode safely ({err}); downscale it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     return img
 
 
@@ -59,9 +76,12 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.array(img.convert("RGB"))  # writable, so torch can take it without a copy warning
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as an (H, W, 3) uint8 RGB array in display orientation."""
-    return to_rgb(_open(Path(path)))
+def read_image(path: str | Path, reduce: bool = False) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array in display orientation.
+
+    An image over `MAX_PIXELS` is refused; with `reduce`, a JPEG is decoded at a reduced size instead.
+    """
+    return to_rgb(_open(Path(path), reduce))
 
 
 def read_mask(path: str | Path, mode: str = "ids", num_classes: int | None = None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import tempfile
@@ -25,16 +26,51 @@ def publish(tmp: str | Path, path: str | Path, directory: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Call `write` on a temp file beside `path`, then rename it into place; on error the target is untouched."""
+class _Recorder:
+    """A file wrapper that remembers the first OSError its writes raised.
+
+    ``torch.save`` turns a failed write (a full disk) into a RuntimeError about stream positions;
+    the recorded error says what really happened.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.f, name)
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[BinaryIO], object], keep_previous: str | Path | None = None
+) -> Path:
+    """Call `write` on a temp file beside `path`, then rename it into place; on error the target is untouched.
+
+    With `keep_previous`, the file being replaced is first renamed there (e.g. ``last.prev.pth``).
+    A failed write raises OSError("cannot write PATH: reason; the previous version, if any, is intact").
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = _Recorder(f)
+            try:
+                write(recorder)  # type: ignore[arg-type]
+            except RuntimeError:
+                if recorder.error is None:
+                    raise
+                raise recorder.error from None
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         publish(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
@@ -43,6 +79,51 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def why_missing(path: str | Path) -> str:
+    """Why `path` cannot be opened although named: not found, a broken link, or a link loop."""
+    path = Path(path)
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # pathlib's report of a loop
+        return "symbolic link loop"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"broken symbolic link to {os.readlink(path)}"
+    return "file not found"
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing part of `path` (itself or a parent) when it is not a folder, else None."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Raise a clear error unless `path` is, or can be made as, a folder (no part of it is a file)."""
+    path = Path(path)
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        what = "is a file" if blocker == path else f"{blocker} is a file"
+        raise NotADirectoryError(f"{flag} {path}: {what}, not a folder; choose another {flag}")
+    return path
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Raise a clear error unless `path` can be written as a file (not a folder; its parents are folders)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'output'}")
+    blocker = _file_in_the_way(path.parent)
+    if blocker is not None:
+        raise NotADirectoryError(f"{flag} {path}: {blocker} is a file, not a folder; choose another {flag}")
     return path
 
 

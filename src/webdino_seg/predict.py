@@ -5,11 +5,12 @@ from __future__ import annotations
 import glob
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from .imageio import IMAGE_SUFFIXES, ImageError, read_image
-from .io import save_png
+from .io import check_output_dir, save_png
 from .overlay import overlay
 from .predictor import Predictor
 
@@ -41,8 +42,10 @@ def predict_paths(
     """Predict every image in `spec`; write ``<stem>_overlay.png`` and ``<stem>_mask.png`` (class ids) to `out`."""
     from tqdm.auto import tqdm
 
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    out = check_output_dir(out)
     files = list_images(spec)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, start = 0, [], time.perf_counter()
     with tqdm(total=len(files), unit="img", desc="predict") as bar:
@@ -50,8 +53,12 @@ def predict_paths(
             images, names = [], []
             for path in group:
                 try:
-                    images.append(read_image(path))
+                    with warnings.catch_warnings(record=True) as notices:
+                        warnings.simplefilter("always")
+                        images.append(read_image(path, reduce=True))
                     names.append(path)
+                    for notice in notices:
+                        bar.write(f"note: {notice.message}", file=sys.stderr)
                 except ImageError as err:
                     if not skip_bad:
                         raise

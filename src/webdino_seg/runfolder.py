@@ -25,9 +25,15 @@ from .io import atomic_write, atomic_write_text, save_png
 from .model import SegmentationModel
 from .overlay import overlay
 from .predictor import Predictor
+from .weights import WeightsError, safe_torch_load
 
 LAST = "last.pth"
+PREVIOUS = "last.prev.pth"
 CONFIG = "config.yaml"
+
+
+class ResumeError(ValueError):
+    """A run folder that cannot be resumed; the message names the file and says what to do."""
 
 
 @dataclass
@@ -88,26 +94,25 @@ class TrainConfig:
         return cls(**yaml.safe_load(path.read_text()))
 
 
+CLAIM = ".webdino-seg-run"  # created exclusively: whoever creates it owns the folder
+
+
 def new_run_dir(out: str | Path) -> Path:
     """Create and return `out` if new or empty, else the first free ``out-2``, ``out-3``...
 
-    Each candidate is claimed with an atomic mkdir, so two runs started together never share a folder.
+    A folder is claimed by creating a marker file in it exclusively, so two runs started at the
+    same instant never share one.
     """
     base = Path(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
     candidate, n = base, 1
     while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            if candidate.is_dir() and not any(candidate.iterdir()):
-                try:  # an empty folder is taken over by whoever removes and re-creates it first
-                    candidate.rmdir()
-                    candidate.mkdir()
-                    return candidate
-                except (FileNotFoundError, FileExistsError, OSError):
-                    pass
+        candidate.mkdir(parents=True, exist_ok=True)
+        if not any(candidate.iterdir()):
+            try:
+                os.close(os.open(candidate / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                return candidate
+            except FileExistsError:
+                pass  # another run claimed it a moment ago
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
 
@@ -135,19 +140,57 @@ class RunFolder:
     def open(cls, path: str | Path) -> tuple[RunFolder, TrainConfig]:
         """An existing run to resume, and its settings; half-written temp files of the stopped run are removed."""
         run = cls(path)
-        if not (run / LAST).exists() or not (run / CONFIG).exists():
-            raise FileNotFoundError(f"--resume {run.path}: no {LAST} and {CONFIG} there; is it a run folder?")
+        if not run.path.is_dir() or not (run / CONFIG).exists():
+            raise FileNotFoundError(f"--resume {run.path}: no {CONFIG} there; is it a run folder?")
+        if not (run / LAST).exists():
+            raise ResumeError(f"--resume {run.path}: no {LAST} there (no epoch has finished yet). {run._recovery()}")
         for stale in run.path.glob(".*.tmp"):
             stale.unlink()
-        return run, TrainConfig.from_yaml(run / CONFIG)
+        try:
+            cfg = TrainConfig.from_yaml(run / CONFIG)
+        except (yaml.YAMLError, TypeError, ValueError) as err:
+            raise ResumeError(f"{run / CONFIG}: cannot be read as training settings ({err})") from None
+        return run, cfg
 
     def save_last(self, state: dict) -> None:
-        """Write the resume state (epoch, head, optimizer, scheduler, history, best)."""
-        atomic_write(self / LAST, lambda f: torch.save({"format": "webdino-seg/last", **state}, f))
+        """Write the resume state (epoch, head, optimizer, scheduler, history, best); the one it replaces
+        is kept as last.prev.pth."""
+        payload = {"format": "webdino-seg/last", **state}
+        atomic_write(self / LAST, lambda f: torch.save(payload, f), keep_previous=self / PREVIOUS)
 
     def load_last(self) -> dict:
-        """Read the resume state written by `save_last`."""
-        return torch.load(self / LAST, map_location="cpu", weights_only=True)
+        """Read the resume state written by `save_last`; a damaged file is a `ResumeError` that says what to do."""
+        path = self / LAST
+        try:
+            state = self._read_state(path)
+        except WeightsError as err:
+            raise ResumeError(f"{err}. {self._recovery()}") from None
+        return state
+
+    @staticmethod
+    def _read_state(path: Path) -> dict:
+        state = safe_torch_load(path, what="resume state")
+        if not isinstance(state, dict) or state.get("format") != "webdino-seg/last":
+            raise WeightsError(f"{path}: not a webdino-seg resume state")
+        return state
+
+    def _recovery(self) -> str:
+        """What the user can do when last.pth is missing or damaged."""
+        options = []
+        previous = self / PREVIOUS
+        if previous.exists():
+            try:
+                epoch = self._read_state(previous)["epoch"]
+                options.append(
+                    f"The state after epoch {epoch} is intact in {previous}: continue from it with "
+                    f"`mv {previous} {self / LAST} && webdino-seg train --resume {self.path}`"
+                )
+            except WeightsError:
+                pass
+        if (self / "best_model_loss.pth").exists():
+            options.append(f"use {self / 'best_model_loss.pth'} as a model (--model)")
+        options.append(f"or start over with the settings in {self / CONFIG} into a new --out folder")
+        return "; ".join(options)
 
     def write_metrics(self, history: list[dict]) -> None:
         """metrics.csv: one row per epoch."""

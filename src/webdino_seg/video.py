@@ -19,26 +19,40 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .io import publish
+from .io import check_output_file, publish, why_missing
 from .overlay import overlay
 from .predictor import Predictor
 
 _END = object()
+_TICK = 0.1  # seconds between checks of the stop flag while a queue is full or empty
 
 
 class VideoError(ValueError):
     """A video that cannot be read or written; the message names the file."""
 
 
+def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counterclockwise, as phones record it) to a decoded frame."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(frame, turns)) if turns else frame
+
+
 def probe(src: str | Path) -> dict:
-    """Size, frame rate and frame count (0 when unknown) of a video file."""
+    """Upright size, frame rate, frame count (0 when unknown) and rotation of a video file."""
     try:
         with av.open(str(src)) as container:
             if not container.streams.video:
                 raise VideoError(f"{src}: no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            return {"width": stream.width, "height": stream.height, "rate": Fraction(rate), "frames": stream.frames}
+            width, height, rotation = stream.width, stream.height, 0
+            for frame in container.decode(video=0):
+                rotation = int(frame.rotation or 0)
+                break
+            if round(rotation / 90) % 2:
+                width, height = height, width
+            return {"width": width, "height": height, "rate": Fraction(rate), "frames": stream.frames,
+                    "rotation": rotation}  # fmt: skip
     except av.FFmpegError as err:
         raise VideoError(f"{src}: cannot open video ({err})") from None
 
@@ -53,7 +67,7 @@ def _file_frames(src: str | Path, warnings: list[str]) -> Iterator[np.ndarray]:
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield upright(frame.to_ndarray(format="rgb24"), int(frame.rotation or 0))
         except av.FFmpegError as err:
             if count == 0:
                 raise VideoError(f"{src}: cannot decode any frame ({err})") from None
@@ -87,9 +101,36 @@ def _camera_info(index: int) -> dict:
         "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         "rate": Fraction(cap.get(cv2.CAP_PROP_FPS) or 30).limit_denominator(1001),
         "frames": 0,
+        "rotation": 0,
     }
     cap.release()
     return info
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` unless `stop` is set first; False when it was not put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_TICK)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> object:
+    """The next item, or `_END` once `stop` is set."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=_TICK)
+        except queue.Empty:
+            continue
+    return _END
+
+
+def _fail(errors: list[BaseException], err: BaseException, stop: threading.Event) -> None:
+    errors.append(err)
+    stop.set()  # every stage sees this within _TICK and ends
 
 
 def _reader(
@@ -106,37 +147,51 @@ def _reader(
             if stop.is_set() or (max_frames is not None and i >= max_frames):
                 break
             chunk.append(frame)
+            if len(chunk) == batch and not _put(out, chunk, stop):
+                return
             if len(chunk) == batch:
-                out.put(chunk)
                 chunk = []
         if chunk:
-            out.put(chunk)
+            _put(out, chunk, stop)
     except BaseException as err:  # handed to the main thread
-        errors.append(err)
+        _fail(errors, err, stop)
     finally:
-        out.put(_END)
+        _put(out, _END, stop)
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
 
 
-def _writer(path: Path, info: dict, inbox: queue.Queue, errors: list[BaseException]) -> None:
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size H.264 in yuv420p can hold: odd sides padded by one pixel."""
+    return width + width % 2, height + height % 2
+
+
+def _pad_even(frame: np.ndarray) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _writer(path: Path, info: dict, inbox: queue.Queue, errors: list[BaseException], stop: threading.Event) -> None:
     try:
-        even = info["width"] % 2 == 0 and info["height"] % 2 == 0
         with av.open(str(path), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=info["rate"])
-            stream.width, stream.height = info["width"], info["height"]
-            stream.pix_fmt = "yuv420p" if even else "yuv444p"
+            stream.width, stream.height = even_size(info["width"], info["height"])
+            stream.pix_fmt = "yuv420p"  # plays everywhere (odd sizes are padded by a pixel)
             stream.options = {"preset": "veryfast", "crf": "20"}  # keeps encoding off the critical path
             stream.codec_context.time_base = 1 / info["rate"]
             index = 0
-            while (item := inbox.get()) is not _END:
-                frame = av.VideoFrame.from_ndarray(item, format="rgb24")
+            while (item := _get(inbox, stop)) is not _END:
+                frame = av.VideoFrame.from_ndarray(_pad_even(item), format="rgb24")
                 frame.pts = index
                 index += 1
                 container.mux(stream.encode(frame))
-            container.mux(stream.encode())
+            if not stop.is_set():
+                container.mux(stream.encode())
     except BaseException as err:
-        errors.append(err)
-        while inbox.get() is not _END:  # keep draining so the producer never blocks
-            pass
+        _fail(errors, err, stop)
 
 
 def draw_fps(frame: np.ndarray, fps: float) -> np.ndarray:
@@ -170,6 +225,44 @@ def _show(frame: np.ndarray) -> bool:
         return False
 
 
+def is_camera(src: str | int | Path) -> bool:
+    """A camera is a bare index (``0``) that is not also an existing path; ``camera:N`` is always a camera."""
+    if isinstance(src, int):
+        return True
+    text = str(src)
+    return text.startswith("camera:") or (text.isdigit() and not Path(text).exists())
+
+
+def _source(src: str | int | Path) -> tuple[dict, Iterator[np.ndarray], list[str]]:
+    """(info, frames, warnings) for a file or a camera; file errors name the file."""
+    warnings: list[str] = []
+    if is_camera(src):
+        index = int(str(src).removeprefix("camera:"))
+        return _camera_info(index), _camera_frames(index), warnings
+    path = Path(src)
+    if not path.exists():
+        raise VideoError(f"{src}: video {why_missing(path)}")
+    if path.is_dir():
+        raise VideoError(f"{src}: is a folder, not a video file")
+    info = probe(path)
+    if info["rotation"]:
+        warnings.append(f"{src}: stored rotated by {info['rotation']} degrees; frames are turned upright")
+    if info["width"] % 2 or info["height"] % 2:
+        w, h = even_size(info["width"], info["height"])
+        warnings.append(f"{src}: {info['width']}x{info['height']} is odd-sized; the output is padded to {w}x{h}")
+    return info, _file_frames(path, warnings), warnings
+
+
+def _write_error(err: BaseException, dst: Path, src: object) -> BaseException:
+    """The error to show for a failed pipeline stage: a full disk or other I/O error names the output."""
+    errno_ = getattr(err, "errno", None)
+    if isinstance(err, OSError) and errno_ is not None and not isinstance(err, FileNotFoundError):
+        return VideoError(f"cannot write {dst}: {os.strerror(errno_)}")
+    if isinstance(err, (VideoError, ValueError, OSError)):
+        return err
+    return VideoError(f"{src}: {err}")
+
+
 def run_video(
     predictor: Predictor,
     src: str | int | Path,
@@ -179,21 +272,19 @@ def run_video(
     show: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Segment every frame of `src` (file or camera index) and write an overlay MP4 of the same size and rate."""
+    """Segment every frame of `src` (file or camera index) and write an upright overlay MP4 of the same rate.
+
+    Any failure (reading, the model, writing, Ctrl-C) stops all three stages promptly and removes the
+    partial output; nothing is written to `dst` unless every frame was encoded.
+    """
     from tqdm.auto import tqdm
 
-    camera = isinstance(src, int) or (isinstance(src, str) and src.isdigit())
-    if camera:
-        info, frames_iter = _camera_info(int(src)), _camera_frames(int(src))
-    else:
-        if not Path(src).exists():
-            raise VideoError(f"{src}: video file not found")
-        info = probe(src)
-        warnings: list[str] = []
-        frames_iter = _file_frames(src, warnings)
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
-    dst = Path(dst)
+    dst = check_output_file(dst)  # before anything is decoded
+    info, frames_iter, warnings = _source(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
     os.close(fd)
@@ -205,50 +296,44 @@ def run_video(
     reader = threading.Thread(
         target=_reader, args=(frames_iter, frames_q, batch, max_frames, errors, stop), daemon=True
     )
-    writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors), daemon=True)
+    writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop), daemon=True)
     total = min(info["frames"] or 0, max_frames or 10**12) or None
-    done, fps, window, reader_done = 0, 0.0, show, False
+    done, fps, window = 0, 0.0, show
     start = time.perf_counter()
-    reader.start()
-    writer.start()
+    published = False
     try:
+        reader.start()
+        writer.start()
         with tqdm(total=total, unit="frame", desc="video", disable=not progress) as bar:
-            while True:
-                chunk = frames_q.get()
-                if chunk is _END:
-                    reader_done = True
-                    break
+            while (chunk := _get(frames_q, stop)) is not _END:
                 t0 = time.perf_counter()
                 masks = predictor.predict_batch(chunk)
                 now = 1.0 / max((time.perf_counter() - t0) / len(chunk), 1e-9)
                 fps = now if fps == 0 else 0.8 * fps + 0.2 * now
                 for frame, mask in zip(chunk, masks, strict=True):
                     out = draw_fps(overlay(frame, mask), fps)
-                    encode_q.put(out)
+                    if not _put(encode_q, out, stop):
+                        break
                     if window:
                         window = _show(out)
                         if not window:
                             bar.write("--show: no window available (headless OpenCV or no display)", file=sys.stderr)
                 done += len(chunk)
                 bar.update(len(chunk))
-                if errors:
-                    break
-    finally:
-        stop.set()
-        if not reader_done:  # unblock the reader so it can see `stop` and finish
-            while frames_q.get() is not _END:
-                pass
-        encode_q.put(_END)
+        _put(encode_q, _END, stop)
         writer.join()
-        reader.join()
-    if errors:
-        tmp.unlink(missing_ok=True)
-        err = errors[0]
-        raise err if isinstance(err, (VideoError, ValueError, OSError)) else VideoError(f"{src}: {err}")
-    if done == 0:
-        tmp.unlink(missing_ok=True)
-        raise VideoError(f"{src}: the video has no frames")
-    publish(tmp, dst)
+        if errors:
+            raise _write_error(errors[0], dst, src)
+        if done == 0:
+            raise VideoError(f"{src}: the video has no frames")
+        publish(tmp, dst)
+        published = True
+    finally:
+        stop.set()  # a no-op on success; on any failure or Ctrl-C, every stage ends within _TICK
+        writer.join(timeout=10)
+        reader.join(timeout=10)
+        if not published:
+            tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     return {
         "frames": done,
@@ -258,5 +343,5 @@ def run_video(
         "height": info["height"],
         "rate": float(info["rate"]),
         "output": str(dst),
-        "warnings": [] if camera else warnings,
+        "warnings": warnings,
     }

@@ -146,6 +146,11 @@ def _foreign_imports(path: Path) -> list[str]:
 
 def unwrap(obj: object, source: str = "checkpoint") -> StateDict:
     """Take a state dict out of the common wrappers and strip training prefixes and SSL heads."""
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("webdino-seg/"):
+        raise WeightsError(
+            f"{source}: this is a webdino-seg model checkpoint, not backbone weights; pass it as --model "
+            "(to evaluate, predict or video), or --resume its run folder"
+        )
     while isinstance(obj, dict) and not _is_tensor_dict(obj):
         inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
         if inner is None:
@@ -389,6 +394,16 @@ def check_state_dict(model: nn.Module, sd: StateDict, fmt: str, source: str) -> 
     raise WeightsError("\n".join(lines))
 
 
+def check_finite(sd: StateDict, source: str) -> None:
+    """Raise a `WeightsError` naming the tensors that hold NaN or infinite values."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(
+            f"{source}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {_few(bad, 3)}; the file is damaged "
+            "or was saved from a diverged run: get the weights again"
+        )
+
+
 def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:
     """Load weights from any supported source into `model` strictly; return what was loaded from where."""
     path = resolve_weights(source)
@@ -397,6 +412,7 @@ def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:
         ref = next(iter(model.parameters()))
         sd = {k: v.to(ref.dtype) for k, v in sd.items()}
     check_state_dict(model, sd, fmt, str(path))
+    check_finite(sd, str(path))
     model.load_state_dict(sd, strict=True, assign=any(p.is_meta for p in model.parameters()))
     return {"source": str(source), "path": str(path), "format": fmt}
 
