@@ -39,6 +39,8 @@ class BatchSource:
         cache_dir: str | Path | None = None,
         cache_memory_gb: float | None = None,
         identity: dict | None = None,
+        progress_dir: str | Path | None = None,
+        amp: bool = True,
     ) -> None:
         self.train_ds, self.valid_ds = datasets
         self.model, self.device = model, device
@@ -48,6 +50,9 @@ class BatchSource:
         self.valid_cache: FeatureCache | None = None
         self.cache_seconds = 0.0
         self.store_kind = "none"
+        self.progress_dir = Path(progress_dir) if progress_dir else None
+        self.amp = amp
+        self.views = cache_views
         if self.cached:
             self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {})
         self.trainable = model.head if self.cached else model
@@ -72,25 +77,40 @@ class BatchSource:
             "workers": self.workers,
             "dtype": torch.float32 if self.store_kind == "cpu" else torch.bfloat16,
             "store": store,
+            "amp": self.amp,
         }
+        keys = {
+            "train": cache_key(self.train_ds, model, views, identity),
+            "valid": cache_key(self.valid_ds, model, 1, identity),
+        }
+        self.chunk_dirs = {name: self.progress_dir / key if self.progress_dir else None for name, key in keys.items()}
         start = time.perf_counter()
         self.train_cache = load_or_extract(
             cache_dir,
-            cache_key(self.train_ds, model, views, identity),
+            keys["train"],
             dataset=self.train_ds,
             views=views,
             desc="caching train features",
+            chunks=self.chunk_dirs["train"],
             **common,
         )
         self.valid_cache = load_or_extract(
             cache_dir,
-            cache_key(self.valid_ds, model, 1, identity),
+            keys["valid"],
             dataset=self.valid_ds,
             views=1,
             desc="caching valid features",
+            chunks=self.chunk_dirs["valid"],
             **common,
         )
         self.cache_seconds = time.perf_counter() - start
+
+    def chunks_kept(self) -> tuple[int, int]:
+        """(images whose features are saved in the progress folder, images the cache needs), all views."""
+        from .features import chunk_count
+
+        kept = sum(chunk_count(d) for d in getattr(self, "chunk_dirs", {}).values())
+        return kept, self.views * len(self.train_ds) + len(self.valid_ds)
 
     def describe_cache(self) -> str:
         """One line on what the cache holds and where."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imageio import IMAGE_SUFFIXES, ImageError, read_image, read_mask
+from .imageio import IMAGE_SUFFIXES, ImageError, read_image, read_mask, resolve_mask_mode
 from .io import publish
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
@@ -123,8 +123,17 @@ def download_pennfudan(out: str | Path, url: str = PENNFUDAN_URL, sha256: str | 
 # reading a prepared dataset
 
 
+def _warn_or_fail(message: str, on_missing: str) -> None:
+    if on_missing == "error":
+        raise DataError(message + " (use --skip-bad to skip them)")
+    import warnings
+
+    warnings.warn(message + "; skipped", stacklevel=3)
+
+
 def find_pairs(images_dir: Path, masks_dir: Path, on_missing: str = "error") -> list[tuple[Path, Path]]:
-    """Pair images with masks by file stem; an image without a mask is an error (or skipped with a warning)."""
+    """Pair images with masks by file stem (``x.jpg`` with ``x.png`` or ``x_mask.png``); an image without a
+    mask, or a mask without an image, is an error (or, with ``on_missing="skip"``, skipped with a warning)."""
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
     if not masks_dir.is_dir():
@@ -133,22 +142,47 @@ def find_pairs(images_dir: Path, masks_dir: Path, on_missing: str = "error") -> 
     if not images:
         raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     masks = {p.stem.removesuffix("_mask"): p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs, lonely = [], []
-    for img in images:
-        if img.stem in masks:
-            pairs.append((img, masks[img.stem]))
-        else:
-            lonely.append(img)
+    pairs = [(img, masks[img.stem]) for img in images if img.stem in masks]
+    lonely = [img for img in images if img.stem not in masks]
+    orphans = sorted(set(masks) - {img.stem for img in images})
     if lonely:
-        message = f"{len(lonely)} image(s) in {images_dir} have no mask in {masks_dir}, e.g. {lonely[0].name}"
-        if on_missing == "error":
-            raise DataError(message + " (use --skip-bad to skip them)")
-        import warnings
-
-        warnings.warn(message + "; skipped", stacklevel=2)
+        _warn_or_fail(f"{len(lonely)} image(s) in {images_dir} have no mask in {masks_dir}, e.g. {lonely[0].name}",
+                      on_missing)  # fmt: skip
+    if orphans:
+        _warn_or_fail(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}, e.g. "
+                      f"{masks[orphans[0]].name}", on_missing)  # fmt: skip
     if not pairs:
         raise DataError(f"{images_dir}: no image has a mask in {masks_dir}")
     return pairs
+
+
+def is_flat(root: Path) -> bool:
+    """True for a dataset folder of ``images/`` and ``masks/`` without a train/valid split."""
+    return not (root / "train_images").is_dir() and (root / "images").is_dir() and (root / "masks").is_dir()
+
+
+def split_pairs(
+    root: str | Path, split: str, valid_fraction: float | None = None, seed: int = 0, on_missing: str = "error"
+) -> list[tuple[Path, Path]]:
+    """The (image, mask) pairs of `split`: from ``<split>_images/`` and ``<split>_masks/``, or from a flat
+    ``images/`` + ``masks/`` pair (all of it, or, with `valid_fraction`, a seeded train/valid split of it)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    if not is_flat(root):
+        return find_pairs(root / f"{split}_images", root / f"{split}_masks", on_missing)
+    pairs = find_pairs(root / "images", root / "masks", on_missing)
+    if valid_fraction is None:
+        return pairs
+    if not 0 < valid_fraction < 1:
+        raise DataError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (e.g. 0.15)")
+    if len(pairs) < 2:
+        raise DataError(f"{root}: {len(pairs)} pair(s) cannot be split into train and valid")
+    order = pairs[:]
+    random.Random(seed).shuffle(order)
+    n_valid = min(len(pairs) - 1, max(1, round(len(pairs) * valid_fraction)))
+    chosen = order[:n_valid] if split == "valid" else order[n_valid:]
+    return sorted(chosen)
 
 
 def train_transform(imgsz: tuple[int, int]) -> A.Compose:
@@ -216,9 +250,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         seed: int = 0,
         on_bad: str = "error",
         validate: bool = False,
+        valid_fraction: float | None = None,
     ) -> None:
         root = Path(root)
-        self.pairs = find_pairs(root / f"{split}_images", root / f"{split}_masks", on_bad)
+        self.pairs = split_pairs(root, split, valid_fraction, seed, on_bad)
+        if mask_mode == "auto":
+            mask_mode, _ = resolve_mask_mode(mask_mode, [m for _, m in self.pairs], num_classes)
         self.imgsz = tuple(imgsz)
         self.mean, self.std = mean, std
         self.num_classes, self.mask_mode = num_classes, mask_mode
@@ -270,8 +307,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return normalize(out["image"], self.mean, self.std), torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
 
 
-def show_data(root: str | Path, out: str | Path, split: str = "train", count: int = 8, mask_mode: str = "ids") -> Path:
-    """Write a grid PNG of `count` samples with their masks overlaid (the tutorial's visualisation)."""
+def show_data(
+    root: str | Path, out: str | Path, split: str = "train", count: int = 8, mask_mode: str = "auto",
+    num_classes: int = 2, log=print,
+) -> Path:  # fmt: skip
+    """Write a grid PNG of `count` samples with their ground-truth masks overlaid and captioned."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,8 +320,11 @@ def show_data(root: str | Path, out: str | Path, split: str = "train", count: in
     from .io import atomic_write
     from .overlay import overlay
 
-    root = Path(root)
-    pairs = find_pairs(root / f"{split}_images", root / f"{split}_masks")[:count]
+    pairs = split_pairs(root, split)
+    mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], num_classes)
+    if note:
+        log(note)
+    pairs = pairs[:count]
     cols = min(4, len(pairs))
     rows = (len(pairs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
@@ -291,7 +334,9 @@ def show_data(root: str | Path, out: str | Path, split: str = "train", count: in
         image = read_image(image_path)
         mask = read_mask(mask_path, mask_mode)
         ax.imshow(overlay(image, mask))
-        ax.set_title(f"{image_path.stem} ({int((mask == 1).mean() * 100)}% person)", fontsize=9)
+        share = (mask == 1).mean() * 100
+        ax.set_title(f"{image_path.name}\nground truth: {share:.0f}% class 1", fontsize=9)
+    fig.suptitle(f"{Path(root).name}: {split} split, masks read as {mask_mode}", fontsize=11)
     fig.tight_layout()
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)

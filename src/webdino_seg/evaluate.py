@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import find_pairs
-from .imageio import VOID, read_image, read_mask
+from .data import split_pairs
+from .imageio import VOID, read_image, read_mask, resolve_mask_mode
 from .io import atomic_write_text
 from .metrics import ConfusionMatrix
 from .predictor import Predictor
@@ -21,15 +21,19 @@ def evaluate(
     model: str | Path,
     data: str | Path,
     split: str = "valid",
-    mask_mode: str = "ids",
+    mask_mode: str = "auto",
     out: str | Path | None = None,
+    log=print,
 ) -> dict:
     """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
 
     Writes the report as JSON to `out` (default ``<model>.eval.json``) and returns it.
     """
     names = predictor.class_names
-    pairs = find_pairs(Path(data) / f"{split}_images", Path(data) / f"{split}_masks")
+    pairs = split_pairs(data, split)
+    mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], len(names))
+    if note:
+        log(note)
     cm = ConfusionMatrix(len(names))
     per_image = {}
     for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="img"):
@@ -49,6 +53,8 @@ def evaluate(
         "images": len(pairs),
         "imgsz": list(predictor.imgsz),
         **cm.summary(names),
+        "mask_mode": mask_mode,
+        "baseline": {k: v for k, v in cm.baseline().items() if k != "class"} | {"class": names[cm.baseline()["class"]]},
         "per_image_miou": {
             "mean": float(scores.mean()),
             "median": float(np.median(scores)),
@@ -76,6 +82,8 @@ def format_report(report: dict) -> str:
     lines += [
         f"{'mIoU':<16}{report['miou']:>8.4f}",
         f"{'pixel accuracy':<16}{report['pixel_accuracy']:>8.4f}",
+        f"all-{report['baseline']['class']} baseline (predicting {report['baseline']['class']} everywhere): "
+        f"mIoU {report['baseline']['miou']:.4f}, pixel accuracy {report['baseline']['pixel_accuracy']:.4f}",
         f"per-image mIoU: mean {stats['mean']:.4f}, median {stats['median']:.4f}, min {stats['min']:.4f}, "
         f"max {stats['max']:.4f}; worst: {', '.join(stats['worst'])}",
         f"report: {report['report_path']}",

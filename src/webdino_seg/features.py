@@ -103,40 +103,74 @@ def extract(
     dtype: torch.dtype = torch.float32,
     store: torch.device | Path | None = None,
     desc: str = "features",
+    chunks: Path | None = None,
+    amp: bool = True,
 ) -> FeatureCache:
     """Run the backbone over `views` augmented passes of `dataset` and keep the token grids.
 
-    Under torchrun each process extracts every world_size-th image and the shards are gathered,
-    so every process ends with the whole cache.
+    With `chunks`, every batch is also saved there as it is made, and batches already saved are read
+    back instead of computed: an interrupted extraction continues where it stopped. Under torchrun
+    each process extracts every world_size-th image and the shards are gathered, so every process
+    ends with the whole cache.
     """
     store = store or torch.device("cpu")
     n = len(dataset)
-    mine = list(range(distributed.rank(), n, distributed.world_size()))
-    feats = masks = None
-    with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=distributed.rank() > 0) as bar:
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = list(range(rank, n, world))
+    if not mine:
+        raise ValueError(f"no images to extract features from in {desc}")
+    p = model.backbone.patch_size
+    h, w = dataset.imgsz
+    feats = allocate((views * len(mine), model.backbone.embed_dim, h // p, w // p), dtype, store)
+    masks = allocate((views * len(mine), h, w), torch.uint8, store)
+    with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=rank > 0) as bar:
         for view in range(views):
             dataset.set_epoch(view)
+            starts = list(range(0, len(mine), batch))
+            todo = []
+            for start in starts:
+                row = view * len(mine) + start
+                chunk = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt" if chunks else None
+                if chunk is not None and chunk.exists():
+                    saved = torch.load(chunk, map_location="cpu", weights_only=True)
+                    feats[row : row + len(saved["masks"])] = saved["features"].to(feats.device, dtype)
+                    masks[row : row + len(saved["masks"])] = saved["masks"].to(masks.device)
+                    bar.update(len(saved["masks"]))
+                else:
+                    todo.append(start)
+            if not todo:
+                continue
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.Subset(dataset, mine),
-                batch_size=batch,
-                shuffle=False,
+                batch_sampler=[list(range(start, min(start + batch, len(mine)))) for start in todo],
                 num_workers=workers,
                 pin_memory=device.type == "cuda",
             )
-            row = view * len(mine)
-            for images, target in loader:
-                with autocast(device):
+            for start, (images, target) in zip(todo, loader, strict=True):
+                with autocast(device, amp):
                     grid = model.features(images.to(device, non_blocking=True))
-                if feats is None:
-                    feats = allocate((views * len(mine), *grid.shape[1:]), dtype, store)
-                    masks = allocate((views * len(mine), *target.shape[1:]), torch.uint8, store)
+                row = view * len(mine) + start
                 feats[row : row + len(images)] = grid.to(feats.device, dtype)
                 masks[row : row + len(images)] = target.to(masks.device, torch.uint8)
-                row += len(images)
+                if chunks is not None:
+                    part = {
+                        "features": feats[row : row + len(images)].cpu(),
+                        "masks": masks[row : row + len(images)].cpu(),
+                    }
+                    atomic_write(
+                        chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt", lambda f, part=part: torch.save(part, f)
+                    )
                 bar.update(len(images))
-    if feats is None:
-        raise ValueError(f"no images to extract features from in {desc}")
     return FeatureCache(distributed.gather_rows(feats, n, views), distributed.gather_rows(masks, n, views), views)
+
+
+def chunk_count(chunks: Path | None) -> int:
+    """Images whose features are saved as chunks in `chunks` (all views)."""
+    if chunks is None or not chunks.is_dir():
+        return 0
+    return sum(
+        len(torch.load(c, map_location="cpu", weights_only=True, mmap=True)["masks"]) for c in chunks.glob("v*.pt")
+    )
 
 
 def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> FeatureCache:

@@ -13,7 +13,7 @@ from .io import why_missing
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 256_000_000  # 256 megapixels; past this a file is refused (or, for JPEG, decoded reduced)
 VOID = 255
-MASK_MODES = ("ids", "binary", "instances")
+MASK_MODES = ("auto", "ids", "binary", "instances")
 
 
 class ImageError(ValueError):
@@ -96,6 +96,8 @@ def read_mask(path: str | Path, mode: str = "ids", num_classes: int | None = Non
     if img.mode not in ("L", "P", "1", "I", "I;16"):
         raise ImageError(f"{path}: mask must be single-channel (mode L or P), found mode {img.mode}")
     values = np.asarray(img)
+    if mode == "auto":
+        raise ValueError("mask mode 'auto' is decided for a whole split first: see resolve_mask_mode")
     if mode == "binary":
         mask = (values > 0).astype(np.uint8)
     elif mode == "instances":
@@ -114,3 +116,28 @@ def read_mask(path: str | Path, mode: str = "ids", num_classes: int | None = Non
                 f"255 void); for 0/255 masks use --mask-mode binary, for instance ids --mask-mode instances"
             )
     return mask
+
+
+def mask_values(paths: list[Path]) -> set[int]:
+    """Every value stored in the mask files (read as stored, no mode applied)."""
+    values: set[int] = set()
+    for path in paths:
+        values.update(int(v) for v in np.unique(np.asarray(ImageOps.exif_transpose(_open(Path(path))))))
+    return values
+
+
+def resolve_mask_mode(mode: str, mask_paths: list[Path], num_classes: int) -> tuple[str, str | None]:
+    """The mask mode to use for a set of masks, and a one-line note when ``auto`` chose for the user.
+
+    ``auto`` reads 2-class masks that hold only 0 and 255 as binary (the most common way binary
+    masks are stored); anything else as class ids with 255 void. Explicit modes are kept.
+    """
+    if mode != "auto":
+        return mode, None
+    values = mask_values(mask_paths)
+    if num_classes == 2 and VOID in values and values <= {0, VOID}:
+        return "binary", (
+            "masks hold only the values 0 and 255: reading them as binary (255 = class 1); "
+            "pass --mask-mode ids if 255 means void"
+        )
+    return "ids", None

@@ -44,6 +44,17 @@ class ConfusionMatrix:
         total = self.mat.sum()
         return float(self.mat.diag().sum().double() / total.double()) if total else float("nan")
 
+    def baseline(self) -> dict:
+        """Scores of predicting the most frequent true class everywhere (the all-background baseline)."""
+        truth = self.mat.sum(1).double()
+        total = float(truth.sum())
+        if total == 0:
+            return {"miou": float("nan"), "pixel_accuracy": float("nan"), "class": 0}
+        majority = int(truth.argmax())
+        present = int((truth > 0).sum())
+        return {"miou": float(truth[majority]) / total / present, "pixel_accuracy": float(truth[majority]) / total,
+                "class": majority}  # fmt: skip
+
     def summary(self, class_names: list[str] | None = None) -> dict:
         """mIoU, pixel accuracy and per-class IoU as plain numbers."""
         names = class_names or [str(i) for i in range(self.num_classes)]

@@ -30,3 +30,20 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
         blended = (1 - alpha) * image[fg].astype(np.float32) + alpha * _LUT[mask[fg]]
         out[fg] = (blended + 0.5).astype(np.uint8)
     return out
+
+
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """The image with a white strip on top holding `text` in black; the strip's height depends only on the
+    image's width, so captioned images of one width line up side by side."""
+    import cv2
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.45, min(1.2, image.shape[1] / 700))
+    thickness = max(1, round(scale * 1.5))
+    (_, height), base = cv2.getTextSize("Ag", font, scale, thickness)
+    fit = scale
+    while cv2.getTextSize(text, font, fit, thickness)[0][0] > image.shape[1] - 12 and fit > 0.3:  # long names
+        fit *= 0.9
+    strip = np.full((height + base + 12, image.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, text, (6, height + 6), font, fit, (0, 0, 0), thickness, cv2.LINE_AA)
+    return np.concatenate([strip, image], 0)

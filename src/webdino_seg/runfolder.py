@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +24,9 @@ from .backbone import check_image_size
 from .checkpoint import load_model, save_model
 from .imageio import MASK_MODES, read_image, read_mask
 from .io import atomic_write, atomic_write_text, save_png
+from .metrics import ConfusionMatrix
 from .model import SegmentationModel
-from .overlay import overlay
+from .overlay import caption, overlay
 from .predictor import Predictor
 from .weights import WeightsError, safe_torch_load
 
@@ -34,6 +37,19 @@ CONFIG = "config.yaml"
 
 class ResumeError(ValueError):
     """A run folder that cannot be resumed; the message names the file and says what to do."""
+
+
+# settings a resumed run may change: they do not change what it computes
+RESUMABLE = ("epochs", "device", "workers", "cache_memory_gb", "feature_cache_dir")
+
+
+def default_workers() -> int:
+    """Data-loader processes for this machine: one per CPU core this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(8, cores)
 
 
 @dataclass
@@ -47,7 +63,7 @@ class TrainConfig:
     fine_tune: bool = False
     num_classes: int = 2
     class_names: list[str] | None = None
-    mask_mode: str = "ids"
+    mask_mode: str = "auto"  # decided from the masks when the run starts; config.yaml holds the decision
     head: str = "simple"
     imgsz: tuple[int, int] = (644, 644)
     lr: float = 1e-4
@@ -56,7 +72,7 @@ class TrainConfig:
     scheduler: bool = False
     scheduler_epochs: list[int] = field(default_factory=lambda: [45])
     device: str = "auto"
-    workers: int = 4
+    workers: int | None = None  # None: one per CPU core (at most 8)
     seed: int = 42
     cache: bool = True
     cache_views: int = 4
@@ -64,21 +80,49 @@ class TrainConfig:
     cache_memory_gb: float | None = None  # beyond this the cache is memory-mapped on disk (None: half the free)
     amp: bool = True
     skip_bad: bool = False
+    valid_fraction: float | None = None  # for a flat images/ + masks/ folder: the seeded share used for validation
 
     def __post_init__(self) -> None:
+        from .heads import HEADS
+        from .variants import get_variant
+
         self.imgsz = tuple(self.imgsz)
-        check_image_size(*self.imgsz)
+        get_variant(self.arch)  # an unknown name is an error that suggests the nearest
+        check_image_size(*self.imgsz, get_variant(self.arch).patch_size)
         if self.class_names is None:
             self.class_names = (
                 ["background", "person"] if self.num_classes == 2 else [f"class{i}" for i in range(self.num_classes)]
             )
         if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
-        for name, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--cache-views", self.cache_views)):
+            raise ValueError(f"--class-names: {len(self.class_names)} names given for {self.num_classes} classes")
+        for name, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--cache-views", self.cache_views),
+                            ("--num-classes", self.num_classes)):  # fmt: skip
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
+        if self.cache_memory_gb is not None and not self.cache_memory_gb > 0:
+            raise ValueError(f"--cache-memory-gb must be positive, got {self.cache_memory_gb}")
+        if self.scheduler and any(e < 1 for e in self.scheduler_epochs):
+            raise ValueError(f"--scheduler-epochs must be epochs from 1 on, got {self.scheduler_epochs}")
+        if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
+            raise ValueError(f"--valid-fraction must be between 0 and 1 (e.g. 0.15), got {self.valid_fraction}")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"--mask-mode {self.mask_mode!r}: use one of {', '.join(MASK_MODES)}")
+        if self.head not in HEADS:
+            raise ValueError(f"--head {self.head!r}: use one of {', '.join(HEADS)}")
+
+    @property
+    def views(self) -> int:
+        """Augmented views to cache: never more than there are epochs to use them."""
+        return min(self.cache_views, self.epochs)
+
+    @property
+    def loader_workers(self) -> int:
+        """`workers`, or one per CPU core when unset."""
+        return default_workers() if self.workers is None else self.workers
 
     def to_dict(self) -> dict:
         """The settings as plain data (lists, not tuples)."""
@@ -92,6 +136,25 @@ class TrainConfig:
     def from_yaml(cls, path: Path) -> TrainConfig:
         """Read settings written by `to_yaml`."""
         return cls(**yaml.safe_load(path.read_text()))
+
+    def resumed_with(self, changes: dict) -> TrainConfig:
+        """These settings with the flags given to ``--resume`` applied; a change that would alter what the
+        run computes is refused, naming the flag."""
+        refused = []
+        for key, value in changes.items():
+            old = getattr(self, key)
+            value = tuple(value) if key == "imgsz" else value
+            if value == old:
+                continue
+            if key not in RESUMABLE:
+                refused.append(f"--{key.replace('_', '-')} {value} (the run has {old})")
+        if refused:
+            raise ResumeError(
+                f"--resume keeps a run's settings; these flags differ from its config.yaml: {', '.join(refused)}. "
+                f"Only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change on resume; start a new "
+                "run (another --out) to change the others"
+            )
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in RESUMABLE})
 
 
 CLAIM = ".webdino-seg-run"  # created exclusively: whoever creates it owns the folder
@@ -129,28 +192,42 @@ class RunFolder:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    @property
+    def features(self) -> Path:
+        """Where extracted features are kept in chunks until the run ends (so --resume need not redo them)."""
+        return self / "features"
+
     @classmethod
-    def create(cls, cfg: TrainConfig) -> RunFolder:
-        """A new folder for `cfg` (``--out`` or the next free ``-N``) with its config.yaml."""
+    def create(cls, cfg: TrainConfig, notes: list[str] = ()) -> RunFolder:
+        """A new folder for `cfg` (``--out`` or the next free ``-N``) with its config.yaml (`notes` as comments)."""
         run = cls(new_run_dir(cfg.out))
-        atomic_write_text(run / CONFIG, cfg.to_yaml())
+        comments = "".join(f"# {line}\n" for note in notes for line in note.splitlines())
+        atomic_write_text(run / CONFIG, cfg.to_yaml() + comments)
         return run
 
     @classmethod
     def open(cls, path: str | Path) -> tuple[RunFolder, TrainConfig]:
-        """An existing run to resume, and its settings; half-written temp files of the stopped run are removed."""
+        """An existing run to resume, and its settings; half-written temp files of the stopped run are removed.
+
+        A run stopped before its first epoch ended (e.g. while caching features) has no last.pth and
+        starts its first epoch again, reusing the features it kept.
+        """
         run = cls(path)
         if not run.path.is_dir() or not (run / CONFIG).exists():
             raise FileNotFoundError(f"--resume {run.path}: no {CONFIG} there; is it a run folder?")
-        if not (run / LAST).exists():
-            raise ResumeError(f"--resume {run.path}: no {LAST} there (no epoch has finished yet). {run._recovery()}")
-        for stale in run.path.glob(".*.tmp"):
+        if not (run / LAST).exists() and (run / PREVIOUS).exists():
+            raise ResumeError(f"--resume {run.path}: {LAST} is missing. {run._recovery()}")
+        for stale in run.path.rglob(".*.tmp"):
             stale.unlink()
         try:
             cfg = TrainConfig.from_yaml(run / CONFIG)
         except (yaml.YAMLError, TypeError, ValueError) as err:
             raise ResumeError(f"{run / CONFIG}: cannot be read as training settings ({err})") from None
         return run, cfg
+
+    def has_state(self) -> bool:
+        """Whether an epoch has finished (last.pth exists)."""
+        return (self / LAST).exists()
 
     def save_last(self, state: dict) -> None:
         """Write the resume state (epoch, head, optimizer, scheduler, history, best); the one it replaces
@@ -214,17 +291,19 @@ class RunFolder:
         cfg: TrainConfig,
         device: torch.device,
     ) -> None:
-        """Final artifacts: final_model.pth, the curves and valid_preds/."""
+        """Final artifacts: final_model.pth, the curves and valid_preds/; the kept feature chunks are removed."""
         self.save_model("final_model.pth", model, identity, meta)
         from .plots import save_curves
 
-        save_curves(history, self.path)
+        save_curves(history, self.path, title=self.path.name, baseline=meta.get("baseline"))
         self.write_valid_preds(model, valid_pairs, cfg, device)
+        shutil.rmtree(self.features, ignore_errors=True)
 
     def write_valid_preds(
         self, model: SegmentationModel, pairs: list[tuple[Path, Path]], cfg: TrainConfig, device: torch.device
     ) -> None:
-        """``valid_preds/<name>.png``: ground truth beside the best-mIoU model's prediction, at full resolution."""
+        """``valid_preds/<name>.png``: ground truth beside the best-mIoU model's prediction, at full resolution,
+        each side captioned (image name, "ground truth"; "prediction" and the image's mIoU)."""
         best_path = self / "best_model_iou.pth"
         if not best_path.exists():
             return
@@ -236,7 +315,9 @@ class RunFolder:
             image = read_image(image_path)
             truth = read_mask(mask_path, cfg.mask_mode)
             pred = predictor.predict(image)
-            gap = np.full((image.shape[0], 8, 3), 255, np.uint8)
-            save_png(
-                out / f"{image_path.stem}.png", np.concatenate([overlay(image, truth), gap, overlay(image, pred)], 1)
-            )
+            one = ConfusionMatrix(cfg.num_classes)
+            one.update(torch.from_numpy(pred), torch.from_numpy(truth))
+            left = caption(overlay(image, truth), f"{image_path.name}: ground truth")
+            right = caption(overlay(image, pred), f"prediction: mIoU {one.miou():.3f}")
+            gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
+            save_png(out / f"{image_path.stem}.png", np.concatenate([left, gap, right], 1))

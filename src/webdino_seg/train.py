@@ -6,7 +6,10 @@ features or live images, sharded under torchrun) in `batches.py`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +21,12 @@ from tqdm.auto import tqdm
 from . import distributed
 from .batches import BatchSource
 from .checkpoint import backbone_identity
-from .data import DataError, SegmentationDataset
+from .data import DataError, SegmentationDataset, is_flat, split_pairs
 from .factory import build_backbone
+from .features import chunk_count
 from .heads import create_head
-from .imageio import VOID
+from .imageio import VOID, resolve_mask_mode
+from .io import atomic_write_text
 from .losses import segmentation_loss
 from .metrics import ConfusionMatrix
 from .model import SegmentationModel
@@ -53,15 +58,31 @@ class Progress:
     best: dict = field(default_factory=lambda: {"loss": math.inf, "miou": -math.inf, "iou_epoch": 0})
 
 
-def check_data(root: Path) -> None:
-    """A clear error when the dataset folder does not exist."""
+def check_data(cfg: TrainConfig) -> None:
+    """A clear error when the dataset folder does not exist or has no usable layout."""
+    root = Path(cfg.data)
     if not root.is_dir():
         raise DataError(
             f"--data {root}: folder not found. Training needs a folder with train_images/ train_masks/ valid_images/ "
-            "valid_masks/ (masks: PNG class ids, 255 = void). Make one from the Penn-Fudan release with "
-            "`webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`, or use the bundled "
+            "valid_masks/ (or images/ and masks/ with --valid-fraction). Make one from the Penn-Fudan release "
+            "with `webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`, or use the bundled "
             "examples/pennfudan-sample."
         )
+    if is_flat(root) and cfg.valid_fraction is None:
+        raise DataError(
+            f"--data {root}: holds images/ and masks/ without a train/valid split; add --valid-fraction 0.15 to "
+            "hold out a seeded 15% for validation"
+        )
+
+
+def resolve_masks(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """The settings with ``--mask-mode auto`` decided from both splits' masks, and the note saying so."""
+    if cfg.mask_mode != "auto":
+        return cfg, None
+    masks = [m for split in ("train", "valid") for _, m in split_pairs(cfg.data, split, cfg.valid_fraction, cfg.seed,
+                                                                      "skip" if cfg.skip_bad else "error")]  # fmt: skip
+    mode, note = resolve_mask_mode("auto", masks, cfg.num_classes)
+    return dataclasses.replace(cfg, mask_mode=mode), note
 
 
 def datasets(cfg: TrainConfig, variant: BackboneConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -75,9 +96,20 @@ def datasets(cfg: TrainConfig, variant: BackboneConfig) -> tuple[SegmentationDat
         "seed": cfg.seed,
         "on_bad": "skip" if cfg.skip_bad else "error",
         "validate": True,
+        "valid_fraction": cfg.valid_fraction,
     }
     train_ds = SegmentationDataset(cfg.data, "train", augment=True, **common)
     return train_ds, SegmentationDataset(cfg.data, "valid", augment=False, **common)
+
+
+def baseline(valid_ds: SegmentationDataset) -> dict:
+    """The all-background baseline: scores of predicting the most frequent class everywhere on the valid
+    split, at the training size."""
+    cm = ConfusionMatrix(valid_ds.num_classes)
+    for i in range(len(valid_ds)):
+        mask = valid_ds[i][1]
+        cm.update(torch.zeros_like(mask), mask)
+    return cm.baseline()
 
 
 def build_model(
@@ -88,7 +120,16 @@ def build_model(
     if weights in (None, "random"):
         log(f"WARNING: {cfg.arch} uses RANDOM weights (--weights random): a smoke test, not a real model")
         weights = "random"
-    backbone = build_backbone(variant, weights, cfg.seed)
+    try:
+        backbone = build_backbone(variant, weights, cfg.seed)
+    except ConnectionError as err:
+        if cfg.weights is not None:
+            raise
+        raise ConnectionError(
+            f"{err}. The default weights of {cfg.arch} come from that URL; without internet pass --weights with a "
+            f"local copy (the official .pth or a Hugging Face folder), a Hub id already in your Hugging Face cache "
+            f"({variant.hub_id}), or --weights random for a smoke test"
+        ) from None
     identity = backbone_identity(backbone, weights, cfg.seed)
     torch.manual_seed(cfg.seed)
     head = create_head(cfg.head, backbone.embed_dim, cfg.num_classes)
@@ -124,24 +165,49 @@ def train_step(
     return step_loss, pred
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Train a head (or fine-tune) as `cfg` says; return the run folder. `resume` continues a run folder."""
+def train(
+    cfg: TrainConfig,
+    resume: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    changes: dict | None = None,
+) -> Path:
+    """Train a head (or fine-tune) as `cfg` says; return the run folder.
+
+    `resume` continues a run folder; `changes` are flags given with it (see `TrainConfig.resumed_with`).
+    Every setting is checked before the folder is made; the folder is made before anything slow starts.
+    """
     run = None
     if resume is not None:
         run, cfg = RunFolder.open(resume)
-    check_data(Path(cfg.data))
+        cfg = cfg.resumed_with(changes or {})
+    check_data(cfg)
     rank, world, local_rank = distributed.setup()
     if rank > 0:
         log = _quiet
     device = _device(cfg.device, world, local_rank)
     variant = get_variant(cfg.arch)
+    cfg, note = resolve_masks(cfg)
+    if note:
+        log(note)
     splits = datasets(cfg, variant)
+    base = baseline(splits[1])
+    base_line = (
+        f"all-{cfg.class_names[base['class']]} baseline on valid (predicting {cfg.class_names[base['class']]} "
+        f"everywhere): mIoU {base['miou']:.4f}, pixel accuracy {base['pixel_accuracy']:.4f}"
+    )
     model, identity = build_model(cfg, variant, log)
-    source = _batch_source(cfg, model.to(device), splits, device, identity)  # before any folder is made
     if run is None:
-        run = distributed.broadcast(RunFolder.create(cfg) if rank == 0 else None)
+        run = distributed.broadcast(RunFolder.create(cfg, [n for n in (note, base_line) if n]) if rank == 0 else None)
+        if rank == 0 and is_flat(Path(cfg.data)):
+            _write_split(run, splits, cfg)
     processes = f"  processes: {world}" if world > 1 else ""
     log(f"run folder: {run.path}  device: {device}{processes}  backbone: {cfg.arch} ({identity['weights']})")
+    log(base_line)
+    try:
+        source = _batch_source(cfg, model.to(device), splits, device, identity, run.features)
+    except KeyboardInterrupt:
+        _say_what_was_kept(run, cfg, splits, log)
+        raise
     if source.cached:
         log(source.describe_cache())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -151,7 +217,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str
         else None
     )
     progress = Progress()
-    if resume is not None:
+    if resume is not None and run.has_state():
         progress = _restore(run, model, optimizer, scheduler)
         log(f"resuming {run.path} after epoch {progress.epoch}")
     meta = {
@@ -161,6 +227,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str
         "std": list(variant.std),
         "config": cfg.to_dict(),
         "head_name": cfg.head,
+        "baseline": base,
     }
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -175,13 +242,37 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str
         if rank == 0:
             _save_epoch(run, model, identity, meta, optimizer, scheduler, progress, progress.history[-1])
         distributed.barrier()  # no process runs ahead of what is on disk
-        log(_epoch_line(progress.history[-1], cfg.epochs))
+        log(_epoch_line(progress.history[-1], cfg.epochs, cfg.class_names))
     if rank == 0:
         final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
         run.finish(model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
     distributed.barrier()
-    log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']}; artifacts in {run.path}")
+    log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
+        f"(all-{cfg.class_names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
+    best = shlex.quote(str(run / "best_model_iou.pth"))
+    log(f"next: webdino-seg predict --input IMAGES --model {best} --out {shlex.quote(str(run / 'predict'))}")
+    log(f"      webdino-seg video --input VIDEO.mp4 --model {best} --out {shlex.quote(str(run / 'video.mp4'))}")
     return run.path
+
+
+def _write_split(run: RunFolder, splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> None:
+    """split.json: which images of a flat images/ + masks/ folder went to train and to valid."""
+    record = {
+        "valid_fraction": cfg.valid_fraction,
+        "seed": cfg.seed,
+        **{name: [p.name for p, _ in ds.pairs] for name, ds in zip(("train", "valid"), splits, strict=True)},
+    }
+    atomic_write_text(run / "split.json", json.dumps(record, indent=2) + "\n")
+
+
+def _say_what_was_kept(
+    run: RunFolder, cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], log
+) -> None:
+    """After Ctrl-C during caching: what was kept and the command that continues."""
+    kept = sum(chunk_count(d) for d in run.features.glob("*") if d.is_dir())
+    total = cfg.views * len(splits[0]) + len(splits[1])
+    log(f"interrupted while caching features: the features of {kept} of {total} images are kept in {run.features}; "
+        f"continue with: webdino-seg train --resume {shlex.quote(str(run.path))}")  # fmt: skip
 
 
 def _device(spec: str, world: int, local_rank: int) -> torch.device:
@@ -199,20 +290,23 @@ def _batch_source(
     splits: tuple[SegmentationDataset, SegmentationDataset],
     device: torch.device,
     identity: dict,
+    progress_dir: Path,
 ) -> BatchSource:
-    """Batches as `cfg` asks: cached features (extracted here) or live images."""
+    """Batches as `cfg` asks: cached features (extracted here, kept in chunks in `progress_dir`) or live images."""
     return BatchSource(
         model,
         splits,
         device,
         cfg.batch,
         cfg.seed,
-        cfg.workers,
+        cfg.loader_workers,
         cfg.cache,
-        cfg.cache_views,
+        cfg.views,
         cfg.feature_cache_dir,
         cfg.cache_memory_gb,
         identity,
+        progress_dir,
+        cfg.amp,
     )
 
 
@@ -326,11 +420,12 @@ def _restore(run: RunFolder, model: SegmentationModel, optimizer, scheduler) -> 
     return Progress(state["epoch"], state["history"], state["best"])
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def _epoch_line(row: dict, epochs: int, class_names: list[str]) -> str:
+    ious = " ".join(f"{name} {row[f'valid_iou_{name}']:.4f}" for name in class_names)
     return (
         f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_pixel_acc']:.4f} "
         f"mIoU {row['train_miou']:.4f} | valid loss {row['valid_loss']:.4f} acc {row['valid_pixel_acc']:.4f} "
-        f"mIoU {row['valid_miou']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
+        f"mIoU {row['valid_miou']:.4f} (IoU {ious}) | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
     )
 
 

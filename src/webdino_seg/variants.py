@@ -125,4 +125,10 @@ def get_variant(name: str) -> BackboneConfig:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(VARIANTS)}") from None
+        import difflib
+
+        close = difflib.get_close_matches(name, list(VARIANTS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(
+            f"unknown backbone {name!r}; {hint}choose one of: {', '.join(VARIANTS)} (`webdino-seg info --list`)"
+        ) from None
