@@ -1,0 +1,237 @@
+"""A new user's first hour: the CLI explains itself, masks are read as people store them, a stopped run
+keeps its work, and results come with the all-background baseline beside them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import webdino_seg.features as features_mod
+from conftest import assert_same_metrics, cli_error, make_subset, metrics_rows, tiny_config, tiny_train_cli
+from webdino_seg import __version__
+from webdino_seg.cli import build_parser, main
+from webdino_seg.data import DataError
+from webdino_seg.model import SegmentationModel
+from webdino_seg.runfolder import TrainConfig, default_workers
+from webdino_seg.train import train
+
+
+@pytest.fixture(scope="module")
+def small(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_subset(prepared, tmp_path_factory.mktemp("first") / "data", 12, 4)
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_version_and_debug_anywhere(capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"webdino-seg {__version__}"
+    bad = ["train", "--data", str(tmp_path / "none")]
+    assert main(bad) == 2  # one line
+    for argv in (["--debug", *bad], [*bad, "--debug"]):  # the traceback, wherever --debug stands
+        with pytest.raises(DataError, match="folder not found"):
+            main(argv)
+
+
+def test_every_flag_has_help_and_its_default() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        help_text = sub.format_help()
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or not action.option_strings:
+                continue
+            assert action.help, f"{name} {action.option_strings} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS) and "default" not in action.help:
+                assert "(default:" in help_text, (name, action.option_strings)
+    assert "Typical use" in parser.format_help()
+
+
+def test_arch_typo_suggests_the_name(small: Path, tmp_path: Path, capsys) -> None:
+    cli_error(tiny_train_cli(small, tmp_path / "r", "--arch", "webdino-tinyy"), capsys, "did you mean webdino-tiny?")
+    assert not (tmp_path / "r").exists()
+
+
+def test_invalid_settings_leave_no_folder(small: Path, tmp_path: Path, capsys) -> None:
+    cases = [(["--lr", "-1"], "--lr must be a positive number"),
+             (["--cache-memory-gb", "0"], "--cache-memory-gb must be positive"),
+             (["--class-names", "a", "b", "c"], "--class-names: 3 names given for 2 classes")]  # fmt: skip
+    for flags, needle in cases:
+        cli_error(tiny_train_cli(small, tmp_path / "r", *flags), capsys, needle)
+        assert not (tmp_path / "r").exists()
+
+
+def test_workers_default_to_the_cores_we_have() -> None:
+    cfg = TrainConfig(data=".", arch="webdino-tiny", imgsz=(56, 56))
+    assert cfg.workers is None and cfg.loader_workers == default_workers() == min(8, len(os.sched_getaffinity(0)))
+
+
+def test_offline_default_weights_say_what_to_do(
+    small: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from webdino_seg import variants
+
+    tiny = variants.VARIANTS["webdino-tiny"]
+    monkeypatch.setitem(variants.VARIANTS, "webdino-tiny", tiny.replace(url="http://127.0.0.1:9/official.pth"))
+    argv = [a for a in tiny_train_cli(small, tmp_path / "r") if a not in ("--weights", "random")]
+    cli_error(argv, capsys, "cannot download http://127.0.0.1:9/official.pth", "without internet pass --weights",
+              "--weights random")  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
+# --- masks as people store them ------------------------------------------------------------------
+
+
+def _as_0_255(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for mask in [*dst.glob("*_masks/*.png")]:
+        Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8) * 255).save(mask)
+    return dst
+
+
+def test_0_255_masks_train_and_evaluate_like_0_1(small: Path, tmp_path: Path, capsys) -> None:
+    data = _as_0_255(small, tmp_path / "data255")
+    logs: list[str] = []
+    run = train(tiny_config(data, tmp_path / "run", epochs=4, cache_views=1, lr=1e-2), log=logs.append)
+    assert any("only the values 0 and 255: reading them as binary" in line for line in logs), logs
+    assert yaml.safe_load((run / "config.yaml").read_text())["mask_mode"] == "binary"
+    assert max(float(r["valid_iou_person"]) for r in metrics_rows(run)) > 0  # person pixels were learned from
+    model = str(run / "best_model_iou.pth")
+    reports = []
+    for data_dir, out in ((data, "a.json"), (small, "b.json")):
+        assert main(["evaluate", "--data", str(data_dir), "--model", model, "--out", str(tmp_path / out)]) == 0
+        reports.append(json.loads((tmp_path / out).read_text()))
+    assert reports[0]["mask_mode"] == "binary" and reports[1]["mask_mode"] == "ids"
+    for key in ("miou", "pixel_accuracy", "iou", "baseline"):
+        assert reports[0][key] == reports[1][key], key
+    out = capsys.readouterr().out
+    assert "reading them as binary" in out and "all-background baseline" in out
+
+
+def test_flat_images_and_masks_folders(small: Path, tmp_path: Path, capsys) -> None:
+    flat = tmp_path / "flat"
+    for kind in ("images", "masks"):
+        (flat / kind).mkdir(parents=True)
+        for split in ("train", "valid"):
+            for f in (small / f"{split}_{kind}").iterdir():
+                shutil.copy(f, flat / kind / f.name)
+    cli_error(tiny_train_cli(flat, tmp_path / "r"), capsys, "images/ and masks/", "--valid-fraction 0.15")
+    assert not (tmp_path / "r").exists()
+    assert main([*tiny_train_cli(flat, tmp_path / "r"), "--valid-fraction", "0.25"]) == 0
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    assert len(split["valid"]) == 4 and len(split["train"]) == 12 and not set(split["valid"]) & set(split["train"])
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(flat), "--model", str(tmp_path / "r" / "final_model.pth"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["images"] == 16
+    assert main(["show-data", "--data", str(flat), "--out", str(tmp_path / "grid.png"), "--count", "2"]) == 0
+
+
+def test_orphan_mask_is_reported(small: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "d"
+    shutil.copytree(small, data)
+    next((data / "valid_images").iterdir()).unlink()
+    cli_error(tiny_train_cli(data, tmp_path / "r"), capsys, "mask(s) in", "have no image")
+
+
+# --- a stopped run keeps its work ----------------------------------------------------------------
+
+
+def test_ctrl_c_while_caching_then_resume_matches_uninterrupted(
+    small: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = train(tiny_config(small, tmp_path / "whole", epochs=3), log=lambda *_: None)
+    real_write = features_mod.atomic_write
+    saved = {"n": 0}
+
+    def interrupt_after_two_chunks(path, write, **kw):
+        out = real_write(path, write, **kw)
+        saved["n"] += 1
+        if saved["n"] == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(features_mod, "atomic_write", interrupt_after_two_chunks)
+    run = tmp_path / "stopped"
+    assert main(tiny_train_cli(small, run, *_flags(tiny_config(small, run, epochs=3)))) == 130
+    monkeypatch.setattr(features_mod, "atomic_write", real_write)
+    out = capsys.readouterr().out
+    assert "interrupted while caching features: the features of 24 of 40 images are kept" in out, out
+    assert f"continue with: webdino-seg train --resume {run}" in out
+    assert (run / "config.yaml").exists() and not (run / "last.pth").exists()
+    computed = {"n": 0}
+    real_features = SegmentationModel.features
+
+    def counting(self, images):
+        computed["n"] += len(images)
+        return real_features(self, images)
+
+    monkeypatch.setattr(SegmentationModel, "features", counting)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert computed["n"] == 40 - 24 + 4  # kept chunks were read back, not recomputed (+4: valid_preds)
+    assert_same_metrics(metrics_rows(run), metrics_rows(whole))
+    assert not (run / "features").exists()  # removed once the run has finished
+
+
+def _flags(cfg: TrainConfig) -> list[str]:
+    return ["--imgsz", *map(str, cfg.imgsz), "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--batch",
+            str(cfg.batch), "--cache-views", str(cfg.cache_views), "--seed", str(cfg.seed)]  # fmt: skip
+
+
+def test_views_never_exceed_epochs(small: Path, tmp_path: Path) -> None:
+    logs: list[str] = []
+    train(tiny_config(small, tmp_path / "r", epochs=2, cache_views=4), log=logs.append)
+    assert any(line.startswith("cached 2 view(s) x 12 train") for line in logs), logs
+
+
+def test_resume_applies_safe_flags_and_refuses_others(small: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "r"
+    assert main(tiny_train_cli(small, run)) == 0  # 1 epoch
+    cli_error(["train", "--resume", str(run), "--lr", "0.5"], capsys, "--lr 0.5 (the run has 0.0001)",
+              "start a new run")  # fmt: skip
+    cli_error(["train", "--resume", str(run), "--imgsz", "112", "112"], capsys, "--imgsz")
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert len(metrics_rows(run)) == 2
+
+
+# --- results that explain themselves -------------------------------------------------------------
+
+
+def test_runs_print_their_baseline_folder_and_next_commands(small: Path, tmp_path: Path, capsys) -> None:
+    for expected in (tmp_path / "q", tmp_path / "q-2"):
+        assert main(tiny_train_cli(small, tmp_path / "q")) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert any(line.startswith("all-background baseline on valid (predicting background everywhere): mIoU")
+                   for line in out)  # fmt: skip
+        assert any("(IoU background " in line and " person " in line for line in out)  # per-class, every epoch
+        assert f"run folder: {expected}" in out[-3]
+        best = f"{expected}/best_model_iou.pth"
+        assert out[-2] == f"next: webdino-seg predict --input IMAGES --model {best} --out {expected}/predict"
+        assert out[-1].strip().startswith(f"webdino-seg video --input VIDEO.mp4 --model {expected}/best_model_iou.pth")
+    config = (tmp_path / "q" / "config.yaml").read_text()
+    assert "# all-background baseline on valid" in config
+    ckpt = torch.load(tmp_path / "q" / "best_model_iou.pth", weights_only=True)
+    assert 0 < ckpt["baseline"]["miou"] < 1 and ckpt["baseline"]["class"] == 0
+
+
+def test_valid_preds_are_captioned(trained_run: Path, prepared: Path) -> None:
+    name = sorted((prepared / "valid_images").iterdir())[0]
+    picture = np.asarray(Image.open(trained_run / "valid_preds" / f"{name.stem}.png"))
+    height, width = np.asarray(Image.open(name)).shape[:2]
+    strip = picture.shape[0] - height
+    assert picture.shape[1] == 2 * width + 8 and 10 < strip < 60
+    top = picture[:strip]
+    for side in (top[:, :width], top[:, width + 8 :]):
+        dark = (side.min(2) < 100).mean()
+        assert 0.005 < dark < 0.5  # black text on white
