@@ -41,7 +41,7 @@ def save_curves(
             ax.axhline(level, color="grey", linestyle="--", label=f"valid, all-background baseline ({level:.3f})")
         ax.axvline(best["epoch"], color="tab:green", linestyle=":", alpha=0.8)
         ax.plot([best["epoch"]], [best[f"valid_{key}"]], "o", color="tab:green",
-                label=f"best valid mIoU: epoch {best['epoch']} ({best[f'valid_{key}']:.3f})")  # fmt: skip
+                label=f"epoch {best['epoch']}, best valid mIoU: valid {label.lower()} {best[f'valid_{key}']:.3f}")  # fmt: skip
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{title}: {label}" if title else label)
