@@ -40,8 +40,9 @@ def save_curves(
             level = baseline[BASELINE_KEYS[key]]
             ax.axhline(level, color="grey", linestyle="--", label=f"valid, all-background baseline ({level:.3f})")
         ax.axvline(best["epoch"], color="tab:green", linestyle=":", alpha=0.8)
-        ax.plot([best["epoch"]], [best[f"valid_{key}"]], "o", color="tab:green",
-                label=f"epoch {best['epoch']}, best valid mIoU: valid {label.lower()} {best[f'valid_{key}']:.3f}")  # fmt: skip
+        value = best[f"valid_{key}"]
+        marker = f"epoch {best['epoch']}, best valid mIoU: valid {label.lower()} {value:.3f}"
+        ax.plot([best["epoch"]], [value], "o", color="tab:green", label=marker)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{title}: {label}" if title else label)
