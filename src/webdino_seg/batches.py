@@ -19,6 +19,19 @@ from .features import FeatureCache, cache_key, load_or_extract, plan_store
 from .model import SegmentationModel
 
 
+class _Batches:
+    """A batch sampler whose batches are set before each epoch (the loader's workers stay alive)."""
+
+    def __init__(self) -> None:
+        self.items: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 class BatchSource:
     """(inputs, masks) batches for training and validation, and the module that turns inputs into logits.
 
@@ -51,6 +64,7 @@ class BatchSource:
         self.cache_seconds = 0.0
         self.store_kind = "none"
         self.progress_dir = Path(progress_dir) if progress_dir else None
+        self._loaders: dict = {}
         self.amp = amp
         self.views = cache_views
         if self.cached:
@@ -63,19 +77,30 @@ class BatchSource:
 
     def _extract(self, views: int, cache_dir: Path | None, memory_gb: float | None, identity: dict) -> None:
         model, device = self.model, self.device
-        h, w = (side // model.backbone.patch_size for side in self.train_ds.imgsz)
-        values = (views * len(self.train_ds) + len(self.valid_ds)) * model.backbone.embed_dim * h * w
-        # bf16 on the GPU and on disk; float32 in CPU memory keeps CPU runs equal to uncached ones
-        self.store_kind = distributed.broadcast(plan_store(values * 4, device, memory_gb))
+        h, w = self.train_ds.imgsz
+        p = model.backbone.patch_size
+        extract_batch = max(self.batch, 32 if device.type == "cuda" else 16)
+        self.plan = distributed.broadcast(
+            plan_store(
+                views * len(self.train_ds) + len(self.valid_ds),
+                (model.backbone.embed_dim, h // p, w // p),
+                (h, w),
+                device,
+                memory_gb,
+                extract_batch,
+                cache_dir,
+            )
+        )
+        self.store_kind = self.plan.kind
         store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.store_kind) or Path(
             cache_dir or tempfile.gettempdir()
         )
         common = {
             "model": model,
             "device": device,
-            "batch": max(self.batch, 32 if device.type == "cuda" else 16),
+            "batch": extract_batch,
             "workers": self.workers,
-            "dtype": torch.float32 if self.store_kind == "cpu" else torch.bfloat16,
+            "dtype": self.plan.dtype,
             "store": store,
             "amp": self.amp,
         }
@@ -117,12 +142,26 @@ class BatchSource:
         train, valid = self.train_cache, self.valid_cache
         return (
             f"cached {train.views} view(s) x {train.count} train + {valid.count} valid images in "
-            f"{self.cache_seconds:.1f}s ({train.nbytes() / 2**20:.0f} MiB in {self.store_kind})"
+            f"{self.cache_seconds:.1f}s ({self.plan.describe()})"
         )
 
     def steps_per_epoch(self) -> int:
         """Batches in one training epoch."""
         return -(-len(self.train_ds) // self.batch)
+
+    def _loader(self, dataset: SegmentationDataset) -> tuple[torch.utils.data.DataLoader, _Batches]:
+        """One data loader per split for the whole run: its worker processes live from epoch to epoch."""
+        if dataset not in self._loaders:
+            batches = _Batches()
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+            )
+            self._loaders[dataset] = (loader, batches)
+        return self._loaders[dataset]
 
     def _batches(
         self, dataset: SegmentationDataset, cache: FeatureCache | None, view: int, order: torch.Tensor
@@ -133,18 +172,13 @@ class BatchSource:
             for idx in shards:
                 yield cache.batch(view, idx, self.device)
             return
-        loader = iter(
-            torch.utils.data.DataLoader(
-                dataset,
-                batch_sampler=[idx.tolist() for idx in shards if len(idx)],
-                num_workers=self.workers,
-                pin_memory=self.device.type == "cuda",
-            )
-        )
+        loader, batches = self._loader(dataset)
+        batches.items = [[(view, i) for i in idx.tolist()] for idx in shards if len(idx)]
+        items = iter(loader)
         h, w = dataset.imgsz
         for idx in shards:
             if len(idx):
-                images, masks = next(loader)
+                images, masks = next(items)
             else:  # more processes than images in this batch: an empty share keeps the collectives in step
                 images, masks = torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long)
             yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)

@@ -299,10 +299,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
             )
         return Sample(image, mask, image_path.stem)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item `index` at the current epoch, or, for an ``(epoch, index)`` pair, at that epoch (or view):
+        a data loader's long-lived workers then need no `set_epoch`."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         sample = self.load(self.pairs[index])
         if self.augment:
-            seed_transform(self.transform, sample_seed(self.seed, self.epoch, index))
+            seed_transform(self.transform, sample_seed(self.seed, epoch, index))
         out = self.transform(image=sample.image, mask=sample.mask)
         return normalize(out["image"], self.mean, self.std), torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
 

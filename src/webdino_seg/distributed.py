@@ -11,11 +11,15 @@ import torch
 import torch.distributed as dist
 
 
-def setup() -> tuple[int, int, int]:
-    """Join the process group torchrun describes; return (rank, world size, local rank)."""
+def setup(device: str = "auto") -> tuple[int, int, int]:
+    """Join the process group torchrun describes; return (rank, world size, local rank).
+
+    NCCL when this run trains on CUDA GPUs, gloo otherwise (``--device cpu`` on a GPU machine included).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_gpu = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
+        backend = "nccl" if on_gpu else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
@@ -58,24 +62,6 @@ def broadcast(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def gather_rows(local: torch.Tensor, total: int, views: int) -> torch.Tensor:
-    """Reassemble rows sharded as ``range(rank, total, world)`` per view into the full (views*total) tensor."""
-    world = world_size()
-    if world == 1:
-        return local
-    per = -(-total // world)
-    n_local = local.shape[0] // views
-    padded = torch.zeros((views, per, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[:, :n_local] = local.reshape(views, n_local, *local.shape[1:])
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    full = torch.empty((views, total, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    for r, part in enumerate(parts):
-        count = len(range(r, total, world))
-        full[:, r::world] = part[:, :count]
-    return full.reshape(views * total, *local.shape[1:])
 
 
 def barrier() -> None:

@@ -7,11 +7,14 @@ repeat them (epoch ``e`` uses view ``e % views``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,36 +35,103 @@ class FeatureCache:
         self.count = features.shape[0] // views
 
     def batch(self, view: int, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (float32) and masks (int64) of images `index` in `view`, on `device`."""
+        """Features (float32) and masks (int64) of images `index` in `view`, on `device`.
+
+        From CPU memory or disk to a GPU the rows are gathered into pinned memory, so the copy overlaps.
+        """
         rows = (view % self.views) * self.count + index.to(self.features.device)
-        return self.features[rows].to(device, non_blocking=True).float(), self.masks[rows].to(device).long()
+        feats, masks = self.features[rows], self.masks[rows]
+        if device.type == "cuda" and feats.device.type == "cpu":
+            feats, masks = feats.pin_memory(), masks.pin_memory()
+        return feats.to(device, non_blocking=True).float(), masks.to(device, non_blocking=True).long()
 
     def nbytes(self) -> int:
         """Memory the cache holds."""
         return self.features.numel() * self.features.element_size() + self.masks.numel()
 
 
-def plan_store(nbytes: int, device: torch.device, limit_gb: float | None = None) -> str:
-    """Where a cache of `nbytes` goes: ``cuda`` or ``cpu`` memory when it fits, else ``disk``.
+@dataclass(frozen=True)
+class CachePlan:
+    """Where a feature cache goes, in which dtype, and what it needs."""
 
-    It fits when it takes at most `limit_gb`, or, without a limit, half of what is free there.
+    kind: str  # "cuda", "cpu" or "disk"
+    dtype: torch.dtype
+    nbytes: int  # features and masks in that dtype
+    working_bytes: int  # what extraction itself needs on the device besides the cache
+
+    def describe(self) -> str:
+        """E.g. ``1.2 GiB bf16 in cuda``."""
+        return f"{self.nbytes / 2**30:.2f} GiB {str(self.dtype).removeprefix('torch.')} in {self.kind}"
+
+
+def free_ram() -> int:
+    """Bytes of RAM available now."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def plan_store(
+    items: int,
+    feature_shape: tuple[int, int, int],
+    mask_shape: tuple[int, int],
+    device: torch.device,
+    limit_gb: float | None = None,
+    batch: int = 32,
+    disk: Path | None = None,
+    free: dict[str, int] | None = None,
+) -> CachePlan:
+    """Plan a cache of `items` feature grids (dim, h, w) with their uint8 masks (H, W).
+
+    GPU memory holds it in bf16 when it fits together with the extraction's own working memory; CPU
+    memory holds it in bf16 on CUDA runs and in float32 on CPU runs (so they equal uncached runs);
+    else it is memory-mapped on disk (bf16) at `disk`, which must have the room. It fits when it
+    takes at most `limit_gb`, or, without a limit, half of what is free. `free` replaces the
+    measured free bytes per kind (``cuda``, ``cpu``, ``disk``) in tests.
     """
+    free = free or {}
     limit = None if limit_gb is None else limit_gb * 2**30
+    dim, h, w = feature_shape
+    mask_bytes = items * math.prod(mask_shape)
+
+    def size(dtype: torch.dtype) -> int:
+        return items * dim * h * w * torch.empty(0, dtype=dtype).element_size() + mask_bytes
+
+    # extraction on the device: a batch of float32 images plus ~16 bf16 activations of the token sequence
+    working = batch * (3 * mask_shape[0] * mask_shape[1] * 4 + 16 * (h * w + 1) * dim * 2)
     if device.type == "cuda":
-        free_gpu, _ = torch.cuda.mem_get_info(device)
-        if nbytes <= (limit if limit is not None else free_gpu / 2):
-            return "cuda"
-    free_ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return "cpu" if nbytes <= (limit if limit is not None else free_ram / 2) else "disk"
+        room = free.get("cuda") or torch.cuda.mem_get_info(device)[0]
+        need = size(torch.bfloat16)
+        if need + working <= (limit if limit is not None else room / 2):
+            return CachePlan("cuda", torch.bfloat16, need, working)
+    cpu_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    need = size(cpu_dtype)
+    if need <= (limit if limit is not None else (free.get("cpu") or free_ram()) / 2):
+        return CachePlan("cpu", cpu_dtype, need, working)
+    need = size(torch.bfloat16)
+    where = Path(disk or tempfile.gettempdir())
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    room = free.get("disk") or shutil.disk_usage(probe).free
+    if need > 0.9 * room:
+        raise OSError(
+            errno.ENOSPC,
+            f"the feature cache needs {need / 2**30:.1f} GiB, more than fits in memory (--cache-memory-gb) and "
+            f"more than the {room / 2**30:.1f} GiB free on disk at {where}; use --feature-cache-dir on a larger "
+            "disk, fewer --cache-views, a smaller --imgsz, or --no-cache",
+        )
+    return CachePlan("disk", torch.bfloat16, need, working)
 
 
-def allocate(shape: tuple[int, ...], dtype: torch.dtype, store: torch.device | Path) -> torch.Tensor:
+def allocate(
+    shape: tuple[int, ...], dtype: torch.dtype, store: torch.device | Path, shared_name: str | None = None
+) -> torch.Tensor:
     """An empty tensor in memory on `store`, or, when `store` is a folder, backed by a file there.
 
     The file is unlinked at once: the mapping lives as long as the tensor and nothing is left behind.
+    With `shared_name` the file is the one every process maps (see `shared_store`), not unlinked here.
     """
     if isinstance(store, torch.device):
-        return torch.empty(shape, dtype=dtype, device=store)
+        return torch.zeros(shape, dtype=dtype, device=store)
+    if shared_name is not None:
+        return torch.from_file(shared_name, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
     store.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=store, prefix="features-", suffix=".bin")
     os.close(fd)
@@ -69,6 +139,19 @@ def allocate(shape: tuple[int, ...], dtype: torch.dtype, store: torch.device | P
         return torch.from_file(name, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
     finally:
         os.unlink(name)
+
+
+def _shared_files(store: Path, count: int) -> list[str]:
+    """Names of `count` new files every process can map: made by rank 0, announced to the others."""
+    names = None
+    if distributed.rank() == 0:
+        store.mkdir(parents=True, exist_ok=True)
+        names = []
+        for _ in range(count):
+            fd, name = tempfile.mkstemp(dir=store, prefix="features-", suffix=".bin")
+            os.close(fd)
+            names.append(name)
+    return distributed.broadcast(names)
 
 
 def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int, identity: dict) -> str:
@@ -110,8 +193,9 @@ def extract(
 
     With `chunks`, every batch is also saved there as it is made, and batches already saved are read
     back instead of computed: an interrupted extraction continues where it stopped. Under torchrun
-    each process extracts every world_size-th image and the shards are gathered, so every process
-    ends with the whole cache.
+    each process extracts every world_size-th image into the same cache: a file all processes map
+    (CPU memory or disk), or, on GPUs, a tensor summed across processes (zeros elsewhere): no
+    process holds more than one copy.
     """
     store = store or torch.device("cpu")
     n = len(dataset)
@@ -121,47 +205,58 @@ def extract(
         raise ValueError(f"no images to extract features from in {desc}")
     p = model.backbone.patch_size
     h, w = dataset.imgsz
-    feats = allocate((views * len(mine), model.backbone.embed_dim, h // p, w // p), dtype, store)
-    masks = allocate((views * len(mine), h, w), torch.uint8, store)
+    shapes = ((views * n, model.backbone.embed_dim, h // p, w // p), (views * n, h, w))
+    names: list[str | None] = [None, None]
+    if world > 1 and not (isinstance(store, torch.device) and store.type == "cuda"):
+        store = (
+            store
+            if isinstance(store, Path)
+            else Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
+        )
+        names = _shared_files(store, 2)
+    feats = allocate(shapes[0], dtype, store, names[0])
+    masks = allocate(shapes[1], torch.uint8, store, names[1])
+    distributed.barrier()
+    if rank == 0:
+        for name in names:
+            if name:
+                os.unlink(name)  # every process has it mapped: nothing is left behind
+    todo = []
     with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=rank > 0) as bar:
         for view in range(views):
-            dataset.set_epoch(view)
-            starts = list(range(0, len(mine), batch))
-            todo = []
-            for start in starts:
-                row = view * len(mine) + start
+            for start in range(0, len(mine), batch):
+                index = mine[start : start + batch]
+                rows = torch.tensor(index) + view * n
                 chunk = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt" if chunks else None
                 if chunk is not None and chunk.exists():
                     saved = torch.load(chunk, map_location="cpu", weights_only=True)
-                    feats[row : row + len(saved["masks"])] = saved["features"].to(feats.device, dtype)
-                    masks[row : row + len(saved["masks"])] = saved["masks"].to(masks.device)
-                    bar.update(len(saved["masks"]))
+                    feats[rows.to(feats.device)] = saved["features"].to(feats.device, dtype)
+                    masks[rows.to(masks.device)] = saved["masks"].to(masks.device)
+                    bar.update(len(index))
                 else:
-                    todo.append(start)
-            if not todo:
-                continue
-            loader = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(dataset, mine),
-                batch_sampler=[list(range(start, min(start + batch, len(mine)))) for start in todo],
+                    todo.append((view, start, index, rows))
+        if todo:
+            loader = torch.utils.data.DataLoader(  # one loader, its workers kept for every view
+                dataset,
+                batch_sampler=[[(view, i) for i in index] for view, _, index, _ in todo],
                 num_workers=workers,
                 pin_memory=device.type == "cuda",
             )
-            for start, (images, target) in zip(todo, loader, strict=True):
+            for (view, start, index, rows), (images, target) in zip(todo, loader, strict=True):
                 with autocast(device, amp):
                     grid = model.features(images.to(device, non_blocking=True))
-                row = view * len(mine) + start
-                feats[row : row + len(images)] = grid.to(feats.device, dtype)
-                masks[row : row + len(images)] = target.to(masks.device, torch.uint8)
+                feats[rows.to(feats.device)] = grid.to(feats.device, dtype)
+                masks[rows.to(masks.device)] = target.to(masks.device, torch.uint8)
                 if chunks is not None:
-                    part = {
-                        "features": feats[row : row + len(images)].cpu(),
-                        "masks": masks[row : row + len(images)].cpu(),
-                    }
-                    atomic_write(
-                        chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt", lambda f, part=part: torch.save(part, f)
-                    )
-                bar.update(len(images))
-    return FeatureCache(distributed.gather_rows(feats, n, views), distributed.gather_rows(masks, n, views), views)
+                    part = {"features": grid.to("cpu", dtype), "masks": target.to(torch.uint8)}
+                    name = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt"
+                    atomic_write(name, lambda f, part=part: torch.save(part, f))
+                bar.update(len(index))
+    if world > 1 and feats.device.type == "cuda":
+        distributed.all_sum(feats)  # each row was written by one process, zeros elsewhere: exact
+        distributed.all_sum(masks)
+    distributed.barrier()  # every process has written its rows into the shared file
+    return FeatureCache(feats, masks, views)
 
 
 def chunk_count(chunks: Path | None) -> int:

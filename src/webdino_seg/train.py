@@ -181,7 +181,7 @@ def train(
         run, cfg = RunFolder.open(resume)
         cfg = cfg.resumed_with(changes or {})
     check_data(cfg)
-    rank, world, local_rank = distributed.setup()
+    rank, world, local_rank = distributed.setup(cfg.device)
     if rank > 0:
         log = _quiet
     device = _device(cfg.device, world, local_rank)
