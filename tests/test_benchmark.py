@@ -1,90 +1,74 @@
-"""The benchmark command runs both recipes and prints every figure (no timing is asserted)."""
+"""The benchmark runs both recipes for real and reports every figure with its spread (no timing is asserted)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
+import webdino_seg.benchmark as bench
+from conftest import make_subset
+from webdino_seg.backbone import DinoVisionTransformer
 from webdino_seg.cli import main
+from webdino_seg.train import train
 
 
-def test_benchmark_prints_the_table(test_video: Path, tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="module")
+def tiny_data(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_subset(prepared, tmp_path_factory.mktemp("bench") / "data", 6, 2)
+
+
+def test_benchmark_prints_the_table(tiny_data: Path, test_video: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    assert (
-        main(
-            [
-                "benchmark",
-                "--arch",
-                "webdino-tiny",
-                "--imgsz",
-                "56",
-                "56",
-                "--device",
-                "cpu",
-                "--quick",
-                "--video",
-                str(test_video),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    argv = ["benchmark", "--arch", "webdino-tiny", "--imgsz", "56", "56", "--device", "cpu", "--quick",
+            "--video", str(test_video), "--data", str(tiny_data), "--epochs", "3", "--tutorial-epochs", "1",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
     table = capsys.readouterr().out
-    for row in ("training, s per epoch", "training, 60 epochs", "backbone images/s, batch 1", "video end to end"):
-        assert row in table
+    for row in ("training, 3 epochs, seconds (tutorial: extrapolated*)", "backbone images/s, batch 1",
+                "video end to end", "median [min-max] of 3 runs", "attention: tutorial math"):  # fmt: skip
+        assert row in table, table
     figures = json.loads(out.read_text())
-    for key in (
-        "tutorial_schedule_s",
-        "ours_schedule_s",
-        "tutorial_video_fps",
-        "ours_video_fps",
-        "ours_backbone_img_s_b1",
-        "tutorial_infer_ms_b1",
-    ):
-        assert figures[key] > 0, key
+    for key in ("ours_train_s", "tutorial_train_extrapolated_s", "ours_video_fps", "ours_backbone_img_s_b1"):
+        assert len(figures[key]["runs"]) == 3 and figures[key]["min"] <= figures[key]["median"] <= figures[key]["max"]
+    assert figures["runtime"]["device"] == "cpu" and figures["runtime"]["torch"] == torch.__version__
+    assert figures["sdpa"]["tutorial"] == "math" and figures["sdpa"]["ours"] != "math"
 
 
-def test_each_recipe_does_what_its_row_says(monkeypatch) -> None:
-    """The tutorial's step runs the backbone (fp32, math attention) on every batch; ours trains the head on
-    cached features and never calls the backbone. Swapping the two recipes fails here."""
-    import torch
-
-    from webdino_seg import create_model
-    from webdino_seg.backbone import DinoVisionTransformer
-    from webdino_seg.benchmark import our_step, tutorial_step
-
-    calls: list[str] = []
+def test_each_recipe_does_what_its_row_says(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """The tutorial's run computes the backbone on every batch of every epoch with the plain math kernel; ours
+    computes each cached view once. Swapping the two recipes fails here."""
+    seen: list[tuple[int, str]] = []
     real = DinoVisionTransformer.forward_features
 
     def counting(self, x):
-        calls.append(str(torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()))
+        math_only = torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+        seen.append((len(x), "math" if math_only else "fused"))
         return real(self, x)
 
     monkeypatch.setattr(DinoVisionTransformer, "forward_features", counting)
-    model = create_model("webdino-tiny", num_classes=2, seed=0)
-    masks = torch.randint(0, 2, (2, 28, 28))
-    head_before = [p.detach().clone() for p in model.head.parameters()]
-    opt = torch.optim.AdamW(model.head.parameters(), lr=1e-3)
-    tutorial_step(model, opt, torch.randn(2, 3, 28, 28), masks, torch.device("cpu"))
-    assert calls == ["True"]  # one backbone pass, with only the plain attention kernel allowed
-    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
-    features = model.features(torch.randn(2, 3, 28, 28))
-    calls.clear()
-    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    our_step(model, opt, features, masks, torch.device("cpu"))
-    assert calls == []  # the cached features stand in for the backbone
-    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
+    common = {"arch": "webdino-tiny", "weights": "random", "imgsz": (56, 56), "epochs": 3, "batch": 2, "workers": 0,
+              "cache_views": 2}  # fmt: skip
+    with bench.tutorial_mode():
+        train(bench.tutorial_config(tiny_data, tmp_path / "t", **common), log=lambda *_: None)
+    tutorial = list(seen)
+    seen.clear()
+    train(bench.our_config(tiny_data, tmp_path / "o", **common), log=lambda *_: None)
+    ours = list(seen)
+    images = lambda calls: sum(n for n, _ in calls)  # noqa: E731
+    assert images(tutorial) == 3 * (6 + 2) + 2  # every epoch, train and valid; then valid_preds
+    assert images(ours) == 2 * 6 + 2 + 2  # 2 cached views of the train split, valid once; then valid_preds
+    assert {kind for _, kind in tutorial} == {"math"} and {kind for _, kind in ours} == {"fused"}
 
 
-def test_schedule_figures_add_up() -> None:
-    from webdino_seg.benchmark import BATCH, EPOCHS, TRAIN_IMAGES, VALID_IMAGES, benchmark
-
-    res = benchmark("webdino-tiny", (28, 28), "cpu", quick=True, views=3, log=lambda *_: None)
-    steps = -(-TRAIN_IMAGES // BATCH)
-    assert res["tutorial_schedule_s"] == EPOCHS * res["tutorial_epoch_s"]
-    assert res["tutorial_epoch_s"] > steps * res["tutorial_train_s_per_step_b8"]  # plus validation
-    best = max(res["batches"])
-    assert res["ours_extract_s"] == (TRAIN_IMAGES * 3 + VALID_IMAGES) / res[f"ours_backbone_img_s_b{best}"]
-    assert res["ours_schedule_s"] == res["ours_extract_s"] + EPOCHS * res["ours_epoch_s"]
-    assert res["runtime"]["device"] == "cpu" and res["runtime"]["amp_dtype"] == "None"
+def test_tutorial_schedule_is_extrapolated_from_its_own_epochs(tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,seconds\n1,2.0\n2,4.0\n")
+    calls = iter([(30.0, run), (10.0, run)] * 3)  # ours, tutorial; three times
+    monkeypatch.setattr(bench, "_timed_train", lambda cfg, device, mode: next(calls))
+    res = bench.bench_training("d", "webdino-tiny", (56, 56), torch.device("cpu"), 60, 2, 4, 3)
+    assert res["ours_train_s"]["median"] == 30.0 and res["tutorial_train_measured_s"]["median"] == 10.0
+    assert res["tutorial_train_extrapolated_s"]["runs"] == [10.0 + 58 * 3.0] * 3

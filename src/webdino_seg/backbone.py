@@ -167,7 +167,22 @@ class DinoVisionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def interpolate_pos_encoding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        """Positional embedding for an input of this size, resized exactly as the official code."""
+        """Positional embedding for an input of this size, resized exactly as the official code.
+
+        Without gradients (a frozen backbone) the result is kept per size and dtype until the
+        embedding changes, so inference does not redo the bicubic resize every batch.
+        """
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+            return self._interpolate_pos_encoding(height, width, dtype)
+        key = (height, width, dtype, self.pos_embed.device, self.pos_embed.data_ptr(), self.pos_embed._version)
+        cache = self.__dict__.setdefault("_pos_cache", {})
+        if key not in cache:
+            cache.clear()  # one size at a time is the common case; never grows without bound
+            with torch.no_grad():
+                cache[key] = self._interpolate_pos_encoding(height, width, dtype)
+        return cache[key]
+
+    def _interpolate_pos_encoding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         h0, w0 = height // self.patch_size, width // self.patch_size
         n_stored = self.pos_embed.shape[1] - 1
         if h0 * w0 == n_stored and height == width:

@@ -204,6 +204,10 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         args.video,
         args.cache_views,
         log=lambda m: print(m, file=sys.stderr),
+        data=args.data,
+        repeats=args.repeats,
+        epochs=args.epochs,
+        tutorial_epochs=args.tutorial_epochs,
     )
     print(format_table(res))
     if args.out:
@@ -364,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quick", action="store_true", help="fewer iterations (and smaller batches on a CPU)")
     p.add_argument("--video", help="a video file for the end-to-end video figures")
+    p.add_argument("--data", help="a prepared dataset (e.g. data/pennfudan): adds whole training runs, end to end")
+    p.add_argument("--epochs", type=positive, default=60, help="our training run's epochs (the full schedule)")
+    p.add_argument("--tutorial-epochs", type=positive, default=2, help="real epochs the tutorial's recipe runs "
+                   "before it is extrapolated to --epochs")  # fmt: skip
+    p.add_argument("--repeats", type=positive, default=3, help="repetitions of every figure (median, min-max)")
     p.add_argument("--cache-views", type=positive, default=4, help="augmented views the cached recipe extracts")
     p.add_argument("--out", help="also write the figures as JSON here")
     p.set_defaults(func=cmd_benchmark)

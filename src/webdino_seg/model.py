@@ -31,7 +31,10 @@ class SegmentationModel(nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normed patch tokens as a (B, D, H/14, W/14) grid."""
+        """Normed patch tokens as a (B, D, H/14, W/14) grid (in the backbone's dtype)."""
+        dtype = self.backbone.patch_embed.proj.weight.dtype
+        if images.dtype != dtype:  # a frozen backbone kept in bf16 on the GPU takes bf16 images
+            images = images.to(dtype)
         if self.fine_tune:
             return self._grid(images)
         with torch.inference_mode():
@@ -43,6 +46,14 @@ class SegmentationModel(nn.Module):
         b, _, height, width = images.shape
         p = self.backbone.patch_size
         return tokens.transpose(1, 2).reshape(b, tokens.shape[-1], height // p, width // p)
+
+    def freeze_in(self, dtype: torch.dtype) -> SegmentationModel:
+        """Keep a frozen backbone's weights in `dtype` (bf16 on a GPU): cast once, not on every forward as
+        autocast does for weights that need no gradient. LayerNorm statistics are still accumulated in
+        float32 by PyTorch's kernels. A fine-tuned backbone is left as it is."""
+        if not self.fine_tune:
+            self.backbone.to(dtype)
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits on the token grid: (B, classes, H/14, W/14)."""

@@ -17,7 +17,7 @@ from .backbone import check_image_size
 from .checkpoint import load_model
 from .imageio import to_rgb
 from .model import SegmentationModel, upsample
-from .runtime import autocast, configure, resolve_device
+from .runtime import autocast, configure, prepare_model, resolve_device
 
 
 class Predictor:
@@ -36,7 +36,7 @@ class Predictor:
         check_image_size(*imgsz, model.backbone.patch_size)
         self.device = resolve_device(device)
         configure(self.device)
-        self.model = model.to(self.device).eval()
+        self.model = prepare_model(model, self.device, amp).eval()
         self.imgsz = tuple(imgsz)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
@@ -51,14 +51,26 @@ class Predictor:
         model, ckpt = load_model(path, weights)
         return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], device)
 
+    def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
+        if all(img.shape == images[0].shape for img in images):
+            groups = [np.stack(images)]
+        else:
+            groups = [img[None] for img in images]
+        out = []
+        for group in groups:
+            x = torch.from_numpy(np.ascontiguousarray(group))
+            if self.device.type == "cuda":
+                x = x.pin_memory()
+            out.append(x.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
+        return out
+
     def _prepare(self, images: list[np.ndarray]) -> torch.Tensor:
-        batch = []
-        for img in images:
-            img = np.ascontiguousarray(img) if img.flags.writeable else img.copy()
-            x = torch.from_numpy(img).to(self.device).permute(2, 0, 1)[None].float().div_(255)
-            batch.append(
-                F.interpolate(x, size=self.imgsz, mode="bilinear", align_corners=False)
-            )  # as cv2 INTER_LINEAR in training
+        """Normalised model input at `imgsz` (bilinear, as cv2 INTER_LINEAR in training)."""
+        batch = [
+            F.interpolate(x.float().div_(255), size=self.imgsz, mode="bilinear", align_corners=False)
+            for x in self._to_device(images)
+        ]
         return (torch.cat(batch) - self.mean) / self.std
 
     @torch.inference_mode()
@@ -68,10 +80,16 @@ class Predictor:
             grid = self.model(self._prepare(images)).float()
         return [upsample(g[None], img.shape[:2])[0] for g, img in zip(grid, images, strict=True)]
 
+    @torch.inference_mode()
     def predict_batch(self, images: Iterable[np.ndarray | Image.Image]) -> list[np.ndarray]:
         """Class-id masks (uint8, H x W) for a batch of RGB arrays or PIL images."""
         arrays = [to_rgb(img) if isinstance(img, Image.Image) else _as_rgb(img) for img in images]
-        # max(0).indices is argmax (first maximum on ties) without argmax's slow strided path on the CPU
+        if all(a.shape == arrays[0].shape for a in arrays):  # video frames: one upsample, one copy back
+            with autocast(self.device, self.amp):
+                grid = self.model(self._prepare(arrays)).float()
+            # max(1).indices is argmax (first maximum on ties) without argmax's slow strided path on the CPU
+            masks = upsample(grid, arrays[0].shape[:2]).max(1).indices.to(torch.uint8).cpu().numpy()
+            return list(masks)
         return [lg.max(0).indices.to(torch.uint8).cpu().numpy() for lg in self.logits(arrays)]
 
     def predict(self, image: np.ndarray | Image.Image) -> np.ndarray:

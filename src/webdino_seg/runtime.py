@@ -48,6 +48,16 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=dtype)
 
 
+def prepare_model(model: torch.nn.Module, device: torch.device, amp: bool = True) -> torch.nn.Module:
+    """Move a segmentation model to `device`; where autocast would run in bf16, keep its frozen backbone
+    in bf16 once instead (see `SegmentationModel.freeze_in`)."""
+    model.to(device)
+    dtype = amp_dtype(device, amp)
+    if dtype is not None and hasattr(model, "freeze_in"):
+        model.freeze_in(dtype)
+    return model
+
+
 def configure(device: torch.device) -> None:
     """Set the CUDA speed flags (TF32 matmuls and convolutions, cuDNN autotuning); nothing on the CPU."""
     if device.type != "cuda":

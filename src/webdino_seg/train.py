@@ -31,7 +31,7 @@ from .losses import segmentation_loss
 from .metrics import ConfusionMatrix
 from .model import SegmentationModel
 from .runfolder import LAST, RunFolder, TrainConfig
-from .runtime import autocast, configure, resolve_device
+from .runtime import autocast, configure, prepare_model, resolve_device
 from .variants import BackboneConfig, get_variant
 
 __all__ = ["TrainConfig", "TrainingError", "train", "train_step"]
@@ -204,7 +204,7 @@ def train(
     log(f"run folder: {run.path}  device: {device}{processes}  backbone: {cfg.arch} ({identity['weights']})")
     log(base_line)
     try:
-        source = _batch_source(cfg, model.to(device), splits, device, identity, run.features)
+        source = _batch_source(cfg, prepare_model(model, device, cfg.amp), splits, device, identity, run.features)
     except KeyboardInterrupt:
         _say_what_was_kept(run, cfg, splits, log)
         raise

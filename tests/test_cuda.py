@@ -1,0 +1,93 @@
+"""GPU paths, run by `pytest -m cuda` on a machine with a CUDA GPU (skipped elsewhere) and by benchmarks/gpu.sh."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FIXTURES, TINY, assert_same_metrics, make_subset, metrics_rows, tiny_config, tiny_train_cli
+from webdino_seg import create_backbone
+from webdino_seg.checkpoint import load_model
+from webdino_seg.cli import main
+from webdino_seg.overlay import overlay
+from webdino_seg.train import train
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(scope="module")
+def data(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_subset(prepared, tmp_path_factory.mktemp("cuda") / "data", 16, 4)
+
+
+def test_bf16_backbone_on_cuda_matches_fp32() -> None:
+    model = create_backbone("webdino-300m", weights=FIXTURES / "tiny_official.pth", **TINY).eval().cuda()
+    x = torch.randn(4, 3, 224, 280, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        fp32 = model.forward_features(x)["x_norm_patchtokens"]
+        model.to(torch.bfloat16)
+        bf16 = model.forward_features(x.bfloat16())["x_norm_patchtokens"].float()
+    cosine = F.cosine_similarity(fp32.flatten(0, 1), bf16.flatten(0, 1), dim=-1)
+    diff = (fp32 - bf16).abs()
+    print(f"bf16 vs fp32 on CUDA: min cosine {cosine.min():.6f}, mean abs {diff.mean():.4g}, max abs {diff.max():.4g}")
+    assert cosine.min() >= 0.999 and diff.mean() < 0.02 and diff.max() < 0.05 * fp32.abs().max()
+
+
+def test_training_steps_with_the_cache_on_the_gpu_and_in_cpu_memory(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs: list[str] = []
+    gpu = metrics_rows(train(tiny_config(data, tmp_path / "gpu", device="cuda", epochs=3), log=logs.append))
+    assert any("in cuda" in line for line in logs), logs
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1, 1))  # no room on the GPU
+    logs.clear()
+    cpu = metrics_rows(train(tiny_config(data, tmp_path / "cpu", device="cuda", epochs=3), log=logs.append))
+    assert any("bfloat16 in cpu" in line for line in logs), logs
+    assert_same_metrics(gpu, cpu, rel=1e-3)  # the same bf16 features, only stored elsewhere
+
+
+def test_video_on_cuda_draws_the_masks(data: Path, test_video: Path, tmp_path: Path) -> None:
+    run = train(tiny_config(data, tmp_path / "run", device="cuda", imgsz=(224, 224), epochs=4, lr=1e-2),
+                log=lambda *_: None)  # fmt: skip
+    out = tmp_path / "out.mp4"
+    ckpt = run / "best_model_iou.pth"
+    assert main(["video", "--input", str(test_video), "--model", str(ckpt), "--device", "cuda", "--out", str(out),
+                 "--max-frames", "16"]) == 0  # fmt: skip
+    from webdino_seg.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cuda")
+    with av.open(str(test_video)) as a, av.open(str(out)) as b:
+        pairs = zip(itertools.islice(a.decode(video=0), 16), b.decode(video=0), strict=True)
+        for frame_in, frame_out in pairs:
+            src, got = frame_in.to_ndarray(format="rgb24"), frame_out.to_ndarray(format="rgb24")
+            mask = predictor.predict(src)
+            expected = overlay(src, mask)[80:].astype(np.float32)
+            assert np.abs(got[80:].astype(np.float32) - expected).mean() < 6
+    _, meta = load_model(ckpt)
+    assert meta["imgsz"] == [224, 224]
+
+
+def test_one_process_nccl_run(data: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
+           "webdino_seg", *tiny_train_cli(data, tmp_path / "ddp", "--device", "cuda")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(metrics_rows(tmp_path / "ddp")) == 1
+
+
+def test_benchmark_quick_table_on_cuda(data: Path, test_video: Path, capsys) -> None:
+    argv = ["benchmark", "--arch", "webdino-tiny", "--imgsz", "224", "224", "--device", "cuda", "--quick",
+            "--video", str(test_video), "--data", str(data), "--epochs", "3", "--tutorial-epochs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    print(table)
+    assert "attention: tutorial math" in table and "training, 3 epochs" in table
