@@ -31,7 +31,7 @@ from .losses import segmentation_loss
 from .metrics import ConfusionMatrix
 from .model import SegmentationModel
 from .runfolder import LAST, RunFolder, TrainConfig
-from .runtime import autocast, configure, prepare_model, resolve_device
+from .runtime import amp_dtype, autocast, configure, prepare_model, resolve_device
 from .variants import BackboneConfig, get_variant
 
 __all__ = ["TrainConfig", "TrainingError", "train", "train_step"]
@@ -185,6 +185,8 @@ def train(
     if rank > 0:
         log = _quiet
     device = _device(cfg.device, world, local_rank)
+    if device.type == "cuda" and cfg.amp and amp_dtype(device) is None:
+        log(f"{torch.cuda.get_device_name(device)} has no bf16 support: running in float32")
     variant = get_variant(cfg.arch)
     cfg, note = resolve_masks(cfg)
     if note:
