@@ -172,7 +172,8 @@ class DinoVisionTransformer(nn.Module):
         Without gradients (a frozen backbone) the result is kept per size and dtype until the
         embedding changes, so inference does not redo the bicubic resize every batch.
         """
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()  # export, compile: compute in the graph
+        if tracing or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
             return self._interpolate_pos_encoding(height, width, dtype)
         key = (height, width, dtype, self.pos_embed.device, self.pos_embed.data_ptr(), self.pos_embed._version)
         cache = self.__dict__.setdefault("_pos_cache", {})

@@ -190,6 +190,12 @@ def cmd_video(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+
+    export_onnx(args.model, args.out, tuple(args.imgsz) if args.imgsz else None, args.dynamic, args.weights)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
     import json
 
@@ -360,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=positive, help="stop after this many frames (default: all)")
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
     p.set_defaults(func=cmd_video)
+
+    p = _subparser(sub, "export", "export a trained model to ONNX (normalisation, backbone, head, upsampling)")
+    p.add_argument("--model", required=True, help="a model checkpoint written by train")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    _imgsz(p, None)
+    p.add_argument("--dynamic", action="store_true", help="any batch size (the image size stays --imgsz)")
+    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+    p.set_defaults(func=cmd_export)
 
     p = _subparser(sub, "benchmark", "time the tutorial's recipe against ours on one device")
     p.add_argument("--arch", default="webdino-300m", help="backbone variant (random weights: speed does not "

@@ -47,7 +47,20 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", imgsz: tuple[int, int] | None = None, weights: str | None = None
     ) -> Predictor:
-        """Load a checkpoint written by training; `imgsz` defaults to the one it was trained at."""
+        """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
+        `imgsz` defaults to the size it was trained (or exported) at."""
+        if Path(path).suffix.lower() == ".onnx":
+            from .export import OnnxSegmentationModel
+
+            onnx_model = OnnxSegmentationModel(path, device)
+            fixed = tuple(onnx_model.meta["imgsz"])
+            if imgsz is not None and tuple(imgsz) != fixed:
+                raise ValueError(f"--imgsz {imgsz[0]} {imgsz[1]}: {path} was exported at {fixed[0]}x{fixed[1]}; "
+                                 "export it again with --imgsz to use another size")  # fmt: skip
+            # the graph normalises itself: it takes RGB in [0, 1]
+            return cls(
+                onnx_model, fixed, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), onnx_model.meta["class_names"], device, False
+            )
         model, ckpt = load_model(path, weights)
         return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], device)
 

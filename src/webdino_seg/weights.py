@@ -282,7 +282,8 @@ def hf_config(cfg: BackboneConfig) -> dict:
         "hidden_size": cfg.embed_dim,
         "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads,
-        "mlp_ratio": cfg.mlp_ratio,
+        # transformers 5 validates types strictly: mlp_ratio is an int there (4, not 4.0)
+        "mlp_ratio": int(cfg.mlp_ratio) if float(cfg.mlp_ratio).is_integer() else cfg.mlp_ratio,
         "use_swiglu_ffn": cfg.ffn == "swiglu",
         "hidden_act": "gelu",
         "layerscale_value": cfg.layerscale_init,
@@ -314,19 +315,70 @@ def config_from_hf(config: dict, base: BackboneConfig) -> BackboneConfig:
     )
 
 
-def guess_variant(sd: StateDict) -> str | None:
-    """Name the variant whose shapes an official-named state dict has, if any."""
+ARCHITECTURE_FIELDS = (
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "ffn",
+    "mlp_ratio",
+    "patch_size",
+    "img_size",
+    "num_register_tokens",
+    "interpolate_offset",
+    "interpolate_antialias",
+    "layer_norm_eps",
+)
+
+
+def guess_variants(sd: StateDict) -> list[str]:
+    """Every variant whose shapes an official-named state dict has: width, depth, position grid, FFN kind
+    and register tokens."""
     pos = sd.get("pos_embed")
     if pos is None:
-        return None
+        return []
     dim = pos.shape[-1]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     grid_tokens = pos.shape[1] - 1
     ffn = "swiglu" if any(".mlp.w12." in k for k in sd) else "mlp"
-    for cfg in VARIANTS.values():
-        if (cfg.embed_dim, cfg.depth, cfg.grid**2, cfg.ffn) == (dim, depth, grid_tokens, ffn):
-            return cfg.name
-    return f"an unlisted model (embed_dim {dim}, depth {depth}, {grid_tokens} position tokens, {ffn} FFN)"
+    registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
+    patch = sd["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in sd else None
+    return [
+        cfg.name
+        for cfg in VARIANTS.values()
+        if (cfg.embed_dim, cfg.depth, cfg.grid**2, cfg.ffn, cfg.num_register_tokens)
+        == (dim, depth, grid_tokens, ffn, registers)
+        and patch in (None, cfg.patch_size)
+    ]
+
+
+def guess_variant(sd: StateDict) -> str | None:
+    """Name the variant whose shapes an official-named state dict has, if any (the first of equals)."""
+    names = guess_variants(sd)
+    if names:
+        return names[0]
+    pos = sd.get("pos_embed")
+    if pos is None:
+        return None
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    ffn = "swiglu" if any(".mlp.w12." in k for k in sd) else "mlp"
+    registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
+    return (f"an unlisted model (embed_dim {pos.shape[-1]}, depth {depth}, {pos.shape[1] - 1} position tokens, "
+            f"{ffn} FFN, {registers} register tokens)")  # fmt: skip
+
+
+def variant_from_keys(sd: StateDict, source: str) -> BackboneConfig:
+    """The one architecture a state dict's keys and shapes allow; several that differ (e.g. in heads) or none
+    is a `WeightsError` that asks for --arch."""
+    names = guess_variants(sd)
+    if not names:
+        raise WeightsError(f"{source}: cannot tell which variant this is ({guess_variant(sd)}); pass --arch")
+    shapes = {tuple(getattr(VARIANTS[n], f) for f in ARCHITECTURE_FIELDS) for n in names}
+    if len(shapes) > 1:
+        raise WeightsError(
+            f"{source}: the keys fit several architectures ({', '.join(names)}) that differ in what the file cannot "
+            "show (e.g. attention heads); pass --arch"
+        )
+    return VARIANTS[names[0]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,13 +480,11 @@ def convert_weights(src: str | Path, dst: str | Path, to: str, cfg: BackboneConf
     sd, fmt = to_official(read_state_dict(src_path))
     if cfg is None:
         hf_json = src_path / "config.json" if src_path.is_dir() else src_path.with_name("config.json")
-        base = VARIANTS.get(guess_variant(sd) or "")
         if hf_json.exists() and fmt.startswith("hf"):
-            cfg = config_from_hf(json.loads(hf_json.read_text()), base or VARIANTS["webdino-300m"])
-        elif base is None:
-            raise WeightsError(f"{src_path}: cannot tell which variant this is; pass the architecture (--arch)")
+            base = VARIANTS.get(guess_variant(sd) or "") or VARIANTS["webdino-300m"]
+            cfg = config_from_hf(json.loads(hf_json.read_text()), base)
         else:
-            cfg = base
+            cfg = variant_from_keys(sd, str(src_path))
     dst = Path(dst)
     if to == "official":
         atomic_write(dst, lambda f: torch.save(chunk_keys(sd, cfg), f))
