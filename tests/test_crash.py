@@ -124,9 +124,9 @@ def test_nan_loss_stops_with_epoch_and_step(small: Path, tmp_path: Path, monkeyp
     real_loss = train_mod.segmentation_loss
     calls = {"n": 0}
 
-    def loss(logits: torch.Tensor, masks: torch.Tensor):
+    def loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce"):
         calls["n"] += 1
-        value, pred = real_loss(logits, masks)
+        value, pred = real_loss(logits, masks, kind)
         if calls["n"] == 2 + 1 + 2:  # epoch 1: 2 train + 1 valid batch; then epoch 2, step 2
             value = value * float("nan")
         return value, pred

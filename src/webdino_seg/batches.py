@@ -83,12 +83,13 @@ class BatchSource:
         self.plan = distributed.broadcast(
             plan_store(
                 views * len(self.train_ds) + len(self.valid_ds),
-                (model.backbone.embed_dim, h // p, w // p),
+                (getattr(model.head, "layers", 1) * model.backbone.embed_dim, h // p, w // p),
                 (h, w),
                 device,
                 memory_gb,
                 extract_batch,
                 cache_dir,
+                extra_per_item=3 * h * w if model.needs_image else 0,
             )
         )
         self.store_kind = self.plan.kind
@@ -165,8 +166,9 @@ class BatchSource:
 
     def _batches(
         self, dataset: SegmentationDataset, cache: FeatureCache | None, view: int, order: torch.Tensor
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's share of each batch of `order` (all of it without torchrun)."""
+    ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """This process's share of each batch of `order` (all of it without torchrun): (inputs, masks), where
+        `inputs` are the arguments of `net` (cached features, or images)."""
         shards = [distributed.shard(order[i : i + self.batch]) for i in range(0, len(order), self.batch)]
         if cache is not None:
             for idx in shards:
@@ -181,15 +183,15 @@ class BatchSource:
                 images, masks = next(items)
             else:  # more processes than images in this batch: an empty share keeps the collectives in step
                 images, masks = torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long)
-            yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+            yield (images.to(self.device, non_blocking=True),), masks.to(self.device, non_blocking=True)
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """(inputs, masks) batches for one epoch, in an order seeded by (seed, epoch)."""
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
         order = torch.randperm(len(self.train_ds), generator=generator)
         self.train_ds.set_epoch(epoch)
         yield from self._batches(self.train_ds, self.train_cache, epoch, order)
 
-    def valid_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def valid_batches(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """(inputs, masks) batches over the validation split."""
         yield from self._batches(self.valid_ds, self.valid_cache, 0, torch.arange(len(self.valid_ds)))

@@ -65,6 +65,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     _imgsz(parser, None)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip and sizes "
+                        "0.75/1/1.25 of --imgsz, probabilities averaged (6x slower)")  # fmt: skip
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -152,7 +154,12 @@ def _predictor(args: argparse.Namespace):
     """The Predictor for a command's --model, --device, --imgsz and --weights."""
     from .predictor import Predictor
 
-    return Predictor.from_checkpoint(args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights)
+    predictor = Predictor.from_checkpoint(
+        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta
+    )
+    if predictor.tta:
+        print(predictor.describe_tta(), file=sys.stderr)
+    return predictor
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -317,7 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive, default=2, help="classes, background included", **g)
     p.add_argument("--class-names", nargs="+", help="one name per class (default: background person for 2)", **g)
     _mask_mode(p, **g)
-    p.add_argument("--head", default="simple", help="decoder head", **g)
+    p.add_argument(
+        "--head",
+        default="simple",
+        choices=["simple", "linear4", "multilayer", "guided"],
+        help="decoder head: simple (the tutorial's), linear4 (DINOv2's linear probe on 4 layers), "
+        "multilayer (DPT-like fusion of 4 layers), guided (image-guided upsampling of the logits)",
+        **g,
+    )
+    p.add_argument(
+        "--loss",
+        default="ce",
+        choices=["ce", "ce+dice"],
+        help="cross-entropy, or cross-entropy plus Dice on the foreground",
+        **g,
+    )
     _imgsz(p, **g)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate", **g)
     p.add_argument("--batch", type=positive, default=8, help="images per training step", **g)

@@ -52,6 +52,7 @@ def evaluate(
         "split": split,
         "images": len(pairs),
         "imgsz": list(predictor.imgsz),
+        "tta": predictor.describe_tta() or None,
         **cm.summary(names),
         "mask_mode": mask_mode,
         "baseline": {k: v for k, v in cm.baseline().items() if k != "class"} | {"class": names[cm.baseline()["class"]]},
@@ -88,4 +89,6 @@ def format_report(report: dict) -> str:
         f"max {stats['max']:.4f}; worst: {', '.join(stats['worst'])}",
         f"report: {report['report_path']}",
     ]
+    if report.get("tta"):
+        lines.insert(1, report["tta"])
     return "\n".join(lines)

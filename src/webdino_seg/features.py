@@ -28,26 +28,46 @@ from .runtime import autocast
 
 
 class FeatureCache:
-    """Patch-token grids and their masks for ``views`` passes over a dataset."""
+    """Backbone feature grids and their masks (and, for heads that read the image, the augmented images as
+    uint8) for ``views`` passes over a dataset."""
 
-    def __init__(self, features: torch.Tensor, masks: torch.Tensor, views: int) -> None:
-        self.features, self.masks, self.views = features, masks, views
+    def __init__(
+        self,
+        features: torch.Tensor,
+        masks: torch.Tensor,
+        views: int,
+        images: torch.Tensor | None = None,
+        mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+        std: tuple[float, ...] = (1.0, 1.0, 1.0),
+    ) -> None:
+        self.features, self.masks, self.views, self.images = features, masks, views, images
         self.count = features.shape[0] // views
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def batch(self, view: int, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (float32) and masks (int64) of images `index` in `view`, on `device`.
+    def batch(
+        self, view: int, index: torch.Tensor, device: torch.device
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The head's inputs ((features,), or (features, normalised images); float32) and the masks (int64) of
+        images `index` in `view`, on `device`.
 
         From CPU memory or disk to a GPU the rows are gathered into pinned memory, so the copy overlaps.
         """
         rows = (view % self.views) * self.count + index.to(self.features.device)
-        feats, masks = self.features[rows], self.masks[rows]
-        if device.type == "cuda" and feats.device.type == "cpu":
-            feats, masks = feats.pin_memory(), masks.pin_memory()
-        return feats.to(device, non_blocking=True).float(), masks.to(device, non_blocking=True).long()
+        parts = [self.features[rows], self.masks[rows]] + ([self.images[rows]] if self.images is not None else [])
+        if device.type == "cuda" and parts[0].device.type == "cpu":
+            parts = [part.pin_memory() for part in parts]
+        parts = [part.to(device, non_blocking=True) for part in parts]
+        inputs: tuple[torch.Tensor, ...] = (parts[0].float(),)
+        if self.images is not None:
+            images = parts[2].float().div_(255)
+            inputs += ((images - self.mean.to(device)) / self.std.to(device),)
+        return inputs, parts[1].long()
 
     def nbytes(self) -> int:
         """Memory the cache holds."""
-        return self.features.numel() * self.features.element_size() + self.masks.numel()
+        images = self.images.numel() if self.images is not None else 0
+        return self.features.numel() * self.features.element_size() + self.masks.numel() + images
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,7 @@ def plan_store(
     batch: int = 32,
     disk: Path | None = None,
     free: dict[str, int] | None = None,
+    extra_per_item: int = 0,
 ) -> CachePlan:
     """Plan a cache of `items` feature grids (dim, h, w) with their uint8 masks (H, W).
 
@@ -90,7 +111,7 @@ def plan_store(
     free = free or {}
     limit = None if limit_gb is None else limit_gb * 2**30
     dim, h, w = feature_shape
-    mask_bytes = items * math.prod(mask_shape)
+    mask_bytes = items * (math.prod(mask_shape) + extra_per_item)  # masks, and images for heads that read them
 
     def size(dtype: torch.dtype) -> int:
         return items * dim * h * w * torch.empty(0, dtype=dtype).element_size() + mask_bytes
@@ -170,6 +191,8 @@ def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int
         "mean": dataset.mean,
         "std": dataset.std,
         "backbone": {k: identity.get(k) for k in ("arch", "config", "weights", "sha256", "fingerprint")},
+        "layers": getattr(model.head, "layers", 1),
+        "images": model.needs_image,
     }
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
@@ -205,17 +228,20 @@ def extract(
         raise ValueError(f"no images to extract features from in {desc}")
     p = model.backbone.patch_size
     h, w = dataset.imgsz
-    shapes = ((views * n, model.backbone.embed_dim, h // p, w // p), (views * n, h, w))
-    names: list[str | None] = [None, None]
+    layers = getattr(model.head, "layers", 1)
+    shapes = [(views * n, layers * model.backbone.embed_dim, h // p, w // p), (views * n, h, w)]
+    if model.needs_image:
+        shapes.append((views * n, 3, h, w))
+    names: list[str | None] = [None] * len(shapes)
     if world > 1 and not (isinstance(store, torch.device) and store.type == "cuda"):
-        store = (
-            store
-            if isinstance(store, Path)
-            else Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
-        )
-        names = _shared_files(store, 2)
+        shm = Path("/dev/shm")
+        store = store if isinstance(store, Path) else (shm if shm.is_dir() else Path(tempfile.gettempdir()))
+        names = _shared_files(store, len(shapes))
     feats = allocate(shapes[0], dtype, store, names[0])
     masks = allocate(shapes[1], torch.uint8, store, names[1])
+    images = allocate(shapes[2], torch.uint8, store, names[2]) if model.needs_image else None
+    mean = torch.tensor(dataset.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(dataset.std, dtype=torch.float32).view(1, 3, 1, 1)
     distributed.barrier()
     if rank == 0:
         for name in names:
@@ -232,6 +258,8 @@ def extract(
                     saved = torch.load(chunk, map_location="cpu", weights_only=True)
                     feats[rows.to(feats.device)] = saved["features"].to(feats.device, dtype)
                     masks[rows.to(masks.device)] = saved["masks"].to(masks.device)
+                    if images is not None:
+                        images[rows.to(images.device)] = saved["images"].to(images.device)
                     bar.update(len(index))
                 else:
                     todo.append((view, start, index, rows))
@@ -242,21 +270,25 @@ def extract(
                 num_workers=workers,
                 pin_memory=device.type == "cuda",
             )
-            for (view, start, index, rows), (images, target) in zip(todo, loader, strict=True):
+            for (view, start, index, rows), (batch_images, target) in zip(todo, loader, strict=True):
                 with autocast(device, amp):
-                    grid = model.features(images.to(device, non_blocking=True))
+                    grid = model.features(batch_images.to(device, non_blocking=True))
                 feats[rows.to(feats.device)] = grid.to(feats.device, dtype)
                 masks[rows.to(masks.device)] = target.to(masks.device, torch.uint8)
+                part = {"features": grid.to("cpu", dtype), "masks": target.to(torch.uint8)}
+                if images is not None:  # the augmented image, as the uint8 it was before normalising
+                    part["images"] = ((batch_images * std + mean) * 255).round_().clamp_(0, 255).to(torch.uint8)
+                    images[rows.to(images.device)] = part["images"].to(images.device)
                 if chunks is not None:
-                    part = {"features": grid.to("cpu", dtype), "masks": target.to(torch.uint8)}
                     name = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt"
                     atomic_write(name, lambda f, part=part: torch.save(part, f))
                 bar.update(len(index))
     if world > 1 and feats.device.type == "cuda":
-        distributed.all_sum(feats)  # each row was written by one process, zeros elsewhere: exact
-        distributed.all_sum(masks)
+        for tensor in (feats, masks, images):  # each row was written by one process, zeros elsewhere: exact
+            if tensor is not None:
+                distributed.all_sum(tensor)
     distributed.barrier()  # every process has written its rows into the shared file
-    return FeatureCache(feats, masks, views)
+    return FeatureCache(feats, masks, views, images, dataset.mean, dataset.std)
 
 
 def chunk_count(chunks: Path | None) -> int:
@@ -271,16 +303,22 @@ def chunk_count(chunks: Path | None) -> int:
 def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> FeatureCache:
     """Reuse a cache saved on disk under `key`, else extract it (and save it when `cache_dir` is set)."""
     path = cache_dir / f"{key}.pt" if cache_dir else None
+    dataset = kwargs["dataset"]
+    norm = {"mean": dataset.mean, "std": dataset.std}
     if path is not None and path.exists():
         store = kwargs.get("store") or torch.device("cpu")
         dtype = kwargs.get("dtype", torch.float32)
         on_disk = not isinstance(store, torch.device)  # then read it memory-mapped, in place
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=on_disk)
+        images = data.get("images")
         if on_disk:
-            return FeatureCache(data["features"], data["masks"], data["views"])
-        return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"])
+            return FeatureCache(data["features"], data["masks"], data["views"], images, **norm)
+        images = images.to(store) if images is not None else None
+        return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"], images, **norm)
     cache = extract(**kwargs)
     if path is not None and distributed.rank() == 0:
         payload = {"features": cache.features.cpu(), "masks": cache.masks.cpu(), "views": cache.views}
+        if cache.images is not None:
+            payload["images"] = cache.images.cpu()
         atomic_write(path, lambda f: torch.save(payload, f))
     return cache

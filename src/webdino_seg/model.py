@@ -31,7 +31,8 @@ class SegmentationModel(nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normed patch tokens as a (B, D, H/14, W/14) grid (in the backbone's dtype)."""
+        """What the head reads, as a (B, D, H/p, W/p) grid in the backbone's dtype: the last layer's normed
+        patch tokens, or, for heads with ``layers = 4``, the last 4 layers' concatenated (B, 4D, H/p, W/p)."""
         dtype = self.backbone.patch_embed.proj.weight.dtype
         if images.dtype != dtype:  # a frozen backbone kept in bf16 on the GPU takes bf16 images
             images = images.to(dtype)
@@ -42,10 +43,18 @@ class SegmentationModel(nn.Module):
         return grid.clone()  # a normal tensor, so the head's autograd can use it
 
     def _grid(self, images: torch.Tensor) -> torch.Tensor:
+        layers = getattr(self.head, "layers", 1)
+        if layers > 1:
+            return torch.cat(self.backbone.get_intermediate_layers(images, n=layers, reshape=True, norm=True), 1)
         tokens = self.backbone.forward_features(images)["x_norm_patchtokens"]
         b, _, height, width = images.shape
         p = self.backbone.patch_size
         return tokens.transpose(1, 2).reshape(b, tokens.shape[-1], height // p, width // p)
+
+    @property
+    def needs_image(self) -> bool:
+        """Whether the head also reads the (normalised) image."""
+        return getattr(self.head, "needs_image", False)
 
     def freeze_in(self, dtype: torch.dtype) -> SegmentationModel:
         """Keep a frozen backbone's weights in `dtype` (bf16 on a GPU): cast once, not on every forward as
@@ -56,7 +65,9 @@ class SegmentationModel(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits on the token grid: (B, classes, H/14, W/14)."""
+        """Logits from the head: on the token grid (B, classes, H/p, W/p), or finer for heads that upsample."""
+        if self.needs_image:
+            return self.head(self.features(images), images.float())
         return self.head(self.features(images))
 
     def forward_upsampled(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ from .imageio import to_rgb
 from .model import SegmentationModel, upsample
 from .runtime import autocast, configure, prepare_model, resolve_device
 
+TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
+
 
 class Predictor:
     """Runs a SegmentationModel on RGB images of any size and returns class-id masks of the same size."""
@@ -32,6 +34,9 @@ class Predictor:
         class_names: list[str],
         device: str | torch.device = "auto",
         amp: bool = True,
+        tta: bool = False,
+        tta_scales: tuple[float, ...] = TTA_SCALES,
+        tta_flip: bool = True,
     ) -> None:
         check_image_size(*imgsz, model.backbone.patch_size)
         self.device = resolve_device(device)
@@ -42,10 +47,29 @@ class Predictor:
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.class_names = class_names
         self.amp = amp
+        self.tta = tta
+        p = model.backbone.patch_size
+        sizes = dict.fromkeys(tuple(max(p, round(side * s / p) * p) for side in self.imgsz) for s in tta_scales)
+        self.tta_sizes = list(sizes) if tta else [self.imgsz]
+        self.tta_flips = (False, True) if tta and tta_flip else (False,)
+
+    def describe_tta(self) -> str:
+        """What test-time augmentation does, in one line ('' when off)."""
+        if not self.tta:
+            return ""
+        sizes = ", ".join(f"{h}x{w}" for h, w in self.tta_sizes)
+        flip = "horizontal flip x " if len(self.tta_flips) == 2 else ""
+        passes = len(self.tta_sizes) * len(self.tta_flips)
+        return f"test-time augmentation: {flip}sizes {sizes} ({passes} passes, probabilities averaged)"
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", imgsz: tuple[int, int] | None = None, weights: str | None = None
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        imgsz: tuple[int, int] | None = None,
+        weights: str | None = None,
+        tta: bool = False,
     ) -> Predictor:
         """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
         `imgsz` defaults to the size it was trained (or exported) at."""
@@ -59,10 +83,20 @@ class Predictor:
                                  "export it again with --imgsz to use another size")  # fmt: skip
             # the graph normalises itself: it takes RGB in [0, 1]
             return cls(
-                onnx_model, fixed, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), onnx_model.meta["class_names"], device, False
+                onnx_model,
+                fixed,
+                (0.0, 0.0, 0.0),
+                (1.0, 1.0, 1.0),
+                onnx_model.meta["class_names"],
+                device,
+                False,
+                tta,
+                tta_scales=(1.0,),  # an exported graph has one input size: flips only
             )
         model, ckpt = load_model(path, weights)
-        return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], device)
+        return cls(
+            model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], device, tta=tta
+        )
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
@@ -78,13 +112,29 @@ class Predictor:
             out.append(x.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
         return out
 
-    def _prepare(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Normalised model input at `imgsz` (bilinear, as cv2 INTER_LINEAR in training)."""
+    def _prepare(self, images: list[np.ndarray], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Normalised model input at `size` (default `imgsz`; bilinear, as cv2 INTER_LINEAR in training)."""
         batch = [
-            F.interpolate(x.float().div_(255), size=self.imgsz, mode="bilinear", align_corners=False)
+            F.interpolate(x.float().div_(255), size=size or self.imgsz, mode="bilinear", align_corners=False)
             for x in self._to_device(images)
         ]
         return (torch.cat(batch) - self.mean) / self.std
+
+    @torch.inference_mode()
+    def probabilities(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Per-image class probabilities (classes, H, W) at each image's own size, averaged over the
+        test-time augmentations (flips and sizes) when `tta` is on."""
+        total: list[torch.Tensor] | None = None
+        for size in self.tta_sizes:
+            x = self._prepare(images, size)
+            for flip in self.tta_flips:
+                with autocast(self.device, self.amp):
+                    grid = self.model(x.flip(-1) if flip else x).float()
+                grid = grid.flip(-1) if flip else grid
+                probs = [upsample(g[None], img.shape[:2])[0].softmax(0) for g, img in zip(grid, images, strict=True)]
+                total = probs if total is None else [t + q for t, q in zip(total, probs, strict=True)]
+        count = len(self.tta_sizes) * len(self.tta_flips)
+        return [t / count for t in total]
 
     @torch.inference_mode()
     def logits(self, images: list[np.ndarray]) -> list[torch.Tensor]:
@@ -97,6 +147,8 @@ class Predictor:
     def predict_batch(self, images: Iterable[np.ndarray | Image.Image]) -> list[np.ndarray]:
         """Class-id masks (uint8, H x W) for a batch of RGB arrays or PIL images."""
         arrays = [to_rgb(img) if isinstance(img, Image.Image) else _as_rgb(img) for img in images]
+        if self.tta:
+            return [p.max(0).indices.to(torch.uint8).cpu().numpy() for p in self.probabilities(arrays)]
         if all(a.shape == arrays[0].shape for a in arrays):  # video frames: one upsample, one copy back
             with autocast(self.device, self.amp):
                 grid = self.model(self._prepare(arrays)).float()

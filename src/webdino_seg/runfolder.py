@@ -64,7 +64,8 @@ class TrainConfig:
     num_classes: int = 2
     class_names: list[str] | None = None
     mask_mode: str = "auto"  # decided from the masks when the run starts; config.yaml holds the decision
-    head: str = "simple"
+    head: str = "simple"  # simple (the tutorial's), linear4, multilayer or guided
+    loss: str = "ce"  # ce, or ce+dice
     imgsz: tuple[int, int] = (644, 644)
     lr: float = 1e-4
     batch: int = 8
@@ -84,6 +85,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from .heads import HEADS
+        from .losses import LOSSES
         from .variants import get_variant
 
         self.imgsz = tuple(self.imgsz)
@@ -113,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"--mask-mode {self.mask_mode!r}: use one of {', '.join(MASK_MODES)}")
         if self.head not in HEADS:
             raise ValueError(f"--head {self.head!r}: use one of {', '.join(HEADS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
 
     @property
     def views(self) -> int:

@@ -139,10 +139,11 @@ def build_model(
 def train_step(
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...],
     masks: torch.Tensor,
     device: torch.device,
     amp: bool = True,
+    loss: str = "ce",
 ) -> tuple[float, torch.Tensor] | None:
     """One optimisation step on the mean loss per non-void pixel of the whole (all-process) batch.
 
@@ -153,8 +154,8 @@ def train_step(
     if valid == 0:
         return None
     with autocast(device, amp):
-        logits = net(inputs)
-    loss_sum, pred = segmentation_loss(logits, masks)
+        logits = net(*inputs)
+    loss_sum, pred = segmentation_loss(logits, masks, loss)
     step_loss = distributed.all_sum(loss_sum.detach() / valid).item()
     if not math.isfinite(step_loss):
         raise NonFiniteLoss(step_loss)
@@ -237,7 +238,7 @@ def train(
         train_loss, train_cm = _train_epoch(source, optimizer, cfg, epoch, run, progress, device, rank > 0)
         if scheduler:
             scheduler.step()
-        valid = evaluate_source(source, cfg.num_classes, device, cfg.amp)
+        valid = evaluate_source(source, cfg.num_classes, device, cfg.amp, cfg.loss)
         row = _epoch_row(epoch, lr, (train_loss, train_cm), valid, cfg.class_names)
         progress.history.append(row | {"seconds": time.perf_counter() - t0})
         progress.epoch = epoch + 1
@@ -358,7 +359,7 @@ def _train_epoch(
     )
     for step, (inputs, masks) in enumerate(bar):
         try:
-            done = train_step(source.net, optimizer, inputs, masks, device, cfg.amp)
+            done = train_step(source.net, optimizer, inputs, masks, device, cfg.amp, cfg.loss)
         except NonFiniteLoss as err:
             last = f"{run / LAST} (epoch {progress.epoch})" if (run / LAST).exists() else "none yet"
             raise TrainingError(
@@ -437,15 +438,15 @@ def _quiet(*_args: object) -> None:
 
 @torch.no_grad()
 def evaluate_source(
-    source: BatchSource, num_classes: int, device: torch.device, amp: bool = True
+    source: BatchSource, num_classes: int, device: torch.device, amp: bool = True, loss: str = "ce"
 ) -> tuple[float, ConfusionMatrix]:
     """Validation loss (per non-void pixel) and confusion matrix over the whole split."""
     source.model.eval()
     cm, loss_sum, pixels = ConfusionMatrix(num_classes), 0.0, 0
     for inputs, masks in source.valid_batches():
         with autocast(device, amp):
-            logits = source.trainable(inputs)  # unwrapped: no collectives in evaluation
-        batch_loss, pred = segmentation_loss(logits, masks)
+            logits = source.trainable(*inputs)  # unwrapped: no collectives in evaluation
+        batch_loss, pred = segmentation_loss(logits, masks, loss)
         loss_sum += batch_loss.item()
         pixels += int((masks != VOID).sum())
         cm.update(pred, masks)
