@@ -165,8 +165,15 @@ def _predictor(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate, format_report
 
-    report = evaluate(_predictor(args), args.model, args.data, args.split, args.mask_mode, args.out)
+    if args.report:
+        from .io import check_output_dir
+
+        check_output_dir(args.report, "--report")  # before the model is loaded
+    report = evaluate(_predictor(args), args.model, args.data, args.split, args.mask_mode, args.out,
+                      report_dir=args.report)  # fmt: skip
     print(format_report(report))
+    if args.report:
+        print(f"HTML report: {report['html_report']} (open it in a browser; works offline)")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -195,6 +202,12 @@ def cmd_video(args: argparse.Namespace) -> None:
         f"{info['frames']} frames ({info['width']}x{info['height']} at {info['rate']:g} fps) -> {info['output']} "
         f"in {info['seconds']:.2f}s ({info['fps']:.1f} FPS end to end)"
     )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import serve
+
+    serve(_predictor(args), args.host, args.port, args.max_mb)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -368,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="valid", help="which split of --data to score")
     _mask_mode(p)
     p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
+    p.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR: scores, confusion matrix, "
+                   "curves, every image with ground truth and prediction, worst first")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = _subparser(sub, "predict", "segment images: overlays and class-id masks")
@@ -387,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=positive, help="stop after this many frames (default: all)")
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
     p.set_defaults(func=cmd_video)
+
+    p = _subparser(sub, "demo", "a local web page to upload an image or a short video and see the segmentation")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to your network)")
+    p.add_argument("--port", type=positive, default=7860, help="port to listen on")
+    p.add_argument("--max-mb", type=float, default=20, help="largest upload accepted, in MB")
+    p.set_defaults(func=cmd_demo)
 
     p = _subparser(sub, "export", "export a trained model to ONNX (normalisation, backbone, head, upsampling)")
     p.add_argument("--model", required=True, help="a model checkpoint written by train")

@@ -24,11 +24,16 @@ def evaluate(
     mask_mode: str = "auto",
     out: str | Path | None = None,
     log=print,
+    report_dir: str | Path | None = None,
 ) -> dict:
     """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
 
-    Writes the report as JSON to `out` (default ``<model>.eval.json``) and returns it.
+    Writes the report as JSON to `out` (default ``<model>.eval.json``) and returns it; with `report_dir`,
+    also an HTML report there (``index.html``: scores, confusion matrix, curves, every image worst first).
     """
+    from .report import ReportWriter
+
+    writer = ReportWriter(report_dir) if report_dir is not None else None
     names = predictor.class_names
     pairs = split_pairs(data, split)
     mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], len(names))
@@ -38,13 +43,17 @@ def evaluate(
     per_image = {}
     for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="img"):
         truth = read_mask(mask_path, mask_mode, len(names))
-        pred = predictor.predict(read_image(image_path))
+        image = read_image(image_path)
+        pred = predictor.predict(image)
         if pred.shape != truth.shape:
             raise ValueError(f"{image_path}: image size {pred.shape} differs from its mask {truth.shape}")
         one = ConfusionMatrix(len(names))
         one.update(torch.from_numpy(pred), torch.from_numpy(truth))
         cm.merge(one.mat)
         per_image[image_path.name] = one.miou()
+        if writer is not None:
+            ious = {f"iou_{n}": float(v) for n, v in zip(names, one.iou().tolist(), strict=True)}
+            writer.add(image_path.name, image, truth, pred, {"miou": one.miou(), **ious})
     scores = np.array([v for v in per_image.values() if not np.isnan(v)])
     report = {
         "model": str(model),
@@ -69,7 +78,32 @@ def evaluate(
     out = Path(out) if out else Path(str(model) + ".eval.json")
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(out)
+    if writer is not None:
+        page = writer.write(report, cm.mat.numpy(), model_info(model), Path(model).parent)
+        report["html_report"] = str(page)
     return report
+
+
+def model_info(model: str | Path) -> dict:
+    """What the report says about the model: backbone, head, weights identity, epoch."""
+    if Path(model).suffix.lower() == ".onnx":
+        return {"model file": f"{model} (ONNX, run with onnxruntime)"}
+    from .checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(model)
+    ident = ckpt["backbone_identity"]
+    weights = ident["weights"]
+    if weights == "random":
+        weights = f"RANDOM (seed {ident['seed']}): a smoke test, not a real model"
+    elif ident.get("sha256"):
+        weights += f" (sha256 {ident['sha256'][:16]}...)"
+    return {
+        "backbone": f"{ident['arch']}" + (" (fine-tuned)" if ckpt["fine_tune"] else " (frozen)"),
+        "weights": weights,
+        "head": ckpt["head_name"],
+        "trained at": "x".join(map(str, ckpt["imgsz"])) + f", epoch {ckpt.get('epoch', '?')}",
+        "classes": ", ".join(ckpt["class_names"]),
+    }
 
 
 def format_report(report: dict) -> str:

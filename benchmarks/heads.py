@@ -1,0 +1,54 @@
+"""Each head trained the same way on Penn-Fudan: parameters, seconds per epoch, valid mIoU.
+
+With the tiny backbone and RANDOM weights on a CPU these are smoke figures (does each head learn,
+what does it cost), not a ranking of the heads on a real backbone.
+
+    python benchmarks/heads.py --data data/pennfudan [--arch webdino-tiny --imgsz 224 224 --epochs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from webdino_seg.heads import HEADS
+from webdino_seg.train import TrainConfig, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--arch", default="webdino-tiny")
+    parser.add_argument("--imgsz", nargs=2, type=int, default=[224, 224])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--heads", nargs="+", default=list(HEADS))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.heads:
+            cfg = TrainConfig(data=args.data, out=str(Path(tmp) / name), arch=args.arch, weights="random",
+                              imgsz=tuple(args.imgsz), epochs=args.epochs, lr=args.lr, head=name, cache_views=2,
+                              seed=0)  # fmt: skip
+            run = train(cfg, log=lambda *_: None)
+            with open(run / "metrics.csv") as f:
+                history = list(csv.DictReader(f))
+            head = torch.load(run / "final_model.pth", weights_only=True)["head"]
+            params = sum(v.numel() for k, v in head.items() if "running_" not in k and "num_batches" not in k)
+            baseline = torch.load(run / "final_model.pth", weights_only=True)["baseline"]
+            rows.append((name, params, statistics.mean(float(r["seconds"]) for r in history),
+                         max(float(r["valid_miou"]) for r in history), baseline["miou"]))  # fmt: skip
+    print(f"{args.arch} (random weights) at {args.imgsz[0]}x{args.imgsz[1]}, {args.epochs} epochs, 2 cached views, "
+          f"lr {args.lr}; smoke figures, not a ranking")  # fmt: skip
+    print(f"{'head':<12}{'parameters':>12}{'s/epoch':>10}{'best valid mIoU':>17}{'baseline':>10}")
+    for name, params, seconds, miou, base in rows:
+        print(f"{name:<12}{params:>12,}{seconds:>10.2f}{miou:>17.4f}{base:>10.4f}")
+
+
+if __name__ == "__main__":
+    main()
