@@ -121,8 +121,8 @@ def _page(report: dict, items: list[dict], confusion: str, curves: list[str], in
         "".join(f'<img class="curve" src="{c}" alt="{c}">' for c in curves) or "<p>no run folder beside the model</p>"
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>webdino-seg report: {e(report["model"])}</title><link rel="icon" href="data:,">
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<html lang="en"><head><meta charset="utf-8"><title>webdino-seg report: {e(report["model"])}</title>
+<link rel="icon" href="data:,"><meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; }}
