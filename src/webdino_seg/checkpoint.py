@@ -14,7 +14,7 @@ import torch
 
 from .backbone import DinoVisionTransformer
 from .download import sha256_file
-from .factory import build_backbone
+from .factory import backbone_class, build_backbone
 from .heads import create_head, head_name
 from .io import atomic_write
 from .model import SegmentationModel
@@ -92,7 +92,7 @@ def load_model(
     cfg = BackboneConfig(**cfg_fields)
     if ckpt["backbone"] is not None:
         with torch.device("meta"):
-            backbone = DinoVisionTransformer(cfg)
+            backbone = backbone_class(cfg)(cfg)
         backbone.load_state_dict(ckpt["backbone"], strict=True, assign=True)
     elif backbone is not None:
         if backbone.cfg != cfg:

@@ -7,10 +7,16 @@ from pathlib import Path
 import torch
 
 from .backbone import DinoVisionTransformer
+from .backbone_v3 import DinoV3VisionTransformer
 from .heads import create_head
 from .model import SegmentationModel
 from .variants import BackboneConfig, get_variant
 from .weights import load_backbone_weights
+
+
+def backbone_class(cfg: BackboneConfig) -> type[DinoVisionTransformer] | type[DinoV3VisionTransformer]:
+    """The ViT class of a variant's family."""
+    return DinoV3VisionTransformer if cfg.family == "dinov3" else DinoVisionTransformer
 
 
 def _on_meta() -> bool:
@@ -28,7 +34,7 @@ def build_backbone(
     allocated or loaded. Parameters are allocated once, never initialised and then overwritten.
     """
     with torch.device("meta"):
-        backbone = DinoVisionTransformer(cfg)
+        backbone = backbone_class(cfg)(cfg)
     if _on_meta():
         return backbone
     if weights is None or str(weights) == "random":

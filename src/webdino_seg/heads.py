@@ -98,8 +98,10 @@ class GuidedUpsampler(nn.Module):
 
     A few strided convolutions encode the RGB image at 1/4 of its size. Each fine pixel's query
     attends to the 3x3 coarse cells around it, whose keys come from the image encoding pooled onto
-    the coarse grid plus a learned bias per neighbour; the output is the attention-weighted sum of
-    the coarse values, refined by a small convolution that sees the image encoding. A local, light
+    the coarse grid plus a learned bias per neighbour, and takes the attention-weighted sum of their
+    values. The output is the bilinear upsampling plus a correction, computed by a small convolution
+    from the image encoding, the bilinear and the attended maps; the correction starts near zero, so
+    training starts from bilinear upsampling and learns where the image says otherwise. A local, light
     form of the learned, image-guided upsamplers for ViT features (JAFAR, Couairon et al. 2025;
     LoftUp, Huang et al. 2025; FeatUp's joint bilateral upsampler, Fu et al. 2024).
     """
@@ -114,8 +116,11 @@ class GuidedUpsampler(nn.Module):
         self.query = nn.Conv2d(guide, key, 1)
         self.key = nn.Conv2d(guide + channels, key, 1)
         self.offset_bias = nn.Parameter(torch.zeros(9))
-        self.refine = nn.Sequential(nn.Conv2d(guide + channels, guide, 3, padding=1), nn.GELU(),
+        self.refine = nn.Sequential(nn.Conv2d(guide + 2 * channels, guide, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(guide, guide, 3, padding=1), nn.GELU(),
                                     nn.Conv2d(guide, channels, 3, padding=1))  # fmt: skip
+        nn.init.normal_(self.refine[-1].weight, std=1e-3)  # starts as (almost exactly) bilinear upsampling
+        nn.init.zeros_(self.refine[-1].bias)
         self.scale = 1 / math.sqrt(key)
 
     @staticmethod
@@ -132,8 +137,9 @@ class GuidedUpsampler(nn.Module):
         keys = self._neighbours(self.key(torch.cat([pooled, coarse], 1)), size)
         query = self.query(guide)
         attention = ((query.unsqueeze(2) * keys).sum(1) * self.scale + self.offset_bias.view(1, 9, 1, 1)).softmax(1)
-        up = (attention.unsqueeze(1) * self._neighbours(coarse, size)).sum(2)
-        return up + self.refine(torch.cat([guide, up], 1))
+        attended = (attention.unsqueeze(1) * self._neighbours(coarse, size)).sum(2)
+        bilinear = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+        return bilinear + self.refine(torch.cat([guide, bilinear, attended], 1))
 
 
 class GuidedDecoder(nn.Module):

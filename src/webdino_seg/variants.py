@@ -9,12 +9,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _WEBSSL_URL = "https://dl.fbaipublicfiles.com/webssl/{stem}.pth"
+_DINOV3_URL = "https://dl.fbaipublicfiles.com/dinov3/dinov3_{arch}/dinov3_{arch}_pretrain_{data}-{hash}.pth"
+SAT_MEAN = (0.430, 0.411, 0.296)  # DINOv3's satellite (SAT-493M) weights
+SAT_STD = (0.213, 0.156, 0.143)
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{arch}/{arch}{reg}_pretrain.pth"
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Everything needed to build a DINOv2-family ViT and find its official weights."""
+    """Everything needed to build a DINOv2- or DINOv3-family ViT and find its official weights."""
 
     name: str
     embed_dim: int
@@ -34,13 +37,18 @@ class BackboneConfig:
     hub_id: str | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    family: str = "dinov2"  # "dinov2" (Web-DINO, DINOv2: learned positions) or "dinov3" (RoPE, storage tokens)
+    qkv_bias: bool = True
+    rope_base: float = 100.0  # DINOv3 only
+    local_cls_norm: bool = False  # DINOv3 only: a training-only norm some checkpoints carry
 
     @property
     def ffn_hidden(self) -> int:
         """Hidden width of the feed-forward layer, exactly as the official code computes it."""
         hidden = int(self.embed_dim * self.mlp_ratio)
-        if self.ffn == "swiglu":
-            return (int(hidden * 2 / 3) + 7) // 8 * 8
+        if self.ffn.startswith("swiglu"):
+            align = 64 if self.ffn == "swiglu64" else 8
+            return (int(hidden * 2 / 3) + align - 1) // align * align
         return hidden
 
     @property
@@ -90,6 +98,32 @@ def _dinov2(arch: str, hf: str, dim: int, depth: int, heads: int, ffn: str, reg:
     )
 
 
+def _dinov3(arch: str, dim: int, depth: int, heads: int, ffn: str, ratio: float, data: str, hash8: str,
+            **extra: object) -> BackboneConfig:  # fmt: skip
+    sat = data == "sat493m"
+    return BackboneConfig(
+        name=f"dinov3-{arch}" + ("-sat" if sat else ""),
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        ffn=ffn,
+        mlp_ratio=ratio,
+        patch_size=16,
+        img_size=224,
+        num_register_tokens=4,
+        layerscale_init=1e-5,
+        block_chunks=0,
+        interpolate_offset=0.0,
+        layer_norm_eps=1e-5,
+        url=_DINOV3_URL.format(arch=arch, data=data, hash=hash8),
+        hub_id=f"facebook/dinov3-{arch}-pretrain-{data}",
+        mean=SAT_MEAN if sat else IMAGENET_MEAN,
+        std=SAT_STD if sat else IMAGENET_STD,
+        family="dinov3",
+        **extra,
+    )
+
+
 _TABLE: list[BackboneConfig] = [
     _webdino("300m", "full2b", 224, 1024, 24, 16),
     _webdino("1b", "full2b", 224, 1536, 40, 24),
@@ -113,8 +147,20 @@ _TABLE: list[BackboneConfig] = [
         ]
         for reg in (False, True)
     ],
+    # DINOv3 (weights by request under Meta's DINOv3 licence; see the README)
+    _dinov3("vits16", 384, 12, 6, "mlp", 4, "lvd1689m", "08c60483"),
+    _dinov3("vits16plus", 384, 12, 6, "swiglu", 6, "lvd1689m", "4057cbaa"),
+    _dinov3("vitb16", 768, 12, 12, "mlp", 4, "lvd1689m", "73cec8be"),
+    _dinov3("vitl16", 1024, 24, 16, "mlp", 4, "lvd1689m", "8aa4cbdd"),
+    _dinov3("vitl16plus", 1024, 24, 16, "swiglu", 6, "lvd1689m", "46503df0"),
+    _dinov3("vith16plus", 1280, 32, 20, "swiglu", 6, "lvd1689m", "7c1da9a5"),
+    _dinov3("vit7b16", 4096, 40, 32, "swiglu64", 3, "lvd1689m", "a955f4ea", qkv_bias=False, local_cls_norm=True),
+    _dinov3("vitl16", 1024, 24, 16, "mlp", 4, "sat493m", "eadcf0ff", local_cls_norm=True),
+    _dinov3("vit7b16", 4096, 40, 32, "swiglu64", 3, "sat493m", "a6675841", qkv_bias=False, local_cls_norm=True),
     # A few-hundred-kilobyte model of the Web-DINO family for smoke tests; it has no weights.
     BackboneConfig(name="webdino-tiny", embed_dim=64, depth=4, num_heads=4),
+    # ... and one of the DINOv3 family (ViT-S/16 options at width 64, 4 blocks), also without weights.
+    _dinov3("vits16", 64, 4, 4, "mlp", 4, "lvd1689m", "08c60483").replace(name="dinov3-tiny", url=None, hub_id=None),
 ]
 
 VARIANTS: dict[str, BackboneConfig] = {cfg.name: cfg for cfg in _TABLE}

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import weights_v3
 from .download import download_url
 from .io import atomic_write, atomic_write_text
 from .variants import VARIANTS, BackboneConfig
@@ -184,7 +185,12 @@ def _is_tensor_dict(obj: dict) -> bool:
 
 
 def detect_format(sd: StateDict) -> str:
-    """Name the key convention: ``official-chunked``, ``official``, ``hf-v4`` or ``hf-v5``."""
+    """Name the key convention: ``official-chunked``, ``official``, ``hf-v4``, ``hf-v5`` (DINOv2 family), or
+    ``official-dinov3``, ``hf-dinov3``."""
+    if weights_v3.is_hf_v3(sd):
+        return "hf-dinov3"
+    if weights_v3.is_official_v3(sd):
+        return "official-dinov3"
     keys = list(sd)
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in keys):
         return "hf-v5" if any(".q_proj." in k or ".gate_proj." in k for k in keys) else "hf-v4"
@@ -197,6 +203,13 @@ def to_official(sd: StateDict) -> tuple[StateDict, str]:
     """Convert any supported naming to the official un-chunked one; return it and the detected format."""
     fmt = detect_format(sd)
     sd = dict(sd)
+    if fmt == "hf-dinov3":
+        try:
+            return weights_v3.hf_to_official(sd), fmt
+        except weights_v3.KeysError as err:
+            raise WeightsError(str(err)) from None
+    if fmt == "official-dinov3":
+        return sd, fmt
     if fmt == "hf-v5":
         sd = _v5_to_v4(sd)
     if fmt.startswith("hf"):
@@ -330,9 +343,26 @@ ARCHITECTURE_FIELDS = (
 )
 
 
+def _guess_v3(sd: StateDict) -> list[str]:
+    dim = sd["cls_token"].shape[-1] if "cls_token" in sd else None
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    gated = any(".mlp.w1." in k for k in sd)
+    hidden = next((v.shape[0] for k, v in sd.items() if k.endswith((".mlp.fc1.weight", ".mlp.w1.weight"))), None)
+    shape = (dim, depth, gated, hidden, "blocks.0.attn.qkv.bias" in sd, "local_cls_norm.weight" in sd)
+    return [
+        cfg.name
+        for cfg in VARIANTS.values()
+        if cfg.family == "dinov3"
+        and (cfg.embed_dim, cfg.depth, cfg.ffn.startswith("swiglu"), cfg.ffn_hidden, cfg.qkv_bias, cfg.local_cls_norm)
+        == shape
+    ]
+
+
 def guess_variants(sd: StateDict) -> list[str]:
     """Every variant whose shapes an official-named state dict has: width, depth, position grid, FFN kind
-    and register tokens."""
+    and register tokens (DINOv3: width, depth, FFN kind and width, qkv bias, local norm)."""
+    if weights_v3.is_official_v3(sd):
+        return _guess_v3(sd)
     pos = sd.get("pos_embed")
     if pos is None:
         return []
@@ -356,6 +386,8 @@ def guess_variant(sd: StateDict) -> str | None:
     names = guess_variants(sd)
     if names:
         return names[0]
+    if weights_v3.is_official_v3(sd):
+        return "an unlisted DINOv3 model"
     pos = sd.get("pos_embed")
     if pos is None:
         return None
@@ -460,6 +492,8 @@ def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:
     """Load weights from any supported source into `model` strictly; return what was loaded from where."""
     path = resolve_weights(source)
     sd, fmt = to_official(read_state_dict(path))
+    if getattr(getattr(model, "cfg", None), "family", "") == "dinov3":
+        sd = weights_v3.complete(sd, model.cfg, set(model.state_dict()))
     if all(v.is_floating_point() for v in sd.values()):
         ref = next(iter(model.parameters()))
         sd = {k: v.to(ref.dtype) for k, v in sd.items()}
@@ -478,23 +512,34 @@ def convert_weights(src: str | Path, dst: str | Path, to: str, cfg: BackboneConf
 
     src_path = resolve_weights(src)
     sd, fmt = to_official(read_state_dict(src_path))
+    v3 = fmt.endswith("dinov3")
     if cfg is None:
         hf_json = src_path / "config.json" if src_path.is_dir() else src_path.with_name("config.json")
         if hf_json.exists() and fmt.startswith("hf"):
-            base = VARIANTS.get(guess_variant(sd) or "") or VARIANTS["webdino-300m"]
-            cfg = config_from_hf(json.loads(hf_json.read_text()), base)
+            base = VARIANTS.get(guess_variant(sd) or "") or VARIANTS["dinov3-vits16" if v3 else "webdino-300m"]
+            from_hf = weights_v3.config_from_hf if v3 else config_from_hf
+            cfg = from_hf(json.loads(hf_json.read_text()), base)
         else:
             cfg = variant_from_keys(sd, str(src_path))
+    if (cfg.family == "dinov3") != v3:
+        raise WeightsError(f"{src_path}: a {fmt} checkpoint cannot be written as {cfg.name} ({cfg.family})")
     dst = Path(dst)
     if to == "official":
-        atomic_write(dst, lambda f: torch.save(chunk_keys(sd, cfg), f))
+        if v3:
+            from .factory import backbone_class
+
+            with torch.device("meta"):
+                expected = set(backbone_class(cfg)(cfg).state_dict())
+            sd = weights_v3.complete(sd, cfg, expected)
+        atomic_write(dst, lambda f: torch.save(sd if v3 else chunk_keys(sd, cfg), f))
     elif to == "hf":
         from safetensors.torch import save
 
         dst.mkdir(parents=True, exist_ok=True)
-        blob = save({k: v.contiguous() for k, v in official_to_hf(sd).items()}, metadata={"format": "pt"})
+        hf_sd = weights_v3.official_to_hf(sd) if v3 else official_to_hf(sd)
+        blob = save({k: v.contiguous() for k, v in hf_sd.items()}, metadata={"format": "pt"})
         atomic_write(dst / "model.safetensors", lambda f: f.write(blob))
-        text = json.dumps(hf_config(cfg), indent=2) + "\n"
+        text = json.dumps(weights_v3.hf_config(cfg) if v3 else hf_config(cfg), indent=2) + "\n"
         atomic_write_text(dst / "config.json", text)
     else:
         raise ValueError(f"unknown target format {to!r}; use 'hf' or 'official'")
