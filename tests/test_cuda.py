@@ -12,10 +12,8 @@ import av
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import FIXTURES, TINY, assert_same_metrics, make_subset, metrics_rows, tiny_config, tiny_train_cli
-from webdino_seg import create_backbone
+from conftest import assert_bf16_close, assert_same_metrics, make_subset, metrics_rows, tiny_config, tiny_train_cli
 from webdino_seg.checkpoint import load_model
 from webdino_seg.cli import main
 from webdino_seg.overlay import overlay
@@ -30,16 +28,7 @@ def data(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bf16_backbone_on_cuda_matches_fp32() -> None:
-    model = create_backbone("webdino-300m", weights=FIXTURES / "tiny_official.pth", **TINY).eval().cuda()
-    x = torch.randn(4, 3, 224, 280, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    with torch.no_grad():
-        fp32 = model.forward_features(x)["x_norm_patchtokens"]
-        model.to(torch.bfloat16)
-        bf16 = model.forward_features(x.bfloat16())["x_norm_patchtokens"].float()
-    cosine = F.cosine_similarity(fp32.flatten(0, 1), bf16.flatten(0, 1), dim=-1)
-    diff = (fp32 - bf16).abs()
-    print(f"bf16 vs fp32 on CUDA: min cosine {cosine.min():.6f}, mean abs {diff.mean():.4g}, max abs {diff.max():.4g}")
-    assert cosine.min() >= 0.999 and diff.mean() < 0.02 and diff.max() < 0.05 * fp32.abs().max()
+    assert_bf16_close("cuda", batch=4)
 
 
 def test_training_steps_with_the_cache_on_the_gpu_and_in_cpu_memory(

@@ -145,3 +145,15 @@ def test_a_dinov3_backbone_trains_predicts_and_segments_video(prepared: Path, tm
     assert main(["train", "--data", str(data), "--arch", "dinov3-tiny", "--weights", "random", "--epochs", "1"]) == 2
     assert "use 640 or 656" in capsys.readouterr().err  # the default 644 is not a multiple of 16
     assert np.isfinite([float(r["valid_loss"]) for r in rows]).all()
+
+
+@pytest.mark.parametrize(("head", "grid"), [("simple", (4, 6)), ("linear4", (4, 6)), ("multilayer", (16, 24)),
+                                            ("guided", (16, 24))])  # fmt: skip
+def test_every_head_on_a_dinov3_backbone(head: str, grid: tuple[int, int]) -> None:
+    from webdino_seg import create_model
+
+    model = create_model("dinov3-tiny", head=head, seed=0)
+    logits = model(torch.randn(2, 3, 64, 96))
+    assert logits.shape == (2, 2, *grid)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import webdino_seg.distributed as distributed
 import webdino_seg.features as features_mod
 import webdino_seg.runtime as runtime
-from conftest import FIXTURES, TINY, make_subset, metrics_rows, tiny_config, tiny_train_cli
+from conftest import FIXTURES, TINY, assert_bf16_close, make_subset, metrics_rows, tiny_config, tiny_train_cli
 from webdino_seg import create_backbone, create_model
 from webdino_seg.features import plan_store
 from webdino_seg.train import train
@@ -27,17 +26,8 @@ GIB = 2**30
 
 
 def test_bf16_backbone_stays_close_to_fp32() -> None:
-    """A frozen backbone kept in bf16 (as on a GPU) against fp32: cosine >= 0.999 per token, mean abs
-    difference under 0.02 and max under 5% of the largest value (measured: 0.99996, 0.004, 1.2%)."""
-    model = create_backbone("webdino-300m", weights=FIXTURES / "tiny_official.pth", **TINY).eval()
-    x = torch.randn(2, 3, 224, 280, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        fp32 = model.forward_features(x)["x_norm_patchtokens"]
-        model.to(torch.bfloat16)
-        bf16 = model.forward_features(x.bfloat16())["x_norm_patchtokens"].float()
-    cosine = F.cosine_similarity(fp32.flatten(0, 1), bf16.flatten(0, 1), dim=-1)
-    diff = (fp32 - bf16).abs()
-    assert cosine.min() >= 0.999 and diff.mean() < 0.02 and diff.max() < 0.05 * fp32.abs().max()
+    """A frozen backbone kept in bf16 (as on a GPU) stays close to fp32 (CPU bf16 kernels)."""
+    assert_bf16_close("cpu")
 
 
 def test_frozen_backbone_is_cast_once_where_autocast_would_run(monkeypatch: pytest.MonkeyPatch) -> None:

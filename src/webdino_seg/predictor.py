@@ -106,7 +106,8 @@ class Predictor:
             groups = [img[None] for img in images]
         out = []
         for group in groups:
-            x = torch.from_numpy(np.ascontiguousarray(group))
+            group = np.ascontiguousarray(group) if group.flags.writeable else group.copy()  # torch wants writable
+            x = torch.from_numpy(group)
             if self.device.type == "cuda":
                 x = x.pin_memory()
             out.append(x.to(self.device, non_blocking=True).permute(0, 3, 1, 2))

@@ -223,15 +223,7 @@ def train(
     if resume is not None and run.has_state():
         progress = _restore(run, model, optimizer, scheduler)
         log(f"resuming {run.path} after epoch {progress.epoch}")
-    meta = {
-        "imgsz": list(cfg.imgsz),
-        "class_names": cfg.class_names,
-        "mean": list(variant.mean),
-        "std": list(variant.std),
-        "config": cfg.to_dict(),
-        "head_name": cfg.head,
-        "baseline": base,
-    }
+    meta = _checkpoint_meta(cfg, variant, base)
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -250,12 +242,30 @@ def train(
         final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
         run.finish(model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
     distributed.barrier()
+    _say_where_to_go(run, progress, base, cfg.class_names, log)
+    return run.path
+
+
+def _checkpoint_meta(cfg: TrainConfig, variant: BackboneConfig, base: dict) -> dict:
+    """What every model checkpoint of the run records besides the weights."""
+    return {
+        "imgsz": list(cfg.imgsz),
+        "class_names": cfg.class_names,
+        "mean": list(variant.mean),
+        "std": list(variant.std),
+        "config": cfg.to_dict(),
+        "head_name": cfg.head,
+        "baseline": base,
+    }
+
+
+def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, names: list[str], log) -> None:
+    """The last lines: the best score beside the baseline, the run folder, the commands for its best model."""
     log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
-        f"(all-{cfg.class_names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
+        f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
     best = shlex.quote(str(run / "best_model_iou.pth"))
     log(f"next: webdino-seg predict --input IMAGES --model {best} --out {shlex.quote(str(run / 'predict'))}")
     log(f"      webdino-seg video --input VIDEO.mp4 --model {best} --out {shlex.quote(str(run / 'video.mp4'))}")
-    return run.path
 
 
 def _write_split(run: RunFolder, splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> None:
