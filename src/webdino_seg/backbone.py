@@ -34,6 +34,37 @@ def check_image_size(height: int, width: int, patch_size: int = 14) -> None:
             )
 
 
+def wanted_layers(n: int | Sequence[int], depth: int) -> set[int]:
+    """Block indices for `get_intermediate_layers`: the last `n`, or the indices in `n`."""
+    return set(range(depth - n, depth)) if isinstance(n, int) else set(n)
+
+
+def split_layers(
+    outputs: list[torch.Tensor],
+    wanted: set[int],
+    depth: int,
+    image: torch.Tensor,
+    patch_size: int,
+    prefix: int,
+    norm: nn.Module | None,
+    reshape: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Collected block outputs (B, prefix + patches, D) -> (patch tokens, class tokens, extra tokens), each
+    normed by `norm` when given, patch tokens as (B, D, H/p, W/p) grids with `reshape` (the official API)."""
+    if len(outputs) != len(wanted):
+        raise ValueError(f"requested layers {sorted(wanted)} but the model has {depth} blocks")
+    if norm is not None:
+        outputs = [norm(out) for out in outputs]
+    class_tokens = [out[:, 0] for out in outputs]
+    extra_tokens = [out[:, 1:prefix] for out in outputs]
+    patches = [out[:, prefix:] for out in outputs]
+    if reshape:
+        b, _, height, width = image.shape
+        hp, wp = height // patch_size, width // patch_size
+        patches = [out.reshape(b, hp, wp, -1).permute(0, 3, 1, 2).contiguous() for out in patches]
+    return patches, class_tokens, extra_tokens
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patch projection: (B, 3, H, W) -> (B, H/p * W/p, D)."""
 
@@ -235,23 +266,16 @@ class DinoVisionTransformer(nn.Module):
         norm: bool = True,
     ) -> tuple:
         """Outputs of the last `n` blocks (or of the block indices in `n`), as in the official API."""
-        wanted = set(range(len(self.blocks) - n, len(self.blocks))) if isinstance(n, int) else set(n)
+        wanted = wanted_layers(n, len(self.blocks))
         tokens = self.prepare_tokens(x)
-        outputs = []
+        collected = []
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens)
             if i in wanted:
-                outputs.append(tokens)
-        if len(outputs) != len(wanted):
-            raise ValueError(f"requested layers {sorted(wanted)} but the model has {len(self.blocks)} blocks")
-        if norm:
-            outputs = [self.norm(out) for out in outputs]
-        class_tokens = [out[:, 0] for out in outputs]
-        outputs = [out[:, 1 + self.num_register_tokens :] for out in outputs]
-        if reshape:
-            b, _, height, width = x.shape
-            hp, wp = height // self.patch_size, width // self.patch_size
-            outputs = [out.reshape(b, hp, wp, -1).permute(0, 3, 1, 2).contiguous() for out in outputs]
+                collected.append(tokens)
+        prefix, final_norm = 1 + self.num_register_tokens, self.norm if norm else None
+        outputs, class_tokens, _ = split_layers(collected, wanted, len(self.blocks), x, self.patch_size, prefix,
+                                                final_norm, reshape)  # fmt: skip
         if return_class_token:
             return tuple(zip(outputs, class_tokens, strict=True))
         return tuple(outputs)

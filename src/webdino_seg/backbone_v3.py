@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import LayerScale, Mlp, PatchEmbed, check_image_size
+from .backbone import LayerScale, Mlp, PatchEmbed, check_image_size, split_layers, wanted_layers
 from .variants import BackboneConfig
 
 
@@ -222,20 +222,11 @@ class DinoV3VisionTransformer(nn.Module):
         norm: bool = True,
     ) -> tuple:
         """Outputs of the last `n` blocks (or of the block indices in `n`), as in the official API."""
-        wanted = set(range(len(self.blocks) - n, len(self.blocks))) if isinstance(n, int) else set(n)
-        _, outputs = self._blocks(x, None, wanted)
-        if len(outputs) != len(wanted):
-            raise ValueError(f"requested layers {sorted(wanted)} but the model has {len(self.blocks)} blocks")
-        if norm:
-            outputs = [self.norm(out) for out in outputs]
-        r = self.n_storage_tokens
-        class_tokens = [out[:, 0] for out in outputs]
-        extra_tokens = [out[:, 1 : r + 1] for out in outputs]
-        outputs = [out[:, r + 1 :] for out in outputs]
-        if reshape:
-            b, _, height, width = x.shape
-            hp, wp = height // self.patch_size, width // self.patch_size
-            outputs = [out.reshape(b, hp, wp, -1).permute(0, 3, 1, 2).contiguous() for out in outputs]
+        wanted = wanted_layers(n, len(self.blocks))
+        _, collected = self._blocks(x, None, wanted)
+        prefix, final_norm = 1 + self.n_storage_tokens, self.norm if norm else None
+        outputs, class_tokens, extra_tokens = split_layers(collected, wanted, len(self.blocks), x, self.patch_size,
+                                                           prefix, final_norm, reshape)  # fmt: skip
         if return_class_token and return_extra_tokens:
             return tuple(zip(outputs, class_tokens, extra_tokens, strict=True))
         if return_class_token:

@@ -62,11 +62,9 @@ class BatchSource:
         self.train_cache: FeatureCache | None = None
         self.valid_cache: FeatureCache | None = None
         self.cache_seconds = 0.0
-        self.store_kind = "none"
         self.progress_dir = Path(progress_dir) if progress_dir else None
         self._loaders: dict = {}
         self.amp = amp
-        self.views = cache_views
         if self.cached:
             self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {})
         self.trainable = model.head if self.cached else model
@@ -92,8 +90,7 @@ class BatchSource:
                 extra_per_item=3 * h * w if model.needs_image else 0,
             )
         )
-        self.store_kind = self.plan.kind
-        store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.store_kind) or Path(
+        store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.plan.kind) or Path(
             cache_dir or tempfile.gettempdir()
         )
         common = {
@@ -130,13 +127,6 @@ class BatchSource:
             **common,
         )
         self.cache_seconds = time.perf_counter() - start
-
-    def chunks_kept(self) -> tuple[int, int]:
-        """(images whose features are saved in the progress folder, images the cache needs), all views."""
-        from .features import chunk_count
-
-        kept = sum(chunk_count(d) for d in getattr(self, "chunk_dirs", {}).values())
-        return kept, self.views * len(self.train_ds) + len(self.valid_ds)
 
     def describe_cache(self) -> str:
         """One line on what the cache holds and where."""

@@ -147,7 +147,7 @@ def allocate(
     """An empty tensor in memory on `store`, or, when `store` is a folder, backed by a file there.
 
     The file is unlinked at once: the mapping lives as long as the tensor and nothing is left behind.
-    With `shared_name` the file is the one every process maps (see `shared_store`), not unlinked here.
+    With `shared_name` the file is the one every process maps (see `_shared_files`), not unlinked here.
     """
     if isinstance(store, torch.device):
         return torch.zeros(shape, dtype=dtype, device=store)
@@ -262,7 +262,7 @@ def extract(
                         images[rows.to(images.device)] = saved["images"].to(images.device)
                     bar.update(len(index))
                 else:
-                    todo.append((view, start, index, rows))
+                    todo.append((view, chunk, index, rows))
         if todo:
             loader = torch.utils.data.DataLoader(  # one loader, its workers kept for every view
                 dataset,
@@ -270,18 +270,18 @@ def extract(
                 num_workers=workers,
                 pin_memory=device.type == "cuda",
             )
-            for (view, start, index, rows), (batch_images, target) in zip(todo, loader, strict=True):
+            for (_, chunk, index, rows), (batch_images, target) in zip(todo, loader, strict=True):
                 with autocast(device, amp):
                     grid = model.features(batch_images.to(device, non_blocking=True))
                 feats[rows.to(feats.device)] = grid.to(feats.device, dtype)
                 masks[rows.to(masks.device)] = target.to(masks.device, torch.uint8)
-                part = {"features": grid.to("cpu", dtype), "masks": target.to(torch.uint8)}
+                part = {"masks": target.to(torch.uint8)}
                 if images is not None:  # the augmented image, as the uint8 it was before normalising
                     part["images"] = ((batch_images * std + mean) * 255).round_().clamp_(0, 255).to(torch.uint8)
                     images[rows.to(images.device)] = part["images"].to(images.device)
-                if chunks is not None:
-                    name = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt"
-                    atomic_write(name, lambda f, part=part: torch.save(part, f))
+                if chunk is not None:  # kept on disk too, so an interrupted extraction continues from here
+                    part["features"] = grid.to("cpu", dtype)
+                    atomic_write(chunk, lambda f, part=part: torch.save(part, f))
                 bar.update(len(index))
     if world > 1 and feats.device.type == "cuda":
         for tensor in (feats, masks, images):  # each row was written by one process, zeros elsewhere: exact

@@ -122,7 +122,7 @@ def mask_values(paths: list[Path]) -> set[int]:
     """Every value stored in the mask files (read as stored, no mode applied)."""
     values: set[int] = set()
     for path in paths:
-        values.update(int(v) for v in np.unique(np.asarray(ImageOps.exif_transpose(_open(Path(path))))))
+        values.update(int(v) for v in np.unique(np.asarray(_open(Path(path)))))  # orientation cannot change them
     return values
 
 

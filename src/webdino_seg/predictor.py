@@ -129,19 +129,21 @@ class Predictor:
         for size in self.tta_sizes:
             x = self._prepare(images, size)
             for flip in self.tta_flips:
-                with autocast(self.device, self.amp):
-                    grid = self.model(x.flip(-1) if flip else x).float()
-                grid = grid.flip(-1) if flip else grid
+                grid = self._grid(x.flip(-1)).flip(-1) if flip else self._grid(x)
                 probs = [upsample(g[None], img.shape[:2])[0].softmax(0) for g, img in zip(grid, images, strict=True)]
                 total = probs if total is None else [t + q for t, q in zip(total, probs, strict=True)]
         count = len(self.tta_sizes) * len(self.tta_flips)
         return [t / count for t in total]
 
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (float32) for a prepared batch, under autocast where it runs."""
+        with autocast(self.device, self.amp):
+            return self.model(x).float()
+
     @torch.inference_mode()
     def logits(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """Per-image logits (classes, H, W) upsampled to each image's own size (float32)."""
-        with autocast(self.device, self.amp):
-            grid = self.model(self._prepare(images)).float()
+        grid = self._grid(self._prepare(images))
         return [upsample(g[None], img.shape[:2])[0] for g, img in zip(grid, images, strict=True)]
 
     @torch.inference_mode()
@@ -151,8 +153,7 @@ class Predictor:
         if self.tta:
             return [p.max(0).indices.to(torch.uint8).cpu().numpy() for p in self.probabilities(arrays)]
         if all(a.shape == arrays[0].shape for a in arrays):  # video frames: one upsample, one copy back
-            with autocast(self.device, self.amp):
-                grid = self.model(self._prepare(arrays)).float()
+            grid = self._grid(self._prepare(arrays))
             # max(1).indices is argmax (first maximum on ties) without argmax's slow strided path on the CPU
             masks = upsample(grid, arrays[0].shape[:2]).max(1).indices.to(torch.uint8).cpu().numpy()
             return list(masks)

@@ -190,9 +190,6 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def __fspath__(self) -> str:
-        return os.fspath(self.path)
-
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
