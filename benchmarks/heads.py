@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from webdino_seg.heads import HEADS
-from webdino_seg.train import TrainConfig, train
+from webdino_seg.engine.train import TrainConfig, train
+from webdino_seg.models.heads import HEADS
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from webdino_seg.checkpoint import backbone_identity, save_model
-from webdino_seg.export import export_onnx
-from webdino_seg.factory import create_model
-from webdino_seg.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.inference.onnx import export_onnx
+from webdino_seg.models.builder import create_model
+from webdino_seg.models.checkpoint import backbone_identity, save_model
+from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def main() -> None:

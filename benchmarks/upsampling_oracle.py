@@ -18,11 +18,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from webdino_seg.data import SegmentationDataset
-from webdino_seg.heads import GuidedUpsampler
-from webdino_seg.imageio import read_image, read_mask
-from webdino_seg.metrics import ConfusionMatrix
-from webdino_seg.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.data.datasets import SegmentationDataset
+from webdino_seg.data.images import read_image, read_mask
+from webdino_seg.models.heads import GuidedUpsampler
+from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.utils.metrics import ConfusionMatrix
 
 PATCH = 14
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from webdino_seg.predict import predict_paths
-from webdino_seg.predictor import Predictor
-from webdino_seg.train import TrainConfig, train
-from webdino_seg.video import run_video
+from webdino_seg.engine.train import TrainConfig, train
+from webdino_seg.inference.predict import predict_paths
+from webdino_seg.inference.predictor import Predictor
+from webdino_seg.inference.video import run_video
 
 HERE = Path(__file__).resolve().parent
 

@@ -61,17 +61,11 @@ def tiny_io() -> dict:
 @pytest.fixture(scope="session")
 def prepared(pennfudan: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The full Penn-Fudan set prepared into the train/valid layout (seed 42, 24 valid)."""
-    from webdino_seg.data import prepare_pennfudan
+    from webdino_seg.data.pennfudan import prepare_pennfudan
 
     out = tmp_path_factory.mktemp("prepared") / "pennfudan"
     prepare_pennfudan(pennfudan, out)
     return out
-
-
-def tiny_train_cli(data: Path, out: Path, *extra: str) -> list[str]:
-    """`webdino-seg train` arguments for a one-epoch tiny random-backbone run at 56x56 (later flags win)."""
-    return ["train", "--data", str(data), "--out", str(out), "--arch", "webdino-tiny", "--weights", "random",
-            "--imgsz", "56", "56", "--epochs", "1", "--workers", "0", *extra]  # fmt: skip
 
 
 def make_subset(prepared: Path, out: Path, n_train: int, n_valid: int) -> Path:
@@ -88,33 +82,69 @@ def make_subset(prepared: Path, out: Path, n_train: int, n_valid: int) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 train and 4 valid images of the prepared set (tests copy it before changing anything in it)."""
+    return make_subset(prepared, tmp_path_factory.mktemp("small") / "data", 12, 4)
+
+
+@pytest.fixture(scope="session")
 def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (short) training run of the tiny random backbone on the full prepared Penn-Fudan set."""
-    from webdino_seg.train import TrainConfig, train
+    from webdino_seg import train
 
-    cfg = TrainConfig(
-        data=str(prepared),
-        out=str(tmp_path_factory.mktemp("runs") / "tiny"),
-        arch="webdino-tiny",
-        weights="random",
-        imgsz=(224, 224),
-        epochs=6,
-        lr=1e-3,
-        batch=8,
-        workers=0,
-        cache_views=2,
-        seed=0,
-    )
+    cfg = tiny_config(prepared, tmp_path_factory.mktemp("runs") / "tiny", imgsz=(224, 224), epochs=6, batch=8,
+                      cache_views=2, seed=0)  # fmt: skip
     return train(cfg, log=lambda *_: None)
 
 
-def tiny_config(data: Path, out: Path, **overrides: object):
-    """A TrainConfig for the tiny random backbone on a small dataset (112x112, 4 epochs); `overrides` win."""
-    from webdino_seg.train import TrainConfig
+@pytest.fixture(scope="session")
+def ckpt(trained_run: Path) -> Path:
+    """The best-mIoU model of `trained_run`."""
+    return trained_run / "best_model_iou.pth"
 
+
+def tiny_settings(data: Path, out: Path, **overrides: object) -> dict:
+    """The one tiny training run the tests build on: the tiny random backbone on a small dataset (112x112,
+    4 epochs); `overrides` win. `tiny_config` and `tiny_train_cli` are this run as settings and as a command."""
     base = {"data": str(data), "out": str(out), "arch": "webdino-tiny", "weights": "random", "imgsz": (112, 112),
             "epochs": 4, "lr": 1e-3, "batch": 4, "workers": 0, "cache_views": 4, "seed": 3}  # fmt: skip
-    return TrainConfig(**(base | overrides))
+    return base | overrides
+
+
+def tiny_config(data: Path, out: Path, **overrides: object):
+    """`tiny_settings` as a TrainConfig."""
+    from webdino_seg import TrainConfig
+
+    return TrainConfig(**tiny_settings(data, out, **overrides))
+
+
+def tiny_train_cli(data: Path, out: Path, *extra: str, **overrides: object) -> list[str]:
+    """`tiny_settings` as `webdino-seg train` arguments, at 56x56 for one epoch unless `overrides` say otherwise;
+    `extra` flags come last (later flags win)."""
+    settings = tiny_settings(data, out, **({"imgsz": (56, 56), "epochs": 1} | overrides))
+    argv = ["train"]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if key in ("cache", "amp"):  # on by default; the command line turns them off
+            argv += [] if value else [f"--no-{key}"]
+        elif isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, *map(str, value if isinstance(value, (tuple, list)) else [value])]
+    return [*argv, *extra]
+
+
+def huge_png(path: Path, width: int = 20000, height: int = 20000) -> None:
+    """A PNG whose header claims width x height; decoding it would need gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = zlib.compress(b"\x00" * (width * 3 + 1) * 4)  # only a few rows: never fully decodable
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 def metrics_rows(run: Path, timings: bool = True) -> list[dict]:
@@ -166,7 +196,7 @@ def reference_mask(model: torch.nn.Module, meta: dict, image: np.ndarray) -> np.
 
 def cli_error(argv: list[str], capsys: pytest.CaptureFixture, *needles: str) -> str:
     """Run the CLI, expect exit code 2 and one error line (no traceback) holding every needle; return it."""
-    from webdino_seg.cli import main
+    from webdino_seg.app.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err

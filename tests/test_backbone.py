@@ -9,8 +9,8 @@ import torch
 
 from conftest import FIXTURES, TINY
 from webdino_seg import create_backbone, get_variant
-from webdino_seg.backbone import check_image_size
-from webdino_seg.variants import VARIANTS
+from webdino_seg.models.layers import check_image_size
+from webdino_seg.models.variants import VARIANTS
 
 SOURCES = ["tiny_official.pth", "tiny_official_unchunked.pth", "tiny_hf", "tiny_hf/model.safetensors"]
 

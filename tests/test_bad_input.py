@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +12,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from conftest import FIXTURES, Evil, cli_error, make_subset, reference_mask, tiny_train_cli
-from webdino_seg.cli import main
-from webdino_seg.data import SegmentationDataset
-from webdino_seg.imageio import ImageError, read_image, read_mask
-from webdino_seg.variants import IMAGENET_MEAN, IMAGENET_STD
-
-
-def _huge_png(path: Path, width: int = 20000, height: int = 20000) -> None:
-    """A PNG whose header claims width x height; decoding it would need gigabytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = zlib.compress(b"\x00" * (width * 3 + 1) * 4)  # only a few rows: never fully decodable
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+from conftest import FIXTURES, Evil, cli_error, huge_png, make_subset, reference_mask, tiny_train_cli
+from webdino_seg.app.cli import main
+from webdino_seg.data.datasets import SegmentationDataset
+from webdino_seg.data.images import ImageError, read_image, read_mask
+from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +76,7 @@ def test_broken_images_are_named(photo: Image.Image, tmp_path: Path, kind: str) 
     elif kind == "text":
         path.write_text("hello, I am not a picture")
     else:
-        _huge_png(path)
+        huge_png(path)
     with pytest.raises(ImageError, match=path.name):
         read_image(path)
 
@@ -124,7 +111,7 @@ def test_cli_input_errors(prepared: Path, tmp_path: Path, trained_run: Path, cap
         ["prepare-data", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys, "no PNGImages/"
     )
     cli_error(["predict", "--input", str(tmp_path / "empty"), "--model", ckpt], capsys, "no images found")
-    _huge_png(tmp_path / "huge.png")
+    huge_png(tmp_path / "huge.png")
     cli_error(
         ["predict", "--input", str(tmp_path / "huge.png"), "--model", ckpt, "--out", str(tmp_path / "p")],
         capsys,
@@ -208,7 +195,7 @@ def test_mask_modes_property(values: np.ndarray) -> None:
 @given(st.integers(1, 90), st.integers(1, 90), st.sampled_from([(28, 28), (42, 70), (56, 28)]))
 def test_predictions_come_back_at_the_input_size(height: int, width: int, imgsz: tuple[int, int]) -> None:
     from webdino_seg import create_model
-    from webdino_seg.predictor import Predictor
+    from webdino_seg.inference.predictor import Predictor
 
     torch.manual_seed(0)
     model = create_model("webdino-tiny", num_classes=3, seed=0)

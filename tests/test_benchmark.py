@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import webdino_seg.benchmark as bench
+import webdino_seg.app.benchmark as bench
 from conftest import make_subset
-from webdino_seg.backbone import DinoVisionTransformer
-from webdino_seg.cli import main
-from webdino_seg.train import train
+from webdino_seg.app.cli import main
+from webdino_seg.engine.train import train
+from webdino_seg.models.dinov2 import DinoVisionTransformer
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webdino_seg.cli import main
+from webdino_seg.app.cli import main
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pennfudan-sample"
@@ -86,8 +86,8 @@ def test_demo_returns_predicts_mask(browser, trained_run: Path, tmp_path: Path) 
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from webdino_seg.demo import create_app
-    from webdino_seg.predictor import Predictor
+    from webdino_seg.app.demo import create_app
+    from webdino_seg.inference.predictor import Predictor
 
     ckpt = trained_run / "best_model_iou.pth"
     app = create_app(Predictor.from_checkpoint(ckpt, device="cpu"), max_bytes=2 * 2**20, workdir=tmp_path / "work")

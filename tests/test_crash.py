@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import webdino_seg.io as io_mod
-import webdino_seg.train as train_mod
-from conftest import assert_same_metrics, make_subset, metrics_rows
-from webdino_seg.checkpoint import load_model
-from webdino_seg.cli import main
-from webdino_seg.train import TrainConfig, TrainingError, train
+import webdino_seg.engine.train as train_mod
+import webdino_seg.utils.files as io_mod
+from conftest import assert_same_metrics, metrics_rows, tiny_settings
+from webdino_seg.app.cli import main
+from webdino_seg.engine.train import TrainConfig, TrainingError, train
+from webdino_seg.models.checkpoint import load_model
 
 KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
     import torch
-    from webdino_seg.train import TrainConfig, train
+    from webdino_seg import TrainConfig, train
 
     mode, at, cfg = sys.argv[1], int(sys.argv[2]), TrainConfig(**json.loads(sys.argv[3]))
     calls = {"n": 0}
@@ -52,24 +52,7 @@ KILLER = textwrap.dedent(
 
 
 def _cfg(data: Path, out: Path) -> dict:
-    return {
-        "data": str(data),
-        "out": str(out),
-        "arch": "webdino-tiny",
-        "weights": "random",
-        "imgsz": [56, 56],
-        "epochs": 3,
-        "lr": 1e-3,
-        "batch": 4,
-        "workers": 0,
-        "cache_views": 3,
-        "seed": 5,
-    }
-
-
-@pytest.fixture(scope="module")
-def small(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_subset(prepared, tmp_path_factory.mktemp("small"), 8, 4)
+    return tiny_settings(data, out, imgsz=(56, 56), epochs=3, cache_views=3, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +61,7 @@ def uninterrupted(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "at"), [("step", 4), ("write", 4)])  # 2 steps/epoch; 3 files/epoch at first
+@pytest.mark.parametrize(("mode", "at"), [("step", 4), ("write", 4)])  # 3 steps/epoch; 3 files/epoch at first
 def test_sigkill_then_resume(small: Path, uninterrupted: Path, tmp_path: Path, mode: str, at: int) -> None:
     run = tmp_path / "run"
     proc = subprocess.run(
@@ -127,7 +110,7 @@ def test_nan_loss_stops_with_epoch_and_step(small: Path, tmp_path: Path, monkeyp
     def loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce"):
         calls["n"] += 1
         value, pred = real_loss(logits, masks, kind)
-        if calls["n"] == 2 + 1 + 2:  # epoch 1: 2 train + 1 valid batch; then epoch 2, step 2
+        if calls["n"] == 3 + 1 + 2:  # epoch 1: 3 train + 1 valid batch; then epoch 2, step 2
             value = value * float("nan")
         return value, pred
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import assert_bf16_close, assert_same_metrics, make_subset, metrics_rows, tiny_config, tiny_train_cli
-from webdino_seg.checkpoint import load_model
-from webdino_seg.cli import main
-from webdino_seg.overlay import overlay
-from webdino_seg.train import train
+from webdino_seg.app.cli import main
+from webdino_seg.engine.train import train
+from webdino_seg.models.checkpoint import load_model
+from webdino_seg.utils.overlay import overlay
 
 pytestmark = pytest.mark.cuda
 
@@ -51,7 +51,7 @@ def test_video_on_cuda_draws_the_masks(data: Path, test_video: Path, tmp_path: P
     ckpt = run / "best_model_iou.pth"
     assert main(["video", "--input", str(test_video), "--model", str(ckpt), "--device", "cuda", "--out", str(out),
                  "--max-frames", "16"]) == 0  # fmt: skip
-    from webdino_seg.predictor import Predictor
+    from webdino_seg.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(ckpt, device="cuda")
     with av.open(str(test_video)) as a, av.open(str(out)) as b:

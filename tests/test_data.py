@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from conftest import make_subset
-from webdino_seg.cli import main
-from webdino_seg.data import DataError, SegmentationDataset, prepare_pennfudan
-from webdino_seg.imageio import ImageError, read_mask
-from webdino_seg.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.app.cli import main
+from webdino_seg.data.datasets import DataError, SegmentationDataset
+from webdino_seg.data.images import ImageError, read_mask
+from webdino_seg.data.pennfudan import prepare_pennfudan
+from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_prepare_full_set(prepared: Path, pennfudan: Path) -> None:
@@ -135,7 +136,7 @@ def test_download_data_from_local_server(pennfudan: Path, server, tmp_path: Path
         for stem in ("FudanPed00001", "FudanPed00002", "PennPed00001"):
             zf.write(pennfudan / "PNGImages" / f"{stem}.png", f"PennFudanPed/PNGImages/{stem}.png")
             zf.write(pennfudan / "PedMasks" / f"{stem}_mask.png", f"PennFudanPed/PedMasks/{stem}_mask.png")
-    from webdino_seg.download import sha256_file
+    from webdino_seg.utils.download import sha256_file
 
     url = f"{base}/PennFudanPed.zip"
     assert main(["download-data", "--url", url, "--out", str(tmp_path / "bad"), "--sha256", "0" * 64]) == 2

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from conftest import FIXTURES, make_subset, metrics_rows, tiny_config
-from webdino_seg import convert_weights, create_backbone, weights_v3
-from webdino_seg.cli import main
-from webdino_seg.train import train
+from webdino_seg import convert_weights, create_backbone
+from webdino_seg.app.cli import main
+from webdino_seg.engine.train import train
+from webdino_seg.models.weights import dinov3 as v3_keys
 
 V3 = FIXTURES / "dinov3"
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
@@ -78,10 +79,10 @@ def test_released_variants_have_the_official_keys(fixture: str) -> None:
     hf_file = V3 / f"{fixture}_hf_keys.json"
     if hf_file.exists():
         hf = json.loads(hf_file.read_text())["hf_keys"]
-        as_hf = weights_v3.official_to_hf(sd)
+        as_hf = v3_keys.official_to_hf(sd)
         assert {k: list(v.shape) for k, v in as_hf.items()} == hf
         fake = {k: torch.empty(v, device="meta") for k, v in hf.items()}
-        back = weights_v3.complete(weights_v3.hf_to_official(fake), model.cfg, set(sd))
+        back = v3_keys.complete(v3_keys.hf_to_official(fake), model.cfg)
         assert {k: list(v.shape) for k, v in back.items()} == official
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_subset, metrics_rows, tiny_train_cli
-from webdino_seg.train import TrainConfig, train
+from conftest import make_subset, metrics_rows, tiny_config, tiny_train_cli
+from webdino_seg.engine.train import train
 
 SETTINGS = {"epochs": 3, "lr": 1e-3, "batch": 4, "cache_views": 3, "seed": 11}
 
@@ -20,17 +20,14 @@ SETTINGS = {"epochs": 3, "lr": 1e-3, "batch": 4, "cache_views": 3, "seed": 11}
 @pytest.mark.parametrize("cache", [True, False])
 def test_two_processes_match_one(prepared: Path, tmp_path: Path, cache: bool) -> None:
     data = make_subset(prepared, tmp_path / "data", 9, 3)  # odd sizes: uneven shards, a 1-image last batch
-    extra = [] if cache else ["--no-cache"]
+    settings = {"imgsz": (56, 56), "cache": cache, **SETTINGS}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    flags = [x for k, v in SETTINGS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    train_args = tiny_train_cli(data, tmp_path / "ddp", *flags, *extra)
+    train_args = tiny_train_cli(data, tmp_path / "ddp", *([] if cache else ["--no-cache"]), **settings)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "webdino_seg", *train_args]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    config = TrainConfig(data=str(data), out=str(tmp_path / "one"), arch="webdino-tiny", weights="random",
-                         imgsz=(56, 56), workers=0, cache=cache, **SETTINGS)  # fmt: skip
-    single = train(config, log=lambda *_: None)
+    single = train(tiny_config(data, tmp_path / "one", **settings), log=lambda *_: None)
     ddp_rows, one_rows = metrics_rows(tmp_path / "ddp"), metrics_rows(single)
     assert len(ddp_rows) == len(one_rows) == 3
     for a, b in zip(ddp_rows, one_rows, strict=True):

@@ -20,19 +20,14 @@ import pytest
 import torch
 from PIL import Image
 
-import webdino_seg.video as video_mod
-from conftest import FIXTURES, Evil, cli_error, make_subset, tiny_config
-from webdino_seg.cli import main
-from webdino_seg.io import atomic_write
-from webdino_seg.runfolder import new_run_dir
-from webdino_seg.train import train
+import webdino_seg.inference.video as video_mod
+from conftest import FIXTURES, Evil, cli_error, huge_png, make_subset, tiny_config
+from webdino_seg.app.cli import main
+from webdino_seg.engine.runfolder import new_run_dir
+from webdino_seg.engine.train import train
+from webdino_seg.utils.files import atomic_write
 
 CLIP = Path(__file__).resolve().parents[1] / "examples" / "people_walking_clip.mp4"
-
-
-@pytest.fixture(scope="module")
-def ckpt(trained_run: Path) -> Path:
-    return trained_run / "best_model_iou.pth"
 
 
 @contextlib.contextmanager
@@ -128,7 +123,7 @@ class _FailingContainer:
 def test_video_writer_failing_after_the_last_frame_does_not_hang(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from webdino_seg.predictor import Predictor
+    from webdino_seg.inference.predictor import Predictor
 
     real_open = av.open
     monkeypatch.setattr(
@@ -218,7 +213,7 @@ def test_torch_save_failed_write_is_reported_as_the_disk_error(tmp_path: Path, m
         def __exit__(self, *exc):
             return self.f.__exit__(*exc)
 
-    monkeypatch.setattr("webdino_seg.io.os.fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    monkeypatch.setattr("webdino_seg.utils.files.os.fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
     with pytest.raises(OSError, match=r"cannot write .*x\.pth: No space left on device"):
         atomic_write(tmp_path / "x.pth", lambda f: torch.save({"x": torch.zeros(1000)}, f))
     assert os.listdir(tmp_path) == []
@@ -339,10 +334,8 @@ def test_image_limit_is_ours_and_jpegs_decode_reduced(
 ) -> None:
     from PIL import ImageFile
 
-    import webdino_seg.imageio as imageio
-    from test_bad_input import _huge_png
-
-    _huge_png(tmp_path / "180mp.png", 13400, 13400)  # under our 256 MP, over Pillow's own 179 MP refusal
+    import webdino_seg.data.images as imageio
+    huge_png(tmp_path / "180mp.png", 13400, 13400)  # under our 256 MP, over Pillow's own 179 MP refusal
     with monkeypatch.context() as patch:  # stop where decoding would begin: the size checks passed
         patch.setattr(ImageFile.ImageFile, "load", lambda self: (_ for _ in ()).throw(OSError("decoding began")))
         with pytest.raises(imageio.ImageError, match=r"180mp\.png: corrupt or truncated image \(decoding began\)"):

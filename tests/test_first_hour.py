@@ -15,20 +15,14 @@ import torch
 import yaml
 from PIL import Image
 
-import webdino_seg.features as features_mod
-from conftest import assert_same_metrics, cli_error, make_subset, metrics_rows, tiny_config, tiny_train_cli
+import webdino_seg.engine.features as features_mod
+from conftest import assert_same_metrics, cli_error, metrics_rows, tiny_config, tiny_train_cli
 from webdino_seg import __version__
-from webdino_seg.cli import build_parser, main
-from webdino_seg.data import DataError
-from webdino_seg.model import SegmentationModel
-from webdino_seg.runfolder import TrainConfig, default_workers
-from webdino_seg.train import train
-
-
-@pytest.fixture(scope="module")
-def small(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_subset(prepared, tmp_path_factory.mktemp("first") / "data", 12, 4)
-
+from webdino_seg.app.cli import build_parser, main
+from webdino_seg.data.datasets import DataError
+from webdino_seg.engine.config import TrainConfig, default_workers
+from webdino_seg.engine.train import train
+from webdino_seg.models.segmentation import SegmentationModel
 
 # --- the command line ----------------------------------------------------------------------------
 
@@ -48,13 +42,13 @@ def test_every_flag_has_help_and_its_default() -> None:
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subparsers.choices.items():
-        help_text = sub.format_help()
+        formatter = sub._get_formatter()
         for action in sub._actions:
             if action.help == argparse.SUPPRESS or not action.option_strings:
                 continue
             assert action.help, f"{name} {action.option_strings} has no help"
-            if action.default not in (None, False, argparse.SUPPRESS) and "default" not in action.help:
-                assert "(default:" in help_text, (name, action.option_strings)
+            if action.default not in (None, False, argparse.SUPPRESS):  # this flag's own line shows its default
+                assert "default" in formatter._get_help_string(action), (name, action.option_strings)
     assert "Typical use" in parser.format_help()
 
 
@@ -80,7 +74,7 @@ def test_workers_default_to_the_cores_we_have() -> None:
 def test_offline_default_weights_say_what_to_do(
     small: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from webdino_seg import variants
+    from webdino_seg.models import variants
 
     tiny = variants.VARIANTS["webdino-tiny"]
     monkeypatch.setitem(variants.VARIANTS, "webdino-tiny", tiny.replace(url="http://127.0.0.1:9/official.pth"))
@@ -164,7 +158,7 @@ def test_ctrl_c_while_caching_then_resume_matches_uninterrupted(
 
     monkeypatch.setattr(features_mod, "atomic_write", interrupt_after_two_chunks)
     run = tmp_path / "stopped"
-    assert main(tiny_train_cli(small, run, *_flags(tiny_config(small, run, epochs=3)))) == 130
+    assert main(tiny_train_cli(small, run, imgsz=(112, 112), epochs=3)) == 130  # the settings of `whole`
     monkeypatch.setattr(features_mod, "atomic_write", real_write)
     out = capsys.readouterr().out
     assert "interrupted while caching features: the features of 24 of 40 images are kept" in out, out
@@ -184,11 +178,6 @@ def test_ctrl_c_while_caching_then_resume_matches_uninterrupted(
     assert not (run / "features").exists()  # removed once the run has finished
 
 
-def _flags(cfg: TrainConfig) -> list[str]:
-    return ["--imgsz", *map(str, cfg.imgsz), "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--batch",
-            str(cfg.batch), "--cache-views", str(cfg.cache_views), "--seed", str(cfg.seed)]  # fmt: skip
-
-
 def test_views_never_exceed_epochs(small: Path, tmp_path: Path) -> None:
     logs: list[str] = []
     train(tiny_config(small, tmp_path / "r", epochs=2, cache_views=4), log=logs.append)
@@ -198,7 +187,7 @@ def test_views_never_exceed_epochs(small: Path, tmp_path: Path) -> None:
 def test_resume_applies_safe_flags_and_refuses_others(small: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "r"
     assert main(tiny_train_cli(small, run)) == 0  # 1 epoch
-    cli_error(["train", "--resume", str(run), "--lr", "0.5"], capsys, "--lr 0.5 (the run has 0.0001)",
+    cli_error(["train", "--resume", str(run), "--lr", "0.5"], capsys, "--lr 0.5 (the run has 0.001)",
               "start a new run")  # fmt: skip
     cli_error(["train", "--resume", str(run), "--imgsz", "112", "112"], capsys, "--imgsz")
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_same_metrics, make_subset, metrics_rows, tiny_config
+from conftest import assert_same_metrics, metrics_rows, tiny_config
 from webdino_seg import create_model
-from webdino_seg.checkpoint import load_model
-from webdino_seg.data import SegmentationDataset
-from webdino_seg.features import extract
-from webdino_seg.heads import HEADS
-from webdino_seg.losses import dice_loss, segmentation_loss
-from webdino_seg.predictor import Predictor
-from webdino_seg.train import train
-from webdino_seg.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.data.datasets import SegmentationDataset
+from webdino_seg.engine.features import extract
+from webdino_seg.engine.losses import dice_loss, segmentation_loss
+from webdino_seg.engine.train import train
+from webdino_seg.inference.predictor import Predictor
+from webdino_seg.models.checkpoint import load_model
+from webdino_seg.models.heads import HEADS
+from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
 
 # logits size for a 56x84 input (4x6 token grid)
 SHAPES = {"simple": (4, 6), "linear4": (4, 6), "multilayer": (16, 24), "guided": (14, 21)}
@@ -37,11 +37,6 @@ def test_head_shapes_and_gradients(name: str) -> None:
     assert all(p.grad is None for p in model.backbone.parameters())
     params = sum(p.numel() for p in model.head.parameters())
     assert params < 5_000_000 if name != "linear4" else params == 4 * 64 * 2 + 4 * 64 * 3 + 3
-
-
-@pytest.fixture(scope="module")
-def small(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_subset(prepared, tmp_path_factory.mktemp("heads") / "data", 6, 2)
 
 
 @pytest.mark.parametrize("name", ["linear4", "multilayer", "guided"])

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from conftest import FIXTURES, TINY, cli_error
-from webdino_seg import convert_weights, create_backbone, variants
-from webdino_seg.cli import main
-from webdino_seg.weights import WeightsError
+from webdino_seg import convert_weights, create_backbone
+from webdino_seg.app.cli import main
+from webdino_seg.models import variants
+from webdino_seg.models.weights.errors import WeightsError
 
 transformers = pytest.importorskip("transformers")
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pennfudan-sample"
@@ -63,17 +64,12 @@ def test_ambiguous_keys_ask_for_arch(tmp_path: Path, monkeypatch: pytest.MonkeyP
 # --- ONNX -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ckpt(trained_run: Path) -> Path:
-    return trained_run / "best_model_iou.pth"
-
-
 @pytest.mark.parametrize("size", [(112, 112), (84, 140)])
 def test_onnx_logits_match_pytorch(ckpt: Path, tmp_path: Path, size: tuple[int, int]) -> None:
     import onnxruntime as ort
 
-    from webdino_seg.checkpoint import load_model
-    from webdino_seg.export import ExportedGraph, export_onnx
+    from webdino_seg.inference.onnx import ExportedGraph, export_onnx
+    from webdino_seg.models.checkpoint import load_model
 
     out = tmp_path / "model.onnx"
     info = export_onnx(ckpt, out, size, dynamic=True, log=lambda *_: None)

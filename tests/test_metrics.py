@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from webdino_seg.metrics import ConfusionMatrix
+from webdino_seg.utils.metrics import ConfusionMatrix
 
 
 def _reference(preds: list[np.ndarray], targets: list[np.ndarray], n: int) -> tuple[float, float, list[float]]:

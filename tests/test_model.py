@@ -6,7 +6,7 @@ import torch
 
 from conftest import FIXTURES, TINY
 from webdino_seg import SegmentationModel, SimpleDecoder, create_backbone, create_model
-from webdino_seg.cli import main
+from webdino_seg.app.cli import main
 
 
 def test_frozen_backbone_gets_no_gradients_head_gets_all() -> None:

@@ -12,18 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FIXTURES, make_subset, reference_mask
-from webdino_seg.checkpoint import load_model
-from webdino_seg.cli import main
-from webdino_seg.overlay import overlay
-from webdino_seg.predictor import Predictor
-from webdino_seg.train import TrainConfig, train
-from webdino_seg.weights import WeightsError
-
-
-@pytest.fixture(scope="module")
-def ckpt(trained_run: Path) -> Path:
-    return trained_run / "best_model_iou.pth"
+from conftest import FIXTURES, make_subset, reference_mask, tiny_config
+from webdino_seg.app.cli import main
+from webdino_seg.engine.train import train
+from webdino_seg.inference.predictor import Predictor
+from webdino_seg.models.checkpoint import load_model
+from webdino_seg.models.weights.errors import WeightsError
+from webdino_seg.utils.overlay import overlay
 
 
 def test_predict_folder_writes_overlays_and_masks(ckpt: Path, pennfudan: Path, tmp_path: Path) -> None:
@@ -164,18 +159,8 @@ def test_checkpoint_names_missing_backbone_weights(prepared: Path, tmp_path: Pat
     weights.parent.mkdir()
     shutil.copy(FIXTURES / "tiny_official.pth", weights)
     data = make_subset(prepared, tmp_path / "d", 4, 2)
-    cfg = TrainConfig(
-        data=str(data),
-        out=str(tmp_path / "run"),
-        arch="webdino-tiny",
-        weights=str(weights),
-        imgsz=(56, 56),
-        epochs=1,
-        batch=4,
-        workers=0,
-        cache_views=1,
-    )
-    run = train(cfg, log=lambda *_: None)
+    run = train(tiny_config(data, tmp_path / "run", weights=str(weights), imgsz=(56, 56), epochs=1, cache_views=1),
+                log=lambda *_: None)  # fmt: skip
     model_path = run / "final_model.pth"
     Predictor.from_checkpoint(model_path, device="cpu")  # found where training found it
     moved = tmp_path / "moved.pth"

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import webdino_seg.distributed as distributed
-import webdino_seg.features as features_mod
-import webdino_seg.runtime as runtime
+import webdino_seg.engine.distributed as distributed
+import webdino_seg.engine.features as features_mod
+import webdino_seg.utils.runtime as runtime
 from conftest import FIXTURES, TINY, assert_bf16_close, make_subset, metrics_rows, tiny_config, tiny_train_cli
 from webdino_seg import create_backbone, create_model
-from webdino_seg.features import plan_store
-from webdino_seg.train import train
+from webdino_seg.engine.features import plan_store
+from webdino_seg.engine.train import train
 
 GIB = 2**30
 

@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from conftest import assert_same_metrics, make_subset, metrics_rows, tiny_config
-from webdino_seg.checkpoint import load_model
-from webdino_seg.cli import main
-from webdino_seg.data import SegmentationDataset
-from webdino_seg.metrics import ConfusionMatrix
-from webdino_seg.runfolder import RunFolder
-from webdino_seg.train import TrainConfig, train
-from webdino_seg.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.app.cli import main
+from webdino_seg.data.datasets import SegmentationDataset
+from webdino_seg.engine.runfolder import RunFolder
+from webdino_seg.engine.train import TrainConfig, train
+from webdino_seg.models.checkpoint import load_model
+from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.utils.metrics import ConfusionMatrix
 
 ARTIFACTS = [
     "best_model_loss.pth",
@@ -174,8 +174,8 @@ def test_fine_tune_saves_and_reloads_the_backbone(prepared: Path, tmp_path: Path
     assert model.fine_tune
     for key, value in ckpt["backbone"].items():
         assert torch.equal(model.backbone.state_dict()[key], value)
-    from webdino_seg.factory import build_backbone
-    from webdino_seg.variants import get_variant
+    from webdino_seg.models.builder import build_backbone
+    from webdino_seg.models.variants import get_variant
 
     untouched = build_backbone(get_variant("webdino-tiny"), None, 3)  # the same seeded random start
     assert not torch.equal(untouched.blocks[0].attn.qkv.weight, model.backbone.blocks[0].attn.qkv.weight)

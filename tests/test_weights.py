@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from conftest import FIXTURES, TINY, Evil
 from webdino_seg import WeightsError, convert_weights, create_backbone
-from webdino_seg.download import download_url, sha256_file
-from webdino_seg.variants import get_variant
-from webdino_seg.weights import chunk_keys, official_to_hf, to_official
+from webdino_seg.models.variants import get_variant
+from webdino_seg.models.weights.dinov2 import chunk_keys, official_to_hf
+from webdino_seg.models.weights.formats import to_official
+from webdino_seg.utils.download import download_url, sha256_file
 
 OFFICIAL = FIXTURES / "tiny_official.pth"
 
@@ -118,7 +119,7 @@ def test_strict_loading_errors(tmp_path: Path, kind: str, pattern: str) -> None:
     torch.save(_corrupt(kind), path)
     model = create_backbone("webdino-300m", **TINY)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    from webdino_seg.weights import load_backbone_weights
+    from webdino_seg.models.weights.loading import load_backbone_weights
 
     with pytest.raises(WeightsError, match=pattern):
         load_backbone_weights(model, path)

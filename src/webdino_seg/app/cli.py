@@ -1,0 +1,222 @@
+"""The `webdino-seg` command: runs the subcommand `parser.py` parsed; each one calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .parser import build_parser
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..models.builder import create_model
+    from ..models.layers import check_image_size
+    from ..models.summary import model_summary
+    from ..models.variants import VARIANTS
+
+    if args.list:
+        for cfg in VARIANTS.values():
+            print(
+                f"{cfg.name:<20} dim {cfg.embed_dim:>4}  depth {cfg.depth:>2}  heads {cfg.num_heads:>2}  "
+                f"{cfg.ffn:<6}  {cfg.img_size}px  {cfg.hub_id or '-'}"
+            )
+        return
+    check_image_size(*args.imgsz)
+    with torch.device("meta"):
+        model = create_model(args.arch, num_classes=args.num_classes, fine_tune=args.fine_tune)
+    print(model_summary(model, tuple(args.imgsz)))
+
+
+def cmd_convert_weights(args: argparse.Namespace) -> None:
+    from ..models.variants import get_variant
+    from ..models.weights.convert import convert_weights
+
+    cfg = get_variant(args.arch) if args.arch else None
+    fmt = convert_weights(args.input, args.output, args.to, cfg)
+    print(f"converted {args.input} ({fmt}) -> {args.output} ({args.to})")
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from ..data.pennfudan import prepare_pennfudan
+
+    info = prepare_pennfudan(args.source, args.out, args.valid_count, args.seed)
+    print(f"wrote {info['train']} train and {info['valid']} valid pairs to {info['out']} (split in split.json)")
+
+
+def cmd_download_data(args: argparse.Namespace) -> None:
+    from ..data.pennfudan import PENNFUDAN_URL, download_pennfudan
+
+    path = download_pennfudan(args.out, args.url or PENNFUDAN_URL, args.sha256)
+    print(f"downloaded {path}; next: webdino-seg prepare-data --source {path} --out data/pennfudan")
+
+
+def cmd_show_data(args: argparse.Namespace) -> None:
+    from ..data.preview import show_data
+
+    data = args.data or args.data_pos
+    if not data:
+        raise ValueError("--data is required: a dataset folder (train_images/ ... or images/ + masks/)")
+    print(f"wrote {show_data(data, args.out, args.split, args.count, args.mask_mode, args.num_classes)}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..engine import distributed
+
+    try:
+        _train(args)
+    finally:
+        distributed.teardown()
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ..engine.train import TrainConfig, train
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {k: v for k, v in vars(args).items() if k in names}
+    settings |= {"cache": not args.no_cache, "amp": not args.no_amp}
+    if args.resume:
+        given = {k: v for k, v in settings.items() if k in args.given}
+        train(None, resume=args.resume, changes=given)  # type: ignore[arg-type]
+        return
+    if not args.data:
+        raise ValueError(
+            "--data is required: a folder with train_images/ train_masks/ valid_images/ valid_masks/ "
+            "(masks are PNGs of class ids). Try the bundled sample: --data examples/pennfudan-sample, or make "
+            "the full set with `webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`"
+        )
+    train(TrainConfig(**settings))
+
+
+def _predictor(args: argparse.Namespace):
+    """The Predictor for a command's --model, --device, --imgsz and --weights."""
+    from ..inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(
+        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta
+    )
+    if predictor.tta:
+        print(predictor.describe_tta(), file=sys.stderr)
+    return predictor
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ..inference.evaluate import evaluate, format_report
+
+    if args.report:
+        from ..utils.files import check_output_dir
+
+        check_output_dir(args.report, "--report")  # before the model is loaded
+    report = evaluate(_predictor(args), args.model, args.data, args.split, args.mask_mode, args.out,
+                      report_dir=args.report)  # fmt: skip
+    print(format_report(report))
+    if args.report:
+        print(f"HTML report: {report['html_report']} (open it in a browser; works offline)")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from ..inference.predict import predict_paths
+    from ..utils.files import check_output_dir
+
+    check_output_dir(args.out)  # before the model is loaded
+    info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad)
+    print(
+        f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
+    )
+
+
+def cmd_video(args: argparse.Namespace) -> None:
+    from ..inference.video import is_camera, run_video
+    from ..utils.files import check_output_file
+
+    src = args.input
+    name = "camera" + src.removeprefix("camera:") if is_camera(src) else Path(src).stem
+    out = check_output_file(args.out or Path("outputs") / f"{name}_seg.mp4")  # before the model is loaded
+    predictor = _predictor(args)
+    info = run_video(predictor, src, out, batch=args.batch, max_frames=args.max_frames, show=args.show)
+    for warning in info["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{info['frames']} frames ({info['width']}x{info['height']} at {info['rate']:g} fps) -> {info['output']} "
+        f"in {info['seconds']:.2f}s ({info['fps']:.1f} FPS end to end)"
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import serve
+
+    serve(_predictor(args), args.host, args.port, args.max_mb)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from ..inference.onnx import export_onnx
+
+    export_onnx(args.model, args.out, tuple(args.imgsz) if args.imgsz else None, args.dynamic, args.weights)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    import json
+
+    from ..utils.files import atomic_write_text
+    from .benchmark import benchmark, format_table
+
+    res = benchmark(
+        args.arch,
+        tuple(args.imgsz),
+        args.device,
+        args.quick,
+        args.video,
+        args.cache_views,
+        log=lambda m: print(m, file=sys.stderr),
+        data=args.data,
+        repeats=args.repeats,
+        epochs=args.epochs,
+        tutorial_epochs=args.tutorial_epochs,
+    )
+    print(format_table(res))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
+
+
+COMMANDS = {
+    "info": cmd_info,
+    "convert-weights": cmd_convert_weights,
+    "prepare-data": cmd_prepare_data,
+    "download-data": cmd_download_data,
+    "show-data": cmd_show_data,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "video": cmd_video,
+    "demo": cmd_demo,
+    "export": cmd_export,
+    "benchmark": cmd_benchmark,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for bad input, with a one-line message unless --debug)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        return 0
+    except (ValueError, OSError, RuntimeError) as err:
+        if args.debug:
+            raise
+        message = "; ".join(line.strip() for line in (str(err) or type(err).__name__).splitlines() if line.strip())
+        print(f"webdino-seg {args.command}: error: {message} (--debug shows details)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The `webdino-seg` argument parser: one small function per subcommand, sharing the flag groups several
+commands take. Parsing only: `cli.py` runs what was parsed."""
+
+from __future__ import annotations
+
+import argparse
+
+from .._version import __version__
+from ..data.images import MASK_MODES
+
+DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
+
+Typical use: `prepare-data` (or bring image/mask folders), `train` a head on a frozen backbone,
+then `evaluate`, `predict` images and segment a `video` with the trained model.
+Every command takes --help; --debug (anywhere) shows full tracebacks."""
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _imgsz(parser: argparse.ArgumentParser, default: tuple[int, int] | None = (644, 644), **kw: object) -> None:
+    parser.add_argument(
+        "--imgsz",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=default,
+        help="model input height and width, multiples of the patch size (14; 16 for DINOv3)"
+        + ("" if default else "; default: the size the model was trained at"),
+        **kw,
+    )
+
+
+def _mask_mode(parser: argparse.ArgumentParser, **kw: object) -> None:
+    parser.add_argument(
+        "--mask-mode",
+        default="auto",
+        choices=MASK_MODES,
+        help="how to read mask values: auto (0/255 masks with 2 classes are binary, else class ids), ids "
+        "(class ids, 255 void), binary (0 background, anything else class 1) or instances (instance ids of class 1)",
+        **kw,
+    )
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    """The options every command that loads a trained checkpoint takes."""
+    parser.add_argument(
+        "--model", required=True, help="a model checkpoint written by train (e.g. RUN/best_model_iou.pth)"
+    )
+    _imgsz(parser, None)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip and sizes "
+                        "0.75/1/1.25 of --imgsz, probabilities averaged (6x slower)")  # fmt: skip
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and shows each flag's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})"
+
+
+class _Given(argparse.Action):
+    """Stores a value and records that the flag was given (``--resume`` checks what changed)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = (getattr(namespace, "given", None) or set()) | {self.dest}
+
+
+class _GivenTrue(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        namespace.given = (getattr(namespace, "given", None) or set()) | {self.dest, self.dest.removeprefix("no_")}
+
+
+def _subparser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                       formatter_class=_Help)  # fmt: skip
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    return p
+
+
+def _info(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "info", "print a model's layer table and parameter counts (nothing is downloaded)")
+    p.add_argument("--arch", default="webdino-300m", help="backbone variant")
+    _imgsz(p)
+    p.add_argument("--num-classes", type=positive, default=2, help="classes the head predicts")
+    p.add_argument("--fine-tune", action="store_true", help="count the backbone as trainable")
+    p.add_argument("--list", action="store_true", help="list the backbone variants and stop")
+
+
+def _convert_weights(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "convert-weights", "convert backbone weights between the official .pth and Hugging Face")
+    p.add_argument("input", help="official .pth, HF folder or .safetensors, URL or Hub id")
+    p.add_argument("output", help="a .pth file (--to official) or a folder (--to hf)")
+    p.add_argument("--to", choices=["hf", "official"], required=True, help="the format to write")
+    p.add_argument("--arch", help="the variant, when it cannot be told from the file")
+
+
+def _prepare_data(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "prepare-data", "turn the Penn-Fudan release (folder or zip) into train/valid folders")
+    p.add_argument("--source", required=True, help="PennFudanPed folder or PennFudanPed.zip")
+    p.add_argument("--out", required=True, help="new folder for train_images/ train_masks/ valid_images/ valid_masks/")
+    p.add_argument("--valid-count", type=positive, default=24, help="images held out for validation")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/valid shuffle")
+
+
+def _download_data(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "download-data", "download the official Penn-Fudan zip (needs internet)")
+    p.add_argument("--out", default="data", help="folder for PennFudanPed.zip")
+    p.add_argument("--url", help="another mirror of the zip (default: the official address)")
+    p.add_argument("--sha256", help="expected checksum of the zip (checked when given)")
+
+
+def _show_data(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "show-data", "write a grid PNG of samples with their masks, captioned")
+    p.add_argument("data_pos", nargs="?", metavar="DATA", help=argparse.SUPPRESS)
+    p.add_argument("--data", help="dataset folder (train_images/ ... or images/ + masks/)")
+    p.add_argument("--out", default="data_samples.png", help="the PNG to write")
+    p.add_argument("--split", default="train", choices=["train", "valid"], help="which split to show")
+    p.add_argument("--count", type=positive, default=8, help="samples to show")
+    p.add_argument("--num-classes", type=positive, default=2, help="classes in the masks (for --mask-mode auto)")
+    _mask_mode(p)
+
+
+def _train(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "train", "train a segmentation head (or fine-tune) on an image/mask dataset")
+    g = {"action": _Given}
+    p.add_argument("--data", help="folder with train_images/ train_masks/ valid_images/ valid_masks/, or images/ + "
+                   "masks/ with --valid-fraction", **g)  # fmt: skip
+    p.add_argument("--valid-fraction", type=float, help="for images/ + masks/: the seeded share held out for "
+                   "validation (e.g. 0.15), recorded in split.json", **g)  # fmt: skip
+    p.add_argument("--out", default="runs/train", help="run folder (a new -2, -3... is made if it is not empty)", **g)
+    p.add_argument("--arch", default="webdino-300m", help="backbone variant (see `webdino-seg info --list`)", **g)
+    p.add_argument("--weights", help="official .pth, HF folder, Hub id, https:// URL, or 'random' "
+                   "(default: the variant's official .pth URL)", **g)  # fmt: skip
+    p.add_argument("--fine-tune", action=_GivenTrue, help="train the backbone too")
+    p.add_argument("--num-classes", type=positive, default=2, help="classes, background included", **g)
+    p.add_argument("--class-names", nargs="+", help="one name per class (default: background person for 2)", **g)
+    _mask_mode(p, **g)
+    p.add_argument(
+        "--head",
+        default="simple",
+        choices=["simple", "linear4", "multilayer", "guided"],
+        help="decoder head: simple (the tutorial's), linear4 (DINOv2's linear probe on 4 layers), "
+        "multilayer (DPT-like fusion of 4 layers), guided (image-guided upsampling of the logits)",
+        **g,
+    )
+    p.add_argument(
+        "--loss",
+        default="ce",
+        choices=["ce", "ce+dice"],
+        help="cross-entropy, or cross-entropy plus Dice on the foreground",
+        **g,
+    )
+    _imgsz(p, **g)
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate", **g)
+    p.add_argument("--batch", type=positive, default=8, help="images per training step", **g)
+    p.add_argument("--epochs", type=positive, default=60, help="passes over the training split", **g)
+    p.add_argument("--scheduler", action=_GivenTrue, help="multiply the lr by 0.1 at --scheduler-epochs")
+    p.add_argument("--scheduler-epochs", type=positive, nargs="+", default=[45], help="epochs where the lr drops",
+                   **g)  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N", **g)
+    p.add_argument("--workers", type=non_negative, help="data-loader processes (default: one per CPU core, "
+                   "at most 8)", **g)  # fmt: skip
+    p.add_argument("--seed", type=int, default=42, help="seed of the head's init, augmentation and order", **g)
+    p.add_argument("--no-cache", action=_GivenTrue, help="recompute frozen features every epoch (tutorial way)")
+    p.add_argument("--cache-views", type=positive, default=4, help="augmented views per training image in the "
+                   "cache (never more than --epochs)", **g)  # fmt: skip
+    p.add_argument("--feature-cache-dir", help="also keep the feature cache on disk here, reused when unchanged", **g)
+    p.add_argument("--cache-memory-gb", type=float, help="largest feature cache kept in memory; a larger one is "
+                   "memory-mapped on disk (default: half the free GPU or CPU memory)", **g)  # fmt: skip
+    p.add_argument("--no-amp", action=_GivenTrue, help="no bf16 autocast on GPU")
+    p.add_argument("--skip-bad", action=_GivenTrue, help="skip unreadable pairs with a warning instead of failing")
+    p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN after its last completed epoch "
+                   "(--epochs, --device, --workers may change)")  # fmt: skip
+    p.set_defaults(given=set())
+
+
+def _evaluate(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "evaluate", "mIoU, per-class IoU and pixel accuracy of a model on a split, full resolution")
+    p.add_argument("--data", required=True, help="dataset folder (its --split) or a flat images/ + masks/ folder")
+    _model_args(p)
+    p.add_argument("--split", default="valid", help="which split of --data to score")
+    _mask_mode(p)
+    p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
+    p.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR: scores, confusion matrix, "
+                   "curves, every image with ground truth and prediction, worst first")  # fmt: skip
+
+
+def _predict(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "predict", "segment images: overlays and class-id masks")
+    p.add_argument("--input", required=True, help="an image, a folder or a glob")
+    _model_args(p)
+    p.add_argument("--out", default="outputs/predict", help="folder for <name>_overlay.png and <name>_mask.png")
+    p.add_argument("--batch", type=positive, default=8, help="images per forward pass")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
+
+
+def _video(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "video", "segment a video file or camera into an overlay MP4 (H.264)")
+    p.add_argument("--input", required=True, help="a video file, or a camera index such as 0 (camera:0 if a file "
+                   "is named 0)")  # fmt: skip
+    _model_args(p)
+    p.add_argument("--out", help="output .mp4 (default: outputs/<input>_seg.mp4)")
+    p.add_argument("--batch", type=positive, default=8, help="frames per forward pass")
+    p.add_argument("--max-frames", type=positive, help="stop after this many frames (default: all)")
+    p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
+
+
+def _demo(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "demo", "a local web page to upload an image or a short video and see the segmentation")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to your network)")
+    p.add_argument("--port", type=positive, default=7860, help="port to listen on")
+    p.add_argument("--max-mb", type=float, default=20, help="largest upload accepted, in MB")
+
+
+def _export(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "export", "export a trained model to ONNX (normalisation, backbone, head, upsampling)")
+    p.add_argument("--model", required=True, help="a model checkpoint written by train")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    _imgsz(p, None)
+    p.add_argument("--dynamic", action="store_true", help="any batch size (the image size stays --imgsz)")
+    p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+
+
+def _benchmark(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "benchmark", "time the tutorial's recipe against ours on one device")
+    p.add_argument("--arch", default="webdino-300m", help="backbone variant (random weights: speed does not "
+                   "depend on them)")  # fmt: skip
+    _imgsz(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (and smaller batches on a CPU)")
+    p.add_argument("--video", help="a video file for the end-to-end video figures")
+    p.add_argument("--data", help="a prepared dataset (e.g. data/pennfudan): adds whole training runs, end to end")
+    p.add_argument("--epochs", type=positive, default=60, help="our training run's epochs (the full schedule)")
+    p.add_argument("--tutorial-epochs", type=positive, default=2, help="real epochs the tutorial's recipe runs "
+                   "before it is extrapolated to --epochs")  # fmt: skip
+    p.add_argument("--repeats", type=positive, default=3, help="repetitions of every figure (median, min-max)")
+    p.add_argument("--cache-views", type=positive, default=4, help="augmented views the cached recipe extracts")
+    p.add_argument("--out", help="also write the figures as JSON here")
+
+
+SUBCOMMANDS = (_info, _convert_weights, _prepare_data, _download_data, _show_data, _train, _evaluate, _predict, _video,
+               _demo, _export, _benchmark)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand (the chosen one lands in ``args.command``)."""
+    parser = argparse.ArgumentParser(prog="webdino-seg", description=DESCRIPTION, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"webdino-seg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser

@@ -1,0 +1,64 @@
+"""The tutorial's augmentations, seeded per item so every run (and every worker) draws the same."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+
+import numpy as np
+import torch
+
+
+def _albumentations():
+    """albumentations, imported without its update check over the network (and without leaving the
+    environment variable that turns the check off set for the rest of the process)."""
+    name = "NO_ALBUMENTATIONS_UPDATE"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        return importlib.import_module("albumentations")
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+A = _albumentations()
+
+
+def train_transform(imgsz: tuple[int, int]) -> A.Compose:
+    """The tutorial's training augmentation: resize, horizontal flip, brightness/contrast, rotation."""
+    return A.Compose(
+        [
+            A.Resize(*imgsz),
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(p=0.2),
+            A.Rotate(limit=25, p=0.5, fill=0, fill_mask=0),
+        ]
+    )
+
+
+def eval_transform(imgsz: tuple[int, int]) -> A.Compose:
+    """Resize only (bilinear for the image, nearest for the mask)."""
+    return A.Compose([A.Resize(*imgsz)])
+
+
+def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB to a normalized (3, H, W) float tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def sample_seed(*parts: int) -> int:
+    """A 32-bit seed from integers (run seed, epoch or view, index): same inputs, same augmentation."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Seed a pipeline so each step draws independently (Compose.set_random_seed gives every step the
+    same seed, which makes flip, brightness and rotation fire together)."""
+    transform.set_random_seed(seed)
+    for k, step in enumerate(transform.transforms):
+        step.set_random_seed(sample_seed(seed, k))

@@ -1,0 +1,103 @@
+"""The Penn-Fudan pedestrian release: download it, and turn it (folder or zip) into train/valid folders."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+
+from ..utils.files import publish
+from .datasets import DataError
+from .images import read_mask
+
+PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
+
+
+def _find_release(root: Path) -> tuple[Path, Path]:
+    for images in sorted(root.rglob("PNGImages")):
+        masks = images.parent / "PedMasks"
+        if masks.is_dir():
+            return images, masks
+    raise DataError(f"{root}: no PNGImages/ folder with a PedMasks/ beside it (the Penn-Fudan release layout)")
+
+
+def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24, seed: int = 42) -> dict:
+    """Turn the original Penn-Fudan release (folder or zip) into train/valid image and binary-mask folders.
+
+    The split is a seeded shuffle of the sorted stems and is recorded in ``out/split.json``. The
+    folder is built beside `out` and renamed into place, so a failure leaves nothing half-written.
+    """
+    source, out = Path(source), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: output folder exists and is not empty; choose a new --out")
+    with tempfile.TemporaryDirectory() as unpacked:
+        if source.is_file():
+            try:
+                with zipfile.ZipFile(source) as zf:
+                    zf.extractall(unpacked)
+            except zipfile.BadZipFile:
+                raise DataError(f"{source}: not a zip file") from None
+            root = Path(unpacked)
+        elif source.is_dir():
+            root = source
+        else:
+            raise DataError(f"{source}: no such file or folder")
+        images_dir, masks_dir = _find_release(root)
+        stems = sorted(p.stem for p in images_dir.glob("*.png"))
+        if not stems:
+            raise DataError(f"{images_dir}: no .png images")
+        missing = [s for s in stems if not (masks_dir / f"{s}_mask.png").exists()]
+        if missing:
+            raise DataError(f"{masks_dir}: no mask for {len(missing)} image(s), e.g. {missing[0]}_mask.png")
+        if not 0 < valid_count < len(stems):
+            raise DataError(f"--valid-count {valid_count} must be between 1 and {len(stems) - 1}")
+        order = stems[:]
+        random.Random(seed).shuffle(order)
+        split = {"valid": sorted(order[:valid_count]), "train": sorted(order[valid_count:])}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        try:
+            for name, members in split.items():
+                (staging / f"{name}_images").mkdir()
+                (staging / f"{name}_masks").mkdir()
+                for stem in members:
+                    shutil.copyfile(images_dir / f"{stem}.png", staging / f"{name}_images" / f"{stem}.png")
+                    mask = read_mask(masks_dir / f"{stem}_mask.png", mode="binary")
+                    Image.fromarray(mask).save(staging / f"{name}_masks" / f"{stem}.png")
+            record = {
+                "source": str(source),
+                "seed": seed,
+                "valid_count": valid_count,
+                "classes": ["background", "person"],
+                "mask_values": "0 background, 1 person",
+                **split,
+            }
+            (staging / "split.json").write_text(json.dumps(record, indent=2) + "\n")
+            if out.exists():
+                out.rmdir()
+            publish(staging, out, directory=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return {"train": len(split["train"]), "valid": len(split["valid"]), "out": str(out)}
+
+
+def download_pennfudan(out: str | Path, url: str = PENNFUDAN_URL, sha256: str | None = None) -> Path:
+    """Download the official Penn-Fudan zip (resumable, checked) and check it holds the release layout."""
+    from ..utils.download import download_url
+
+    path = download_url(url, Path(out), sha256=sha256)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except zipfile.BadZipFile:
+        path.unlink()
+        raise DataError(f"{url}: the downloaded file is not a zip; removed it") from None
+    if not any("PNGImages/" in n for n in names) or not any("PedMasks/" in n for n in names):
+        raise DataError(f"{path}: zip does not hold PNGImages/ and PedMasks/")
+    return path

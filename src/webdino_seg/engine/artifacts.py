@@ -1,0 +1,111 @@
+"""What a finished run leaves besides checkpoints: the training curves (loss.png, accuracy.png, miou.png) and
+valid_preds/ (ground truth beside the best model's prediction for every valid image)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.images import read_image, read_mask
+from ..models.checkpoint import load_model, save_model
+from ..models.segmentation import SegmentationModel, model_input, upsample
+from ..utils.files import atomic_write, save_png
+from ..utils.metrics import ConfusionMatrix
+from ..utils.overlay import caption, overlay
+from ..utils.runtime import autocast
+from .config import TrainConfig
+from .runfolder import RunFolder
+
+CURVES = {
+    "loss.png": ("loss", "Loss"),
+    "accuracy.png": ("pixel_acc", "Pixel accuracy"),
+    "miou.png": ("miou", "mIoU"),
+}
+BASELINE_KEYS = {"pixel_acc": "pixel_accuracy", "miou": "miou"}
+
+
+def save_curves(
+    history: list[dict], run: str | Path, title: str | None = None, baseline: dict | None = None
+) -> list[Path]:
+    """Plot each metric per epoch for train and valid into the run folder; return the files written.
+
+    The epoch with the best valid mIoU is marked on every plot; `baseline` (the all-background scores
+    on the valid split) is drawn as a dashed line on the accuracy and mIoU plots.
+    """
+    if not history:
+        return []
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
+
+    epochs = [row["epoch"] for row in history]
+    best = max(history, key=lambda row: row["valid_miou"])
+    written = []
+    for filename, (key, label) in CURVES.items():
+        fig = Figure(figsize=(8, 5))
+        ax = fig.subplots()
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], color="tab:blue", label="train")
+        ax.plot(epochs, [row[f"valid_{key}"] for row in history], color="tab:red", label="valid")
+        if baseline and key in BASELINE_KEYS:
+            level = baseline[BASELINE_KEYS[key]]
+            ax.axhline(level, color="grey", linestyle="--", label=f"valid, all-background baseline ({level:.3f})")
+        ax.axvline(best["epoch"], color="tab:green", linestyle=":", alpha=0.8)
+        value = best[f"valid_{key}"]
+        marker = f"epoch {best['epoch']}, best valid mIoU: valid {label.lower()} {value:.3f}"
+        ax.plot([best["epoch"]], [value], "o", color="tab:green", label=marker)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: {label}" if title else label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        written.append(atomic_write(Path(run) / filename, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100)))
+    return written
+
+
+def finish_run(
+    run: RunFolder,
+    model: SegmentationModel,
+    identity: dict,
+    meta: dict,
+    history: list[dict],
+    valid_pairs: list[tuple[Path, Path]],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> None:
+    """Final artifacts: final_model.pth, the curves and valid_preds/; the kept feature chunks are removed."""
+    save_model(run / "final_model.pth", model, identity, meta)
+    save_curves(history, run.path, title=run.path.name, baseline=meta.get("baseline"))
+    best_path = run / "best_model_iou.pth"
+    if best_path.exists():
+        best, ckpt = load_model(best_path, backbone=model.backbone)
+        write_valid_preds(run / "valid_preds", best.to(device), valid_pairs, cfg, ckpt, device)
+    shutil.rmtree(run.features, ignore_errors=True)
+
+
+@torch.inference_mode()
+def write_valid_preds(
+    out: Path, model: SegmentationModel, pairs: list[tuple[Path, Path]], cfg: TrainConfig, ckpt: dict,
+    device: torch.device,
+) -> None:  # fmt: skip
+    """``out/<name>.png``: ground truth beside the model's prediction, at full resolution, each side captioned
+    (image name, "ground truth"; "prediction" and the image's mIoU)."""
+    mean = torch.tensor(ckpt["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["std"], device=device).view(1, 3, 1, 1)
+    model.eval()
+    out.mkdir(exist_ok=True)
+    for image_path, mask_path in tqdm(pairs, desc="valid_preds", leave=False):
+        image = read_image(image_path)
+        truth = read_mask(mask_path, cfg.mask_mode)
+        pixels = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
+        with autocast(device, cfg.amp):
+            logits = model(model_input(pixels, cfg.imgsz, mean, std)).float()
+        pred = upsample(logits, image.shape[:2]).max(1).indices[0].to(torch.uint8).cpu().numpy()
+        one = ConfusionMatrix(cfg.num_classes)
+        one.update(torch.from_numpy(pred), torch.from_numpy(truth))
+        left = caption(overlay(image, truth), f"{image_path.name}: ground truth")
+        right = caption(overlay(image, pred), f"prediction: mIoU {one.miou():.3f}")
+        gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
+        save_png(out / f"{image_path.stem}.png", np.concatenate([left, gap, right], 1))

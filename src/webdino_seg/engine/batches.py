@@ -1,0 +1,188 @@
+"""Where training batches come from: the live image pipeline, or cached frozen-backbone features.
+
+Under torchrun each process takes its share of every batch; an empty share keeps the
+collectives in step when there are more processes than images in a batch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..data.augment import sample_seed
+from ..data.datasets import SegmentationDataset
+from ..models.segmentation import SegmentationModel
+from . import distributed
+from .features import FeatureCache, cache_key, load_or_extract, plan_store
+
+
+class _Batches:
+    """A batch sampler whose batches are set before each epoch (the loader's workers stay alive)."""
+
+    def __init__(self) -> None:
+        self.items: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class BatchSource:
+    """(inputs, masks) batches for training and validation, and the module that turns inputs into logits.
+
+    With a frozen backbone and the cache on, inputs are cached token grids and the trainable
+    module is the head; otherwise inputs are images and the trainable module is the whole model.
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        datasets: tuple[SegmentationDataset, SegmentationDataset],
+        device: torch.device,
+        batch: int,
+        seed: int,
+        workers: int = 0,
+        cache: bool = True,
+        cache_views: int = 1,
+        cache_dir: str | Path | None = None,
+        cache_memory_gb: float | None = None,
+        identity: dict | None = None,
+        progress_dir: str | Path | None = None,
+        amp: bool = True,
+    ) -> None:
+        self.train_ds, self.valid_ds = datasets
+        self.model, self.device = model, device
+        self.batch, self.seed, self.workers = batch, seed, workers
+        self.cached = cache and not model.fine_tune
+        self.train_cache: FeatureCache | None = None
+        self.valid_cache: FeatureCache | None = None
+        self.cache_seconds = 0.0
+        self.progress_dir = Path(progress_dir) if progress_dir else None
+        self._loaders: dict = {}
+        self.amp = amp
+        if self.cached:
+            self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {})
+        self.trainable = model.head if self.cached else model
+        self.net = self.trainable
+        if distributed.world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.trainable, device_ids=ids)
+
+    def _extract(self, views: int, cache_dir: Path | None, memory_gb: float | None, identity: dict) -> None:
+        model, device = self.model, self.device
+        h, w = self.train_ds.imgsz
+        p = model.backbone.patch_size
+        extract_batch = max(self.batch, 32 if device.type == "cuda" else 16)
+        self.plan = distributed.broadcast(
+            plan_store(
+                views * len(self.train_ds) + len(self.valid_ds),
+                (getattr(model.head, "layers", 1) * model.backbone.embed_dim, h // p, w // p),
+                (h, w),
+                device,
+                memory_gb,
+                extract_batch,
+                cache_dir,
+                extra_per_item=3 * h * w if model.needs_image else 0,
+            )
+        )
+        store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.plan.kind) or Path(
+            cache_dir or tempfile.gettempdir()
+        )
+        common = {
+            "model": model,
+            "device": device,
+            "batch": extract_batch,
+            "workers": self.workers,
+            "dtype": self.plan.dtype,
+            "store": store,
+            "amp": self.amp,
+        }
+        keys = {
+            "train": cache_key(self.train_ds, model, views, identity),
+            "valid": cache_key(self.valid_ds, model, 1, identity),
+        }
+        self.chunk_dirs = {name: self.progress_dir / key if self.progress_dir else None for name, key in keys.items()}
+        start = time.perf_counter()
+        self.train_cache = load_or_extract(
+            cache_dir,
+            keys["train"],
+            dataset=self.train_ds,
+            views=views,
+            desc="caching train features",
+            chunks=self.chunk_dirs["train"],
+            **common,
+        )
+        self.valid_cache = load_or_extract(
+            cache_dir,
+            keys["valid"],
+            dataset=self.valid_ds,
+            views=1,
+            desc="caching valid features",
+            chunks=self.chunk_dirs["valid"],
+            **common,
+        )
+        self.cache_seconds = time.perf_counter() - start
+
+    def describe_cache(self) -> str:
+        """One line on what the cache holds and where."""
+        train, valid = self.train_cache, self.valid_cache
+        return (
+            f"cached {train.views} view(s) x {train.count} train + {valid.count} valid images in "
+            f"{self.cache_seconds:.1f}s ({self.plan.describe()})"
+        )
+
+    def steps_per_epoch(self) -> int:
+        """Batches in one training epoch."""
+        return -(-len(self.train_ds) // self.batch)
+
+    def _loader(self, dataset: SegmentationDataset) -> tuple[torch.utils.data.DataLoader, _Batches]:
+        """One data loader per split for the whole run: its worker processes live from epoch to epoch."""
+        if dataset not in self._loaders:
+            batches = _Batches()
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+            )
+            self._loaders[dataset] = (loader, batches)
+        return self._loaders[dataset]
+
+    def _batches(
+        self, dataset: SegmentationDataset, cache: FeatureCache | None, view: int, order: torch.Tensor
+    ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """This process's share of each batch of `order` (all of it without torchrun): (inputs, masks), where
+        `inputs` are the arguments of `net` (cached features, or images)."""
+        shards = [distributed.shard(order[i : i + self.batch]) for i in range(0, len(order), self.batch)]
+        if cache is not None:
+            for idx in shards:
+                yield cache.batch(view, idx, self.device)
+            return
+        loader, batches = self._loader(dataset)
+        batches.items = [[(view, i) for i in idx.tolist()] for idx in shards if len(idx)]
+        items = iter(loader)
+        h, w = dataset.imgsz
+        for idx in shards:
+            if len(idx):
+                images, masks = next(items)
+            else:  # more processes than images in this batch: an empty share keeps the collectives in step
+                images, masks = torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long)
+            yield (images.to(self.device, non_blocking=True),), masks.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """(inputs, masks) batches for one epoch, in an order seeded by (seed, epoch)."""
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
+        order = torch.randperm(len(self.train_ds), generator=generator)
+        self.train_ds.set_epoch(epoch)
+        yield from self._batches(self.train_ds, self.train_cache, epoch, order)
+
+    def valid_batches(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """(inputs, masks) batches over the validation split."""
+        yield from self._batches(self.valid_ds, self.valid_cache, 0, torch.arange(len(self.valid_ds)))

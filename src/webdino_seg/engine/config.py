@@ -1,0 +1,139 @@
+"""Training settings: `TrainConfig`, checked when made, written to config.yaml and read back on resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..data.images import MASK_MODES
+from ..models.heads import HEADS
+from ..models.layers import check_image_size
+from ..models.variants import get_variant
+from .losses import LOSSES
+
+
+class ResumeError(ValueError):
+    """A run folder that cannot be resumed; the message names the file and says what to do."""
+
+
+# settings a resumed run may change: they do not change what it computes
+RESUMABLE = ("epochs", "device", "workers", "cache_memory_gb", "feature_cache_dir")
+
+
+def default_workers() -> int:
+    """Data-loader processes for this machine: one per CPU core this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(8, cores)
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; written to ``config.yaml`` in the run folder and read back on resume."""
+
+    data: str
+    out: str = "runs/train"
+    arch: str = "webdino-300m"
+    weights: str | None = None  # path, URL, Hub id, "random"; None: the variant's official .pth URL
+    fine_tune: bool = False
+    num_classes: int = 2
+    class_names: list[str] | None = None
+    mask_mode: str = "auto"  # decided from the masks when the run starts; config.yaml holds the decision
+    head: str = "simple"  # simple (the tutorial's), linear4, multilayer or guided
+    loss: str = "ce"  # ce, or ce+dice
+    imgsz: tuple[int, int] = (644, 644)
+    lr: float = 1e-4
+    batch: int = 8
+    epochs: int = 60
+    scheduler: bool = False
+    scheduler_epochs: list[int] = field(default_factory=lambda: [45])
+    device: str = "auto"
+    workers: int | None = None  # None: one per CPU core (at most 8)
+    seed: int = 42
+    cache: bool = True
+    cache_views: int = 4
+    feature_cache_dir: str | None = None
+    cache_memory_gb: float | None = None  # beyond this the cache is memory-mapped on disk (None: half the free)
+    amp: bool = True
+    skip_bad: bool = False
+    valid_fraction: float | None = None  # for a flat images/ + masks/ folder: the seeded share used for validation
+
+    def __post_init__(self) -> None:
+        self.imgsz = tuple(self.imgsz)
+        get_variant(self.arch)  # an unknown name is an error that suggests the nearest
+        check_image_size(*self.imgsz, get_variant(self.arch).patch_size)
+        if self.class_names is None:
+            self.class_names = (
+                ["background", "person"] if self.num_classes == 2 else [f"class{i}" for i in range(self.num_classes)]
+            )
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"--class-names: {len(self.class_names)} names given for {self.num_classes} classes")
+        for name, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--cache-views", self.cache_views),
+                            ("--num-classes", self.num_classes)):  # fmt: skip
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
+        if self.cache_memory_gb is not None and not self.cache_memory_gb > 0:
+            raise ValueError(f"--cache-memory-gb must be positive, got {self.cache_memory_gb}")
+        if self.scheduler and any(e < 1 for e in self.scheduler_epochs):
+            raise ValueError(f"--scheduler-epochs must be epochs from 1 on, got {self.scheduler_epochs}")
+        if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
+            raise ValueError(f"--valid-fraction must be between 0 and 1 (e.g. 0.15), got {self.valid_fraction}")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"--mask-mode {self.mask_mode!r}: use one of {', '.join(MASK_MODES)}")
+        if self.head not in HEADS:
+            raise ValueError(f"--head {self.head!r}: use one of {', '.join(HEADS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+
+    @property
+    def views(self) -> int:
+        """Augmented views to cache: never more than there are epochs to use them."""
+        return min(self.cache_views, self.epochs)
+
+    @property
+    def loader_workers(self) -> int:
+        """`workers`, or one per CPU core when unset."""
+        return default_workers() if self.workers is None else self.workers
+
+    def to_dict(self) -> dict:
+        """The settings as plain data (lists, not tuples)."""
+        return dataclasses.asdict(self) | {"imgsz": list(self.imgsz)}
+
+    def to_yaml(self) -> str:
+        """The settings as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrainConfig:
+        """Read settings written by `to_yaml`."""
+        return cls(**yaml.safe_load(path.read_text()))
+
+    def resumed_with(self, changes: dict) -> TrainConfig:
+        """These settings with the flags given to ``--resume`` applied; a change that would alter what the
+        run computes is refused, naming the flag."""
+        refused = []
+        for key, value in changes.items():
+            old = getattr(self, key)
+            value = tuple(value) if key == "imgsz" else value
+            if value == old:
+                continue
+            if key not in RESUMABLE:
+                refused.append(f"--{key.replace('_', '-')} {value} (the run has {old})")
+        if refused:
+            raise ResumeError(
+                f"--resume keeps a run's settings; these flags differ from its config.yaml: {', '.join(refused)}. "
+                f"Only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change on resume; start a new "
+                "run (another --out) to change the others"
+            )
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in RESUMABLE})

@@ -1,0 +1,342 @@
+"""Cache of frozen-backbone features: each image (and augmented view) goes through the backbone once.
+
+View ``v`` of image ``i`` is the augmentation the live pipeline would draw at epoch ``v``, so a
+cache with as many views as epochs trains on exactly the data an uncached run sees; fewer views
+repeat them (epoch ``e`` uses view ``e % views``).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.datasets import SegmentationDataset
+from ..models.segmentation import SegmentationModel
+from ..utils.files import atomic_write
+from ..utils.runtime import autocast
+from . import distributed
+
+
+class FeatureCache:
+    """Backbone feature grids and their masks (and, for heads that read the image, the augmented images as
+    uint8) for ``views`` passes over a dataset."""
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        masks: torch.Tensor,
+        views: int,
+        images: torch.Tensor | None = None,
+        mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+        std: tuple[float, ...] = (1.0, 1.0, 1.0),
+    ) -> None:
+        self.features, self.masks, self.views, self.images = features, masks, views, images
+        self.count = features.shape[0] // views
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def batch(
+        self, view: int, index: torch.Tensor, device: torch.device
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The head's inputs ((features,), or (features, normalised images); float32) and the masks (int64) of
+        images `index` in `view`, on `device`.
+
+        From CPU memory or disk to a GPU the rows are gathered into pinned memory, so the copy overlaps.
+        """
+        rows = (view % self.views) * self.count + index.to(self.features.device)
+        parts = [self.features[rows], self.masks[rows]] + ([self.images[rows]] if self.images is not None else [])
+        if device.type == "cuda" and parts[0].device.type == "cpu":
+            parts = [part.pin_memory() for part in parts]
+        parts = [part.to(device, non_blocking=True) for part in parts]
+        inputs: tuple[torch.Tensor, ...] = (parts[0].float(),)
+        if self.images is not None:
+            images = parts[2].float().div_(255)
+            inputs += ((images - self.mean.to(device)) / self.std.to(device),)
+        return inputs, parts[1].long()
+
+    def nbytes(self) -> int:
+        """Memory the cache holds."""
+        images = self.images.numel() if self.images is not None else 0
+        return self.features.numel() * self.features.element_size() + self.masks.numel() + images
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Where a feature cache goes, in which dtype, and what it needs."""
+
+    kind: str  # "cuda", "cpu" or "disk"
+    dtype: torch.dtype
+    nbytes: int  # features and masks in that dtype
+    working_bytes: int  # what extraction itself needs on the device besides the cache
+
+    def describe(self) -> str:
+        """E.g. ``1.2 GiB bf16 in cuda``."""
+        return f"{self.nbytes / 2**30:.2f} GiB {str(self.dtype).removeprefix('torch.')} in {self.kind}"
+
+
+def free_ram() -> int:
+    """Bytes of RAM available now."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def plan_store(
+    items: int,
+    feature_shape: tuple[int, int, int],
+    mask_shape: tuple[int, int],
+    device: torch.device,
+    limit_gb: float | None = None,
+    batch: int = 32,
+    disk: Path | None = None,
+    free: dict[str, int] | None = None,
+    extra_per_item: int = 0,
+) -> CachePlan:
+    """Plan a cache of `items` feature grids (dim, h, w) with their uint8 masks (H, W).
+
+    GPU memory holds it in bf16 when it fits together with the extraction's own working memory; CPU
+    memory holds it in bf16 on CUDA runs and in float32 on CPU runs (so they equal uncached runs);
+    else it is memory-mapped on disk (bf16) at `disk`, which must have the room. It fits when it
+    takes at most `limit_gb`, or, without a limit, half of what is free. `free` replaces the
+    measured free bytes per kind (``cuda``, ``cpu``, ``disk``) in tests.
+    """
+    free = free or {}
+    limit = None if limit_gb is None else limit_gb * 2**30
+    dim, h, w = feature_shape
+    mask_bytes = items * (math.prod(mask_shape) + extra_per_item)  # masks, and images for heads that read them
+
+    def size(dtype: torch.dtype) -> int:
+        return items * dim * h * w * torch.empty(0, dtype=dtype).element_size() + mask_bytes
+
+    # extraction on the device: a batch of float32 images plus ~16 bf16 activations of the token sequence
+    working = batch * (3 * mask_shape[0] * mask_shape[1] * 4 + 16 * (h * w + 1) * dim * 2)
+    if device.type == "cuda":
+        room = free.get("cuda") or torch.cuda.mem_get_info(device)[0]
+        need = size(torch.bfloat16)
+        if need + working <= (limit if limit is not None else room / 2):
+            return CachePlan("cuda", torch.bfloat16, need, working)
+    cpu_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    need = size(cpu_dtype)
+    if need <= (limit if limit is not None else (free.get("cpu") or free_ram()) / 2):
+        return CachePlan("cpu", cpu_dtype, need, working)
+    need = size(torch.bfloat16)
+    where = Path(disk or tempfile.gettempdir())
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    room = free.get("disk") or shutil.disk_usage(probe).free
+    if need > 0.9 * room:
+        raise OSError(
+            errno.ENOSPC,
+            f"the feature cache needs {need / 2**30:.1f} GiB, more than fits in memory (--cache-memory-gb) and "
+            f"more than the {room / 2**30:.1f} GiB free on disk at {where}; use --feature-cache-dir on a larger "
+            "disk, fewer --cache-views, a smaller --imgsz, or --no-cache",
+        )
+    return CachePlan("disk", torch.bfloat16, need, working)
+
+
+def allocate(
+    shape: tuple[int, ...], dtype: torch.dtype, store: torch.device | Path, shared_name: str | None = None
+) -> torch.Tensor:
+    """An empty tensor in memory on `store`, or, when `store` is a folder, backed by a file there.
+
+    The file is unlinked at once: the mapping lives as long as the tensor and nothing is left behind.
+    With `shared_name` the file is the one every process maps (see `_shared_files`), not unlinked here.
+    """
+    if isinstance(store, torch.device):
+        return torch.zeros(shape, dtype=dtype, device=store)
+    if shared_name is not None:
+        return torch.from_file(shared_name, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+    store.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=store, prefix="features-", suffix=".bin")
+    os.close(fd)
+    try:
+        return torch.from_file(name, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+    finally:
+        os.unlink(name)
+
+
+def _shared_files(store: Path, count: int) -> list[str]:
+    """Names of `count` new files every process can map: made by rank 0, announced to the others."""
+    names = None
+    if distributed.rank() == 0:
+        store.mkdir(parents=True, exist_ok=True)
+        names = []
+        for _ in range(count):
+            fd, name = tempfile.mkstemp(dir=store, prefix="features-", suffix=".bin")
+            os.close(fd)
+            names.append(name)
+    return distributed.broadcast(names)
+
+
+def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int, identity: dict) -> str:
+    """A hash of everything the features depend on: image and mask bytes, augmentation, backbone, size."""
+    digest = hashlib.sha256()
+    for image, mask in dataset.pairs:
+        digest.update(hashlib.sha256(image.read_bytes()).digest())
+        digest.update(hashlib.sha256(mask.read_bytes()).digest())
+    recipe = {
+        "imgsz": dataset.imgsz,
+        "augment": dataset.augment,
+        "seed": dataset.seed,
+        "views": views,
+        "mask_mode": dataset.mask_mode,
+        "transform": repr(dataset.transform),
+        "mean": dataset.mean,
+        "std": dataset.std,
+        "backbone": {k: identity.get(k) for k in ("arch", "config", "weights", "sha256", "fingerprint")},
+        "layers": getattr(model.head, "layers", 1),
+        "images": model.needs_image,
+    }
+    digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+@torch.inference_mode()
+def extract(
+    model: SegmentationModel,
+    dataset: SegmentationDataset,
+    views: int,
+    device: torch.device,
+    batch: int = 16,
+    workers: int = 0,
+    dtype: torch.dtype = torch.float32,
+    store: torch.device | Path | None = None,
+    desc: str = "features",
+    chunks: Path | None = None,
+    amp: bool = True,
+) -> FeatureCache:
+    """Run the backbone over `views` augmented passes of `dataset` and keep the token grids.
+
+    With `chunks`, every batch is also saved there as it is made, and batches already saved are read
+    back instead of computed: an interrupted extraction continues where it stopped. Under torchrun
+    each process extracts every world_size-th image into the same cache: a file all processes map
+    (CPU memory or disk), or, on GPUs, a tensor summed across processes (zeros elsewhere): no
+    process holds more than one copy.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = list(range(rank, len(dataset), world))
+    if not mine:
+        raise ValueError(f"no images to extract features from in {desc}")
+    cache = _allocate(model, dataset, views, dtype, store or torch.device("cpu"), world)
+    with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=rank > 0) as bar:
+        todo = []
+        for view in range(views):
+            for start in range(0, len(mine), batch):
+                index = mine[start : start + batch]
+                rows = torch.tensor(index) + view * len(dataset)
+                chunk = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt" if chunks else None
+                if chunk is not None and chunk.exists():
+                    _put_rows(cache, rows, torch.load(chunk, map_location="cpu", weights_only=True))
+                    bar.update(len(index))
+                else:
+                    todo.append((view, chunk, index, rows))
+        if todo:
+            _compute(model, dataset, todo, cache, device, workers, amp, bar)
+    if world > 1 and cache.features.device.type == "cuda":
+        for tensor in (cache.features, cache.masks, cache.images):  # each row was written by one process: exact
+            if tensor is not None:
+                distributed.all_sum(tensor)
+    distributed.barrier()  # every process has written its rows into the shared file
+    return cache
+
+
+def _allocate(
+    model: SegmentationModel, dataset: SegmentationDataset, views: int, dtype: torch.dtype,
+    store: torch.device | Path, world: int,
+) -> FeatureCache:  # fmt: skip
+    """An empty cache for `views` passes over `dataset`: in memory on `store`, in a file in a folder, or under
+    torchrun off the GPU in files every process maps (unlinked once all have mapped them)."""
+    n, p = len(dataset), model.backbone.patch_size
+    h, w = dataset.imgsz
+    layers = getattr(model.head, "layers", 1)
+    shapes = [(views * n, layers * model.backbone.embed_dim, h // p, w // p), (views * n, h, w)]
+    if model.needs_image:
+        shapes.append((views * n, 3, h, w))
+    names: list[str | None] = [None] * len(shapes)
+    if world > 1 and not (isinstance(store, torch.device) and store.type == "cuda"):
+        shm = Path("/dev/shm")
+        store = store if isinstance(store, Path) else (shm if shm.is_dir() else Path(tempfile.gettempdir()))
+        names = _shared_files(store, len(shapes))
+    feats = allocate(shapes[0], dtype, store, names[0])
+    masks = allocate(shapes[1], torch.uint8, store, names[1])
+    images = allocate(shapes[2], torch.uint8, store, names[2]) if model.needs_image else None
+    distributed.barrier()
+    if distributed.rank() == 0:
+        for name in names:
+            if name:
+                os.unlink(name)  # every process has it mapped: nothing is left behind
+    return FeatureCache(feats, masks, views, images, dataset.mean, dataset.std)
+
+
+def _put_rows(cache: FeatureCache, rows: torch.Tensor, part: dict) -> None:
+    """Write one batch's features, masks (and images) into the cache's `rows`."""
+    cache.features[rows.to(cache.features.device)] = part["features"].to(cache.features.device, cache.features.dtype)
+    cache.masks[rows.to(cache.masks.device)] = part["masks"].to(cache.masks.device)
+    if cache.images is not None:
+        cache.images[rows.to(cache.images.device)] = part["images"].to(cache.images.device)
+
+
+def _compute(
+    model: SegmentationModel, dataset: SegmentationDataset, todo: list, cache: FeatureCache, device: torch.device,
+    workers: int, amp: bool, bar: tqdm,
+) -> None:  # fmt: skip
+    """Run the backbone over the (view, chunk file, image indices, rows) batches in `todo`; each batch goes into
+    the cache and, where it has a chunk file, to disk as well, so an interrupted extraction continues there."""
+    loader = torch.utils.data.DataLoader(  # one loader, its workers kept for every view
+        dataset,
+        batch_sampler=[[(view, i) for i in index] for view, _, index, _ in todo],
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    for (_, chunk, index, rows), (batch_images, target) in zip(todo, loader, strict=True):
+        with autocast(device, amp):
+            grid = model.features(batch_images.to(device, non_blocking=True))
+        part = {"features": grid, "masks": target.to(torch.uint8)}
+        if cache.images is not None:  # the augmented image, as the uint8 it was before normalising
+            pixels = batch_images * cache.std + cache.mean
+            part["images"] = (pixels * 255).round_().clamp_(0, 255).to(torch.uint8)
+        _put_rows(cache, rows, part)
+        if chunk is not None:
+            part["features"] = grid.to("cpu", cache.features.dtype)
+            atomic_write(chunk, lambda f, part=part: torch.save(part, f))
+        bar.update(len(index))
+
+
+def chunk_count(chunks: Path | None) -> int:
+    """Images whose features are saved as chunks in `chunks` (all views)."""
+    if chunks is None or not chunks.is_dir():
+        return 0
+    return sum(
+        len(torch.load(c, map_location="cpu", weights_only=True, mmap=True)["masks"]) for c in chunks.glob("v*.pt")
+    )
+
+
+def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> FeatureCache:
+    """Reuse a cache saved on disk under `key`, else extract it (and save it when `cache_dir` is set)."""
+    path = cache_dir / f"{key}.pt" if cache_dir else None
+    dataset = kwargs["dataset"]
+    norm = {"mean": dataset.mean, "std": dataset.std}
+    if path is not None and path.exists():
+        store = kwargs.get("store") or torch.device("cpu")
+        dtype = kwargs.get("dtype", torch.float32)
+        on_disk = not isinstance(store, torch.device)  # then read it memory-mapped, in place
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=on_disk)
+        images = data.get("images")
+        if on_disk:
+            return FeatureCache(data["features"], data["masks"], data["views"], images, **norm)
+        images = images.to(store) if images is not None else None
+        return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"], images, **norm)
+    cache = extract(**kwargs)
+    if path is not None and distributed.rank() == 0:
+        payload = {"features": cache.features.cpu(), "masks": cache.masks.cpu(), "views": cache.views}
+        if cache.images is not None:
+            payload["images"] = cache.images.cpu()
+        atomic_write(path, lambda f: torch.save(payload, f))
+    return cache

@@ -1,0 +1,146 @@
+"""The run folder: claiming a new one, resuming one, and the files it holds.
+
+A run folder has config.yaml, metrics.csv, last.pth (resume state), best_model_iou.pth,
+best_model_loss.pth, final_model.pth, the curves and valid_preds/. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..models.checkpoint import save_model
+from ..models.segmentation import SegmentationModel
+from ..models.weights.errors import WeightsError
+from ..models.weights.reader import safe_torch_load
+from ..utils.files import atomic_write, atomic_write_text
+from .config import ResumeError, TrainConfig
+
+LAST = "last.pth"
+PREVIOUS = "last.prev.pth"
+CONFIG = "config.yaml"
+CLAIM = ".webdino-seg-run"  # created exclusively: whoever creates it owns the folder
+
+
+def new_run_dir(out: str | Path) -> Path:
+    """Create and return `out` if new or empty, else the first free ``out-2``, ``out-3``...
+
+    A folder is claimed by creating a marker file in it exclusively, so two runs started at the
+    same instant never share one.
+    """
+    base = Path(out)
+    candidate, n = base, 1
+    while True:
+        candidate.mkdir(parents=True, exist_ok=True)
+        if not any(candidate.iterdir()):
+            try:
+                os.close(os.open(candidate / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                return candidate
+            except FileExistsError:
+                pass  # another run claimed it a moment ago
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+
+
+class RunFolder:
+    """One training run's folder and the files in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def features(self) -> Path:
+        """Where extracted features are kept in chunks until the run ends (so --resume need not redo them)."""
+        return self / "features"
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, notes: list[str] = ()) -> RunFolder:
+        """A new folder for `cfg` (``--out`` or the next free ``-N``) with its config.yaml (`notes` as comments)."""
+        run = cls(new_run_dir(cfg.out))
+        comments = "".join(f"# {line}\n" for note in notes for line in note.splitlines())
+        atomic_write_text(run / CONFIG, cfg.to_yaml() + comments)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple[RunFolder, TrainConfig]:
+        """An existing run to resume, and its settings; half-written temp files of the stopped run are removed.
+
+        A run stopped before its first epoch ended (e.g. while caching features) has no last.pth and
+        starts its first epoch again, reusing the features it kept.
+        """
+        run = cls(path)
+        if not run.path.is_dir() or not (run / CONFIG).exists():
+            raise FileNotFoundError(f"--resume {run.path}: no {CONFIG} there; is it a run folder?")
+        if not (run / LAST).exists() and (run / PREVIOUS).exists():
+            raise ResumeError(f"--resume {run.path}: {LAST} is missing. {run._recovery()}")
+        for stale in run.path.rglob(".*.tmp"):
+            stale.unlink()
+        try:
+            cfg = TrainConfig.from_yaml(run / CONFIG)
+        except (yaml.YAMLError, TypeError, ValueError) as err:
+            raise ResumeError(f"{run / CONFIG}: cannot be read as training settings ({err})") from None
+        return run, cfg
+
+    def has_state(self) -> bool:
+        """Whether an epoch has finished (last.pth exists)."""
+        return (self / LAST).exists()
+
+    def save_last(self, state: dict) -> None:
+        """Write the resume state (epoch, head, optimizer, scheduler, history, best); the one it replaces
+        is kept as last.prev.pth."""
+        payload = {"format": "webdino-seg/last", **state}
+        atomic_write(self / LAST, lambda f: torch.save(payload, f), keep_previous=self / PREVIOUS)
+
+    def load_last(self) -> dict:
+        """Read the resume state written by `save_last`; a damaged file is a `ResumeError` that says what to do."""
+        path = self / LAST
+        try:
+            state = self._read_state(path)
+        except WeightsError as err:
+            raise ResumeError(f"{err}. {self._recovery()}") from None
+        return state
+
+    @staticmethod
+    def _read_state(path: Path) -> dict:
+        state = safe_torch_load(path, what="resume state")
+        if not isinstance(state, dict) or state.get("format") != "webdino-seg/last":
+            raise WeightsError(f"{path}: not a webdino-seg resume state")
+        return state
+
+    def _recovery(self) -> str:
+        """What the user can do when last.pth is missing or damaged."""
+        options = []
+        previous = self / PREVIOUS
+        if previous.exists():
+            try:
+                epoch = self._read_state(previous)["epoch"]
+                options.append(
+                    f"The state after epoch {epoch} is intact in {previous}: continue from it with "
+                    f"`mv {previous} {self / LAST} && webdino-seg train --resume {self.path}`"
+                )
+            except WeightsError:
+                pass
+        if (self / "best_model_loss.pth").exists():
+            options.append(f"use {self / 'best_model_loss.pth'} as a model (--model)")
+        options.append(f"or start over with the settings in {self / CONFIG} into a new --out folder")
+        return "; ".join(options)
+
+    def write_metrics(self, history: list[dict]) -> None:
+        """metrics.csv: one row per epoch."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self / "metrics.csv", buf.getvalue())
+
+    def save_model(self, name: str, model: SegmentationModel, identity: dict, meta: dict) -> Path:
+        """A model checkpoint in the folder (see `checkpoint.save_model`)."""
+        return save_model(self / name, model, identity, meta)

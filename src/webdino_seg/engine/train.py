@@ -1,0 +1,509 @@
+"""The training loop: build the model and its batch source, train and validate each epoch, keep the best.
+
+Settings live in `config.py`, the run folder's files in `runfolder.py`, what a finished run leaves in
+`artifacts.py`; where batches come from (cached features or live images, sharded under torchrun) in
+`batches.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.datasets import DataError, SegmentationDataset, is_flat, split_pairs
+from ..data.images import resolve_mask_mode
+from ..models.builder import build_backbone
+from ..models.checkpoint import backbone_identity
+from ..models.heads import create_head
+from ..models.segmentation import SegmentationModel
+from ..models.variants import BackboneConfig, get_variant
+from ..utils.files import atomic_write_text
+from ..utils.metrics import VOID, ConfusionMatrix
+from ..utils.runtime import amp_dtype, autocast, prepare_model, resolve_device, speed_flags
+from . import distributed
+from .artifacts import finish_run
+from .batches import BatchSource
+from .config import TrainConfig
+from .features import chunk_count
+from .losses import segmentation_loss
+from .runfolder import LAST, RunFolder
+
+__all__ = ["TrainConfig", "TrainingError", "train", "train_step"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stopped being finite)."""
+
+
+class NonFiniteLoss(TrainingError):
+    """The loss of a step was NaN or infinite."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"loss became {value}")
+        self.value = value
+
+
+@dataclass
+class Progress:
+    """What `--resume` restores besides the weights: epochs done, per-epoch metrics, the best so far."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"loss": math.inf, "miou": -math.inf, "iou_epoch": 0})
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """A clear error when the dataset folder does not exist or has no usable layout."""
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise DataError(
+            f"--data {root}: folder not found. Training needs a folder with train_images/ train_masks/ valid_images/ "
+            "valid_masks/ (or images/ and masks/ with --valid-fraction). Make one from the Penn-Fudan release "
+            "with `webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`, or use the bundled "
+            "examples/pennfudan-sample."
+        )
+    if is_flat(root) and cfg.valid_fraction is None:
+        raise DataError(
+            f"--data {root}: holds images/ and masks/ without a train/valid split; add --valid-fraction 0.15 to "
+            "hold out a seeded 15% for validation"
+        )
+
+
+def resolve_masks(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """The settings with ``--mask-mode auto`` decided from both splits' masks, and the note saying so."""
+    if cfg.mask_mode != "auto":
+        return cfg, None
+    masks = [m for split in ("train", "valid") for _, m in split_pairs(cfg.data, split, cfg.valid_fraction, cfg.seed,
+                                                                      "skip" if cfg.skip_bad else "error")]  # fmt: skip
+    mode, note = resolve_mask_mode("auto", masks, cfg.num_classes)
+    return dataclasses.replace(cfg, mask_mode=mode), note
+
+
+def datasets(cfg: TrainConfig, variant: BackboneConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """Both splits, every pair decoded and checked once, before any backbone is built or weights fetched."""
+    common = {
+        "imgsz": cfg.imgsz,
+        "mean": variant.mean,
+        "std": variant.std,
+        "num_classes": cfg.num_classes,
+        "mask_mode": cfg.mask_mode,
+        "seed": cfg.seed,
+        "on_bad": "skip" if cfg.skip_bad else "error",
+        "validate": True,
+        "valid_fraction": cfg.valid_fraction,
+    }
+    train_ds = SegmentationDataset(cfg.data, "train", augment=True, **common)
+    return train_ds, SegmentationDataset(cfg.data, "valid", augment=False, **common)
+
+
+def baseline(valid_ds: SegmentationDataset) -> dict:
+    """The all-background baseline: scores of predicting the most frequent class everywhere on the valid
+    split, at the training size."""
+    cm = ConfusionMatrix(valid_ds.num_classes)
+    for i in range(len(valid_ds)):
+        mask = valid_ds[i][1]
+        cm.update(torch.zeros_like(mask), mask)
+    return cm.baseline()
+
+
+def build_model(
+    cfg: TrainConfig, variant: BackboneConfig, log: Callable[[str], None]
+) -> tuple[SegmentationModel, dict]:
+    """The backbone (loaded or seeded random) and a seeded head; returns the model and the backbone's identity."""
+    weights = cfg.weights or variant.url
+    if weights in (None, "random"):
+        log(f"WARNING: {cfg.arch} uses RANDOM weights (--weights random): a smoke test, not a real model")
+        weights = "random"
+    try:
+        backbone = build_backbone(variant, weights, cfg.seed)
+    except ConnectionError as err:
+        if cfg.weights is not None:
+            raise
+        raise ConnectionError(
+            f"{err}. The default weights of {cfg.arch} come from that URL; without internet pass --weights with a "
+            f"local copy (the official .pth or a Hugging Face folder), a Hub id already in your Hugging Face cache "
+            f"({variant.hub_id}), or --weights random for a smoke test"
+        ) from None
+    identity = backbone_identity(backbone, weights, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    head = create_head(cfg.head, backbone.embed_dim, cfg.num_classes)
+    return SegmentationModel(backbone, head, fine_tune=cfg.fine_tune), identity
+
+
+def train_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: tuple[torch.Tensor, ...],
+    masks: torch.Tensor,
+    device: torch.device,
+    amp: bool = True,
+    loss: str = "ce",
+) -> tuple[float, torch.Tensor] | None:
+    """One optimisation step on the mean loss per non-void pixel of the whole (all-process) batch.
+
+    Returns the step's loss and the predictions, or None when the batch has no labelled pixel.
+    Raises `NonFiniteLoss` before any weight is changed when the loss is not finite.
+    """
+    valid = distributed.all_sum((masks != VOID).sum())  # over the whole batch, all processes
+    if valid == 0:
+        return None
+    with autocast(device, amp):
+        logits = net(*inputs)
+    loss_sum, pred = segmentation_loss(logits, masks, loss)
+    step_loss = distributed.all_sum(loss_sum.detach() / valid).item()
+    if not math.isfinite(step_loss):
+        raise NonFiniteLoss(step_loss)
+    optimizer.zero_grad(set_to_none=True)
+    # each process holds part of the batch; DDP averages gradients, hence the factor world_size
+    (loss_sum / valid * distributed.world_size()).backward()
+    optimizer.step()
+    return step_loss, pred
+
+
+def train(
+    cfg: TrainConfig,
+    resume: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    changes: dict | None = None,
+) -> Path:
+    """Train a head (or fine-tune) as `cfg` says; return the run folder.
+
+    `resume` continues a run folder; `changes` are flags given with it (see `TrainConfig.resumed_with`).
+    Every setting is checked before the folder is made; the folder is made before anything slow starts.
+    On a GPU the CUDA speed flags are on while it trains and as they were afterwards.
+    """
+    run = None
+    if resume is not None:
+        run, cfg = RunFolder.open(resume)
+        cfg = cfg.resumed_with(changes or {})
+    check_data(cfg)
+    rank, world, local_rank = distributed.setup(cfg.device)
+    device = _device(cfg.device, world, local_rank)
+    with speed_flags(device):
+        return _train(cfg, run, device, _quiet if rank > 0 else log)
+
+
+def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None]) -> Path:
+    """`train` once the settings and the device are known."""
+    rank, resuming = distributed.rank(), run is not None
+    if device.type == "cuda" and cfg.amp and amp_dtype(device) is None:
+        log(f"{torch.cuda.get_device_name(device)} has no bf16 support: running in float32")
+    variant = get_variant(cfg.arch)
+    cfg, note = resolve_masks(cfg)
+    if note:
+        log(note)
+    splits = datasets(cfg, variant)
+    base = baseline(splits[1])
+    model, identity = build_model(cfg, variant, log)
+    if run is None:
+        run = distributed.broadcast(_new_run(cfg, splits, [note, _baseline_line(base, cfg)]) if rank == 0 else None)
+    world = distributed.world_size()
+    processes = f"  processes: {world}" if world > 1 else ""
+    log(f"run folder: {run.path}  device: {device}{processes}  backbone: {cfg.arch} ({identity['weights']})")
+    log(_baseline_line(base, cfg))
+    try:
+        source = _batch_source(cfg, prepare_model(model, device, cfg.amp), splits, device, identity, run.features)
+    except KeyboardInterrupt:
+        _say_what_was_kept(run, cfg, splits, log)
+        raise
+    if source.cached:
+        log(source.describe_cache())
+    optimizer, scheduler = _optimizer(model, cfg)
+    progress = Progress()
+    if resuming and run.has_state():
+        progress = _restore(run, model, optimizer, scheduler)
+        log(f"resuming {run.path} after epoch {progress.epoch}")
+    meta = _checkpoint_meta(cfg, variant, base)
+    _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log), progress)
+    if rank == 0:
+        final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
+        finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
+    distributed.barrier()
+    _say_where_to_go(run, progress, base, cfg.class_names, log)
+    return run.path
+
+
+@dataclass
+class _Loop:
+    """What every epoch of a run works with."""
+
+    cfg: TrainConfig
+    run: RunFolder
+    source: BatchSource
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    device: torch.device
+    identity: dict
+    meta: dict
+    log: Callable[[str], None]
+
+
+def _epochs(loop: _Loop, progress: Progress) -> None:
+    """Train and validate from the epoch after `progress` to the last; checkpoint and log each epoch."""
+    cfg, rank = loop.cfg, distributed.rank()
+    for epoch in range(progress.epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = loop.optimizer.param_groups[0]["lr"]
+        train_loss, train_cm = _train_epoch(loop.source, loop.optimizer, cfg, epoch, loop.run, progress, loop.device,
+                                            rank > 0)  # fmt: skip
+        if loop.scheduler:
+            loop.scheduler.step()
+        valid = evaluate_source(loop.source, cfg.num_classes, loop.device, cfg.amp, cfg.loss)
+        row = _epoch_row(epoch, lr, (train_loss, train_cm), valid, cfg.class_names)
+        progress.history.append(row | {"seconds": time.perf_counter() - t0})
+        progress.epoch = epoch + 1
+        if rank == 0:
+            _save_epoch(loop.run, loop.source.model, loop.identity, loop.meta, loop.optimizer, loop.scheduler,
+                        progress, progress.history[-1])  # fmt: skip
+        distributed.barrier()  # no process runs ahead of what is on disk
+        loop.log(_epoch_line(progress.history[-1], cfg.epochs, cfg.class_names))
+
+
+def _optimizer(model: SegmentationModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, object]:
+    """AdamW over the trainable parameters and, with --scheduler, the step-down schedule."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    if not cfg.scheduler:
+        return optimizer, None
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.scheduler_epochs), gamma=0.1)
+
+
+def _baseline_line(base: dict, cfg: TrainConfig) -> str:
+    """The all-background (most frequent class) baseline as the log and config.yaml say it."""
+    name = cfg.class_names[base["class"]]
+    return (f"all-{name} baseline on valid (predicting {name} everywhere): mIoU {base['miou']:.4f}, "
+            f"pixel accuracy {base['pixel_accuracy']:.4f}")  # fmt: skip
+
+
+def _new_run(cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], notes: list) -> RunFolder:
+    """A new run folder with its config.yaml (`notes` as comments) and, for a flat folder, split.json."""
+    run = RunFolder.create(cfg, [n for n in notes if n])
+    if is_flat(Path(cfg.data)):
+        _write_split(run, splits, cfg)
+    return run
+
+
+def _checkpoint_meta(cfg: TrainConfig, variant: BackboneConfig, base: dict) -> dict:
+    """What every model checkpoint of the run records besides the weights."""
+    return {
+        "imgsz": list(cfg.imgsz),
+        "class_names": cfg.class_names,
+        "mean": list(variant.mean),
+        "std": list(variant.std),
+        "config": cfg.to_dict(),
+        "head_name": cfg.head,
+        "baseline": base,
+    }
+
+
+def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, names: list[str], log) -> None:
+    """The last lines: the best score beside the baseline, the run folder, the commands for its best model."""
+    log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
+        f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
+    best = shlex.quote(str(run / "best_model_iou.pth"))
+    log(f"next: webdino-seg predict --input IMAGES --model {best} --out {shlex.quote(str(run / 'predict'))}")
+    log(f"      webdino-seg video --input VIDEO.mp4 --model {best} --out {shlex.quote(str(run / 'video.mp4'))}")
+
+
+def _write_split(run: RunFolder, splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> None:
+    """split.json: which images of a flat images/ + masks/ folder went to train and to valid."""
+    record = {
+        "valid_fraction": cfg.valid_fraction,
+        "seed": cfg.seed,
+        **{name: [p.name for p, _ in ds.pairs] for name, ds in zip(("train", "valid"), splits, strict=True)},
+    }
+    atomic_write_text(run / "split.json", json.dumps(record, indent=2) + "\n")
+
+
+def _say_what_was_kept(
+    run: RunFolder, cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], log
+) -> None:
+    """After Ctrl-C during caching: what was kept and the command that continues."""
+    kept = sum(chunk_count(d) for d in run.features.glob("*") if d.is_dir())
+    total = cfg.views * len(splits[0]) + len(splits[1])
+    log(f"interrupted while caching features: the features of {kept} of {total} images are kept in {run.features}; "
+        f"continue with: webdino-seg train --resume {shlex.quote(str(run.path))}")  # fmt: skip
+
+
+def _device(spec: str, world: int, local_rank: int) -> torch.device:
+    """The device this process trains on (its own GPU under torchrun)."""
+    device = resolve_device(spec)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def _batch_source(
+    cfg: TrainConfig,
+    model: SegmentationModel,
+    splits: tuple[SegmentationDataset, SegmentationDataset],
+    device: torch.device,
+    identity: dict,
+    progress_dir: Path,
+) -> BatchSource:
+    """Batches as `cfg` asks: cached features (extracted here, kept in chunks in `progress_dir`) or live images."""
+    return BatchSource(
+        model,
+        splits,
+        device,
+        cfg.batch,
+        cfg.seed,
+        cfg.loader_workers,
+        cfg.cache,
+        cfg.views,
+        cfg.feature_cache_dir,
+        cfg.cache_memory_gb,
+        identity,
+        progress_dir,
+        cfg.amp,
+    )
+
+
+def _epoch_row(
+    epoch: int,
+    lr: float,
+    train: tuple[float, ConfusionMatrix],
+    valid: tuple[float, ConfusionMatrix],
+    class_names: list[str],
+) -> dict:
+    """One metrics.csv row (without the wall-clock seconds) from the (loss, confusion matrix) of each split."""
+    (train_loss, train_cm), (valid_loss, valid_cm) = train, valid
+    names = [f"valid_iou_{n}" for n in class_names]
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": train_loss,
+        "train_pixel_acc": train_cm.pixel_accuracy(),
+        "train_miou": train_cm.miou(),
+        "valid_loss": valid_loss,
+        "valid_pixel_acc": valid_cm.pixel_accuracy(),
+        "valid_miou": valid_cm.miou(),
+        **dict(zip(names, valid_cm.iou().tolist(), strict=True)),
+    }
+
+
+def _train_epoch(
+    source: BatchSource,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    epoch: int,
+    run: RunFolder,
+    progress: Progress,
+    device: torch.device,
+    quiet: bool,
+) -> tuple[float, ConfusionMatrix]:
+    """One pass over the training split; returns the mean step loss and the confusion matrix."""
+    source.model.train()
+    cm, total_loss, steps = ConfusionMatrix(cfg.num_classes), 0.0, 0
+    bar = tqdm(
+        source.train_batches(epoch),
+        total=source.steps_per_epoch(),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        leave=False,
+        disable=quiet,
+    )
+    for step, (inputs, masks) in enumerate(bar):
+        try:
+            done = train_step(source.net, optimizer, inputs, masks, device, cfg.amp, cfg.loss)
+        except NonFiniteLoss as err:
+            last = f"{run / LAST} (epoch {progress.epoch})" if (run / LAST).exists() else "none yet"
+            raise TrainingError(
+                f"loss became {err.value} at epoch {epoch + 1}, step {step + 1}; stopped. Last good checkpoint: "
+                f"{last}. Try a lower --lr."
+            ) from None
+        if done is None:
+            continue
+        step_loss, pred = done
+        cm.update(pred.detach(), masks)
+        total_loss += step_loss
+        steps += 1
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+    bar.close()
+    distributed.all_sum(cm.mat)
+    return total_loss / max(steps, 1), cm
+
+
+def _save_epoch(
+    run: RunFolder,
+    model: SegmentationModel,
+    identity: dict,
+    meta: dict,
+    optimizer: torch.optim.Optimizer,
+    scheduler: object,
+    progress: Progress,
+    row: dict,
+) -> None:
+    """The best checkpoints when this epoch beats them, then the resume state and metrics.csv."""
+    best, epoch = progress.best, row["epoch"]
+    meta_now = meta | {"epoch": epoch, "metrics": row}
+    if row["valid_loss"] < best["loss"]:
+        best["loss"] = row["valid_loss"]
+        run.save_model("best_model_loss.pth", model, identity, meta_now)
+    if row["valid_miou"] > best["miou"]:
+        best.update(miou=row["valid_miou"], iou_epoch=epoch)
+        run.save_model("best_model_iou.pth", model, identity, meta_now)
+    run.save_last(
+        {
+            "epoch": epoch,
+            "head": model.head.state_dict(),
+            "backbone": model.backbone.state_dict() if model.fine_tune else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None,
+            "history": progress.history,
+            "best": best,
+        }
+    )
+    run.write_metrics(progress.history)
+
+
+def _restore(run: RunFolder, model: SegmentationModel, optimizer, scheduler) -> Progress:
+    """Load last.pth into the model, optimizer and scheduler; return the progress it records."""
+    state = run.load_last()
+    model.head.load_state_dict(state["head"])
+    if state["backbone"] is not None:
+        model.backbone.load_state_dict(state["backbone"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler and state["scheduler"]:
+        scheduler.load_state_dict(state["scheduler"])
+    return Progress(state["epoch"], state["history"], state["best"])
+
+
+def _epoch_line(row: dict, epochs: int, class_names: list[str]) -> str:
+    ious = " ".join(f"{name} {row[f'valid_iou_{name}']:.4f}" for name in class_names)
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_pixel_acc']:.4f} "
+        f"mIoU {row['train_miou']:.4f} | valid loss {row['valid_loss']:.4f} acc {row['valid_pixel_acc']:.4f} "
+        f"mIoU {row['valid_miou']:.4f} (IoU {ious}) | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
+    )
+
+
+def _quiet(*_args: object) -> None:
+    """Log sink for processes other than rank 0."""
+
+
+@torch.no_grad()
+def evaluate_source(
+    source: BatchSource, num_classes: int, device: torch.device, amp: bool = True, loss: str = "ce"
+) -> tuple[float, ConfusionMatrix]:
+    """Validation loss (per non-void pixel) and confusion matrix over the whole split."""
+    source.model.eval()
+    cm, loss_sum, pixels = ConfusionMatrix(num_classes), 0.0, 0
+    for inputs, masks in source.valid_batches():
+        with autocast(device, amp):
+            logits = source.trainable(*inputs)  # unwrapped: no collectives in evaluation
+        batch_loss, pred = segmentation_loss(logits, masks, loss)
+        loss_sum += batch_loss.item()
+        pixels += int((masks != VOID).sum())
+        cm.update(pred, masks)
+    totals = distributed.all_sum(torch.tensor([loss_sum, float(pixels)], dtype=torch.float64))
+    distributed.all_sum(cm.mat)
+    return float(totals[0] / max(totals[1], 1.0)), cm

@@ -1,0 +1,140 @@
+"""Evaluating a checkpoint on a split at the images' own resolution: a table and a JSON report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.datasets import split_pairs
+from ..data.images import read_image, read_mask, resolve_mask_mode
+from ..utils.files import atomic_write_text
+from ..utils.metrics import VOID, ConfusionMatrix
+from .predictor import Predictor
+from .report import ReportWriter
+
+
+def evaluate(
+    predictor: Predictor,
+    model: str | Path,
+    data: str | Path,
+    split: str = "valid",
+    mask_mode: str = "auto",
+    out: str | Path | None = None,
+    log=print,
+    report_dir: str | Path | None = None,
+) -> dict:
+    """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
+
+    Writes the report as JSON to `out` (default ``<model>.eval.json``) and returns it; with `report_dir`,
+    also an HTML report there (``index.html``: scores, confusion matrix, curves, every image worst first).
+    """
+    writer = ReportWriter(report_dir) if report_dir is not None else None
+    names = predictor.class_names
+    pairs = split_pairs(data, split)
+    mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], len(names))
+    if note:
+        log(note)
+    cm, per_image = _score(predictor, pairs, mask_mode, writer)
+    report = {
+        "model": str(model),
+        "data": str(data),
+        "split": split,
+        "images": len(pairs),
+        "imgsz": list(predictor.imgsz),
+        "tta": predictor.describe_tta() or None,
+        **cm.summary(names),
+        "mask_mode": mask_mode,
+        "baseline": {k: v for k, v in cm.baseline().items() if k != "class"} | {"class": names[cm.baseline()["class"]]},
+        "per_image_miou": _spread(per_image),
+        "per_image": per_image,
+        "void_label": VOID,
+    }
+    out = Path(out) if out else Path(str(model) + ".eval.json")
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    report["report_path"] = str(out)
+    if writer is not None:
+        page = writer.write(report, cm.mat.numpy(), model_info(model), Path(model).parent)
+        report["html_report"] = str(page)
+    return report
+
+
+def _score(
+    predictor: Predictor, pairs: list[tuple[Path, Path]], mask_mode: str, writer: ReportWriter | None
+) -> tuple[ConfusionMatrix, dict[str, float]]:
+    """The confusion matrix over every pair at full resolution, and each image's mIoU (and its report card)."""
+    names = predictor.class_names
+    cm, per_image = ConfusionMatrix(len(names)), {}
+    for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="img"):
+        truth = read_mask(mask_path, mask_mode, len(names))
+        image = read_image(image_path)
+        pred = predictor.predict(image)
+        if pred.shape != truth.shape:
+            raise ValueError(f"{image_path}: image size {pred.shape} differs from its mask {truth.shape}")
+        one = ConfusionMatrix(len(names))
+        one.update(torch.from_numpy(pred), torch.from_numpy(truth))
+        cm.merge(one.mat)
+        per_image[image_path.name] = one.miou()
+        if writer is not None:
+            ious = {f"iou_{n}": float(v) for n, v in zip(names, one.iou().tolist(), strict=True)}
+            writer.add(image_path.name, image, truth, pred, {"miou": one.miou(), **ious})
+    return cm, per_image
+
+
+def _spread(per_image: dict[str, float]) -> dict:
+    """Mean, median, min and max of the per-image mIoUs (images without a labelled class left out), and the worst."""
+    scores = np.array([v for v in per_image.values() if not np.isnan(v)])
+    return {
+        "mean": float(scores.mean()),
+        "median": float(np.median(scores)),
+        "min": float(scores.min()),
+        "max": float(scores.max()),
+        "worst": sorted(per_image, key=per_image.get)[:5],
+    }
+
+
+def model_info(model: str | Path) -> dict:
+    """What the report says about the model: backbone, head, weights identity, epoch."""
+    if Path(model).suffix.lower() == ".onnx":
+        return {"model file": f"{model} (ONNX, run with onnxruntime)"}
+    from ..models.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(model)
+    ident = ckpt["backbone_identity"]
+    weights = ident["weights"]
+    if weights == "random":
+        weights = f"RANDOM (seed {ident['seed']}): a smoke test, not a real model"
+    elif ident.get("sha256"):
+        weights += f" (sha256 {ident['sha256'][:16]}...)"
+    return {
+        "backbone": f"{ident['arch']}" + (" (fine-tuned)" if ckpt["fine_tune"] else " (frozen)"),
+        "weights": weights,
+        "head": ckpt["head_name"],
+        "trained at": "x".join(map(str, ckpt["imgsz"])) + f", epoch {ckpt.get('epoch', '?')}",
+        "classes": ", ".join(ckpt["class_names"]),
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report as a short table."""
+    lines = [
+        f"{report['split']}: {report['images']} images at full resolution (model input {report['imgsz']})",
+        f"{'class':<16}{'IoU':>8}",
+    ]
+    lines += [f"{name:<16}{iou:>8.4f}" for name, iou in report["iou"].items()]
+    stats = report["per_image_miou"]
+    lines += [
+        f"{'mIoU':<16}{report['miou']:>8.4f}",
+        f"{'pixel accuracy':<16}{report['pixel_accuracy']:>8.4f}",
+        f"all-{report['baseline']['class']} baseline (predicting {report['baseline']['class']} everywhere): "
+        f"mIoU {report['baseline']['miou']:.4f}, pixel accuracy {report['baseline']['pixel_accuracy']:.4f}",
+        f"per-image mIoU: mean {stats['mean']:.4f}, median {stats['median']:.4f}, min {stats['min']:.4f}, "
+        f"max {stats['max']:.4f}; worst: {', '.join(stats['worst'])}",
+        f"report: {report['report_path']}",
+    ]
+    if report.get("tta"):
+        lines.insert(1, report["tta"])
+    return "\n".join(lines)

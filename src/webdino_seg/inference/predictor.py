@@ -1,0 +1,194 @@
+"""Predictor: a loaded segmentation model that turns RGB images of any size into class-id masks.
+
+Images (`predict.py`) and video (`video.py`) are both built on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.images import to_rgb
+from ..models.checkpoint import load_model
+from ..models.layers import check_image_size
+from ..models.segmentation import SegmentationModel, model_input, upsample
+from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
+
+TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
+
+
+class Predictor:
+    """Runs a SegmentationModel on RGB images of any size and returns class-id masks of the same size.
+
+    The model is used as it is, on its own device and in its own dtype: a Predictor never moves or
+    casts the model it is given, runs it in eval mode only for the length of each call (its training
+    mode is restored after), and sets no process-wide flag. `from_checkpoint` loads a model of its own
+    and places it (on a GPU: the frozen backbone kept in bf16, CUDA speed flags on for each call).
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        imgsz: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        class_names: list[str],
+        device: str | torch.device | None = None,
+        amp: bool = True,
+        tta: bool = False,
+        tta_scales: tuple[float, ...] = TTA_SCALES,
+        tta_flip: bool = True,
+    ) -> None:
+        """`device` is where the model is (default: where its parameters are); a model elsewhere is an error."""
+        check_image_size(*imgsz, model.backbone.patch_size)
+        self.device = _model_device(model, device)
+        self.model = model
+        self.imgsz = tuple(imgsz)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.class_names = class_names
+        self.amp = amp
+        self.tta = tta
+        p = model.backbone.patch_size
+        sizes = dict.fromkeys(tuple(max(p, round(side * s / p) * p) for side in self.imgsz) for s in tta_scales)
+        self.tta_sizes = list(sizes) if tta else [self.imgsz]
+        self.tta_flips = (False, True) if tta and tta_flip else (False,)
+
+    def describe_tta(self) -> str:
+        """What test-time augmentation does, in one line ('' when off)."""
+        if not self.tta:
+            return ""
+        sizes = ", ".join(f"{h}x{w}" for h, w in self.tta_sizes)
+        flip = "horizontal flip x " if len(self.tta_flips) == 2 else ""
+        passes = len(self.tta_sizes) * len(self.tta_flips)
+        return f"test-time augmentation: {flip}sizes {sizes} ({passes} passes, probabilities averaged)"
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        imgsz: tuple[int, int] | None = None,
+        weights: str | None = None,
+        tta: bool = False,
+    ) -> Predictor:
+        """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
+        `imgsz` defaults to the size it was trained (or exported) at."""
+        if Path(path).suffix.lower() == ".onnx":
+            from .onnx import OnnxSegmentationModel
+
+            onnx_model = OnnxSegmentationModel(path, device)
+            fixed = tuple(onnx_model.meta["imgsz"])
+            if imgsz is not None and tuple(imgsz) != fixed:
+                raise ValueError(f"--imgsz {imgsz[0]} {imgsz[1]}: {path} was exported at {fixed[0]}x{fixed[1]}; "
+                                 "export it again with --imgsz to use another size")  # fmt: skip
+            # the graph normalises itself: it takes RGB in [0, 1]
+            return cls(
+                onnx_model,
+                fixed,
+                (0.0, 0.0, 0.0),
+                (1.0, 1.0, 1.0),
+                onnx_model.meta["class_names"],
+                resolve_device(device),
+                False,
+                tta,
+                tta_scales=(1.0,),  # an exported graph has one input size: flips only
+            )
+        model, ckpt = load_model(path, weights)
+        model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
+        return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], tta=tta)
+
+    def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
+        if all(img.shape == images[0].shape for img in images):
+            groups = [np.stack(images)]
+        else:
+            groups = [img[None] for img in images]
+        out = []
+        for group in groups:
+            group = np.ascontiguousarray(group) if group.flags.writeable else group.copy()  # torch wants writable
+            x = torch.from_numpy(group)
+            if self.device.type == "cuda":
+                x = x.pin_memory()
+            out.append(x.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
+        return out
+
+    def _prepare(self, images: list[np.ndarray], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Normalised model input at `size` (default `imgsz`; bilinear, as cv2 INTER_LINEAR in training)."""
+        return torch.cat([model_input(x, size or self.imgsz, self.mean, self.std) for x in self._to_device(images)])
+
+    @torch.inference_mode()
+    def probabilities(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Per-image class probabilities (classes, H, W) at each image's own size, averaged over the
+        test-time augmentations (flips and sizes) when `tta` is on."""
+        total: list[torch.Tensor] | None = None
+        for size in self.tta_sizes:
+            x = self._prepare(images, size)
+            for flip in self.tta_flips:
+                grid = self._grid(x.flip(-1)).flip(-1) if flip else self._grid(x)
+                probs = [upsample(g[None], img.shape[:2])[0].softmax(0) for g, img in zip(grid, images, strict=True)]
+                total = probs if total is None else [t + q for t, q in zip(total, probs, strict=True)]
+        count = len(self.tta_sizes) * len(self.tta_flips)
+        return [t / count for t in total]
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (float32) for a prepared batch: in eval mode, under autocast and the CUDA speed
+        flags where they apply; the model's mode and the flags are as they were afterwards."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            with speed_flags(self.device), autocast(self.device, self.amp):
+                return self.model(x).float()
+        finally:
+            self.model.train(training)
+
+    @torch.inference_mode()
+    def logits(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Per-image logits (classes, H, W) upsampled to each image's own size (float32)."""
+        grid = self._grid(self._prepare(images))
+        return [upsample(g[None], img.shape[:2])[0] for g, img in zip(grid, images, strict=True)]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Iterable[np.ndarray | Image.Image]) -> list[np.ndarray]:
+        """Class-id masks (uint8, H x W) for a batch of RGB arrays or PIL images."""
+        arrays = [to_rgb(img) if isinstance(img, Image.Image) else _as_rgb(img) for img in images]
+        if self.tta:
+            return [p.max(0).indices.to(torch.uint8).cpu().numpy() for p in self.probabilities(arrays)]
+        if all(a.shape == arrays[0].shape for a in arrays):  # video frames: one upsample, one copy back
+            grid = self._grid(self._prepare(arrays))
+            # max(1).indices is argmax (first maximum on ties) without argmax's slow strided path on the CPU
+            masks = upsample(grid, arrays[0].shape[:2]).max(1).indices.to(torch.uint8).cpu().numpy()
+            return list(masks)
+        return [lg.max(0).indices.to(torch.uint8).cpu().numpy() for lg in self.logits(arrays)]
+
+    def predict(self, image: np.ndarray | Image.Image) -> np.ndarray:
+        """Class-id mask (uint8) at the input's size."""
+        return self.predict_batch([image])[0]
+
+
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return img[..., :3]
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {img.shape}")
+    return img
+
+
+def _model_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    """Where `model` runs: its parameters' device, which a given `device` must match."""
+    param = next(model.parameters(), None)
+    if device is None:
+        return param.device if param is not None else torch.device("cpu")
+    wanted = resolve_device(device)
+    if param is not None and param.device.type != wanted.type:
+        raise ValueError(
+            f"the model is on {param.device}, not {wanted}: move it first (model.to(...)), or load it with "
+            "Predictor.from_checkpoint(path, device=...)"
+        )
+    return wanted

@@ -1,0 +1,184 @@
+"""The evaluation report: a self-contained HTML page with the scores, the confusion matrix, the training
+curves and a gallery of every image, worst first. Opens from disk; nothing is fetched from a network."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..utils.files import atomic_write, atomic_write_text, check_output_dir
+from ..utils.overlay import overlay
+
+THUMB_WIDTH = 300
+CURVES = ("miou.png", "loss.png", "accuracy.png")
+
+
+class ReportWriter:
+    """Collects each evaluated image's overlays as files in `folder`, then writes ``index.html``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = check_output_dir(folder, "--report")
+        (self.folder / "images").mkdir(parents=True, exist_ok=True)
+        self.items: list[dict] = []
+
+    def _jpeg(self, array: np.ndarray, name: str, width: int | None = None) -> str:
+        img = Image.fromarray(array)
+        if width and img.width > width:
+            img = img.resize((width, round(img.height * width / img.width)), Image.Resampling.LANCZOS)
+        atomic_write(self.folder / "images" / name, lambda f: img.save(f, format="JPEG", quality=88))
+        return f"images/{name}"
+
+    def add(self, name: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, scores: dict) -> None:
+        """One image: ground truth and prediction overlays (thumbnail and full size) and its scores."""
+        stem = Path(name).stem
+        gt, pr = overlay(image, truth), overlay(image, pred)
+        self.items.append({
+            "name": name,
+            **scores,
+            "gt_thumb": self._jpeg(gt, f"{stem}_gt_thumb.jpg", THUMB_WIDTH),
+            "pred_thumb": self._jpeg(pr, f"{stem}_pred_thumb.jpg", THUMB_WIDTH),
+            "gt_full": self._jpeg(gt, f"{stem}_gt.jpg"),
+            "pred_full": self._jpeg(pr, f"{stem}_pred.jpg"),
+        })  # fmt: skip
+
+    def _confusion(self, matrix: np.ndarray, names: list[str]) -> str:
+        from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
+
+        rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+        fig = Figure(figsize=(1.6 * len(names) + 2.4, 1.4 * len(names) + 1.6))
+        ax = fig.subplots()
+        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                colour = "white" if rows[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{rows[i, j]:.3f}\n({matrix[i, j]:,} px)", ha="center", va="center", color=colour,
+                        fontsize=9)  # fmt: skip
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion matrix (share of each true class)")
+        fig.tight_layout()
+        atomic_write(self.folder / "confusion.png", lambda f: fig.savefig(f, format="png", dpi=100))
+        return "confusion.png"
+
+    def write(self, report: dict, matrix: np.ndarray, model_info: dict, run_folder: Path | None) -> Path:
+        """``index.html`` (and the confusion matrix, and the run's curves when they are there)."""
+        names = list(report["iou"])
+        confusion = self._confusion(matrix, names)
+        curves = []
+        for name in CURVES:
+            if run_folder is not None and (run_folder / name).exists():
+                shutil.copyfile(run_folder / name, self.folder / name)
+                curves.append(name)
+        page = _page(report, self.items, confusion, curves, model_info)
+        atomic_write_text(self.folder / "report.json", json.dumps(report, indent=2) + "\n")
+        return atomic_write_text(self.folder / "index.html", page)
+
+
+def _row(label: str, value: str) -> str:
+    return f"<tr><th>{html.escape(label)}</th><td>{value}</td></tr>"
+
+
+def _summary(report: dict, info: dict) -> str:
+    """The summary table's rows: scores, the baseline, what was scored and the model's identity."""
+    e = html.escape
+    base = report["baseline"]
+    rows = [
+        _row("mIoU", f"<b>{report['miou']:.4f}</b>"),
+        *[_row(f"IoU {name}", f"{iou:.4f}") for name, iou in report["iou"].items()],
+        _row("pixel accuracy", f"{report['pixel_accuracy']:.4f}"),
+        _row(
+            f"all-{base['class']} baseline",
+            f"mIoU {base['miou']:.4f}, pixel accuracy {base['pixel_accuracy']:.4f} "
+            f"(predicting {e(base['class'])} everywhere)",
+        ),
+        _row("images", f"{report['images']} ({e(report['split'])} split of {e(report['data'])}, full resolution)"),
+        _row(
+            "model input", "x".join(map(str, report["imgsz"])) + (f"; {e(report['tta'])}" if report.get("tta") else "")
+        ),
+        *[_row(key, e(str(value))) for key, value in info.items()],
+    ]
+    return "".join(rows)
+
+
+def _cards(items: list[dict]) -> str:
+    """One figure per image, worst mIoU first: both overlays as thumbnails linking to full size."""
+    e = html.escape
+    ordered = sorted(items, key=lambda item: (np.nan_to_num(item["miou"], nan=2.0), item["name"]))
+    return "\n".join(
+        f'<figure class="card" data-name="{e(item["name"].lower())}" data-miou="{item["miou"]:.6f}">'
+        f"<figcaption><b>{e(item['name'])}</b> mIoU {item['miou']:.3f}"
+        + "".join(f" · {e(k.removeprefix('iou_'))} {v:.3f}" for k, v in item.items() if k.startswith("iou_"))
+        + "</figcaption>"
+        f'<div class="pair"><a href="{item["gt_full"]}"><img src="{item["gt_thumb"]}" alt="ground truth"></a>'
+        f'<a href="{item["pred_full"]}"><img src="{item["pred_thumb"]}" alt="prediction"></a></div>'
+        '<div class="legend"><span>ground truth</span><span>prediction</span></div></figure>'
+        for item in ordered
+    )
+
+
+STYLE = f":root {{ --thumb: {THUMB_WIDTH}px; }}\n" + """\
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; } th, td { text-align: left; padding: 3px 12px; border-bottom: 1px solid #ddd; }
+.top { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+.curve { width: 420px; margin: 4px; }
+#gallery { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { margin: 0; border: 1px solid #ccc; border-radius: 6px; padding: 6px; width: calc(2 * var(--thumb) + 6px); }
+.pair { display: flex; gap: 6px; } .pair img { width: var(--thumb); }
+.legend { display: flex; gap: 6px; font-size: 0.85em; color: #555; } .legend span { width: var(--thumb); }
+figcaption { font-size: 0.9em; margin-bottom: 4px; }
+#filter { font-size: 1em; padding: 4px; width: 22em; }
+"""
+
+# the gallery's filter box: a part of a name, or <x / >x for the images under / over an mIoU of x
+SCRIPT = """const cards = Array.from(document.querySelectorAll('.card'));
+const count = document.getElementById('count');
+function apply() {
+  const q = document.getElementById('filter').value.trim().toLowerCase();
+  let shown = 0;
+  for (const card of cards) {
+    let ok = true;
+    if (q.startsWith('<')) ok = parseFloat(card.dataset.miou) < parseFloat(q.slice(1));
+    else if (q.startsWith('>')) ok = parseFloat(card.dataset.miou) > parseFloat(q.slice(1));
+    else if (q) ok = card.dataset.name.includes(q);
+    card.style.display = ok ? '' : 'none';
+    shown += ok;
+  }
+  count.textContent = shown + ' of ' + cards.length + ' images';
+}
+document.getElementById('filter').addEventListener('input', apply);
+apply();
+"""
+
+
+def _page(report: dict, items: list[dict], confusion: str, curves: list[str], info: dict) -> str:
+    e = html.escape
+    curve_html = (
+        "".join(f'<img class="curve" src="{c}" alt="{c}">' for c in curves) or "<p>no run folder beside the model</p>"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>webdino-seg report: {e(report["model"])}</title>
+<link rel="icon" href="data:,"><meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+{STYLE}</style></head><body>
+<h1>Evaluation of {e(report["model"])}</h1>
+<div class="top"><table id="summary">{_summary(report, info)}</table>
+<img id="confusion" src="{confusion}" alt="confusion matrix"></div>
+<h2>Training curves</h2><div id="curves">{curve_html}</div>
+<h2>Every image, worst first</h2>
+<p><input id="filter" placeholder="filter: part of a name, or &lt;0.5 for mIoU below 0.5">
+<span id="count"></span></p>
+<div id="gallery">
+{_cards(items)}
+</div>
+<script>
+{SCRIPT}</script>
+</body></html>
+"""

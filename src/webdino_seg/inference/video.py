@@ -1,0 +1,345 @@
+"""Video inference: decode (reader thread), segment in batches, overlay, encode H.264 (writer thread).
+
+Decoding and encoding use PyAV; a camera index is read with OpenCV. The three stages overlap
+through bounded queues, so the accelerator is not left waiting on I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..utils.files import check_output_file, publish, why_missing
+from ..utils.overlay import overlay
+from .predictor import Predictor
+
+_END = object()
+_TICK = 0.1  # seconds between checks of the stop flag while a queue is full or empty
+
+
+class VideoError(ValueError):
+    """A video that cannot be read or written; the message names the file."""
+
+
+def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counterclockwise, as phones record it) to a decoded frame."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(frame, turns)) if turns else frame
+
+
+def probe(src: str | Path) -> dict:
+    """Upright size, frame rate, frame count (0 when unknown) and rotation of a video file."""
+    try:
+        with av.open(str(src)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{src}: no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            width, height, rotation = stream.width, stream.height, 0
+            for frame in container.decode(video=0):
+                rotation = int(frame.rotation or 0)
+                break
+            if round(rotation / 90) % 2:
+                width, height = height, width
+            return {"width": width, "height": height, "rate": Fraction(rate), "frames": stream.frames,
+                    "rotation": rotation}  # fmt: skip
+    except av.FFmpegError as err:
+        raise VideoError(f"{src}: cannot open video ({err})") from None
+
+
+def _file_frames(src: str | Path, warnings: list[str]) -> Iterator[np.ndarray]:
+    try:
+        container = av.open(str(src))
+    except av.FFmpegError as err:
+        raise VideoError(f"{src}: cannot open video ({err})") from None
+    with container:
+        count = 0
+        try:
+            for frame in container.decode(video=0):
+                count += 1
+                yield upright(frame.to_ndarray(format="rgb24"), int(frame.rotation or 0))
+        except av.FFmpegError as err:
+            if count == 0:
+                raise VideoError(f"{src}: cannot decode any frame ({err})") from None
+            warnings.append(f"{src}: decoding stopped after {count} frames ({err}); the file may be truncated")
+
+
+def _camera_frames(index: int) -> Iterator[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(index)
+    if not cap.isOpened():
+        raise VideoError(f"camera {index}: cannot be opened")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+
+
+def _camera_info(index: int) -> dict:
+    import cv2
+
+    cap = cv2.VideoCapture(index)
+    if not cap.isOpened():
+        raise VideoError(f"camera {index}: cannot be opened")
+    info = {
+        "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        "rate": Fraction(cap.get(cv2.CAP_PROP_FPS) or 30).limit_denominator(1001),
+        "frames": 0,
+        "rotation": 0,
+    }
+    cap.release()
+    return info
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` unless `stop` is set first; False when it was not put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_TICK)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> object:
+    """The next item, or `_END` once `stop` is set."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=_TICK)
+        except queue.Empty:
+            continue
+    return _END
+
+
+def _fail(errors: list[BaseException], err: BaseException, stop: threading.Event) -> None:
+    errors.append(err)
+    stop.set()  # every stage sees this within _TICK and ends
+
+
+def _reader(
+    frames: Iterator[np.ndarray],
+    out: queue.Queue,
+    batch: int,
+    max_frames: int | None,
+    errors: list[BaseException],
+    stop: threading.Event,
+) -> None:
+    try:
+        chunk = []
+        for i, frame in enumerate(frames):
+            if stop.is_set() or (max_frames is not None and i >= max_frames):
+                break
+            chunk.append(frame)
+            if len(chunk) == batch and not _put(out, chunk, stop):
+                return
+            if len(chunk) == batch:
+                chunk = []
+        if chunk:
+            _put(out, chunk, stop)
+    except BaseException as err:  # handed to the main thread
+        _fail(errors, err, stop)
+    finally:
+        _put(out, _END, stop)
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size H.264 in yuv420p can hold: odd sides padded by one pixel."""
+    return width + width % 2, height + height % 2
+
+
+def _pad_even(frame: np.ndarray) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _writer(path: Path, info: dict, inbox: queue.Queue, errors: list[BaseException], stop: threading.Event) -> None:
+    try:
+        with av.open(str(path), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=info["rate"])
+            stream.width, stream.height = even_size(info["width"], info["height"])
+            stream.pix_fmt = "yuv420p"  # plays everywhere (odd sizes are padded by a pixel)
+            stream.options = {"preset": "veryfast", "crf": "20"}  # keeps encoding off the critical path
+            stream.codec_context.time_base = 1 / info["rate"]
+            index = 0
+            while (item := _get(inbox, stop)) is not _END:
+                if isinstance(item, tuple):  # (frame, mask, fps): the overlay is drawn here, off the main thread
+                    item = draw_fps(overlay(*item[:2]), item[2])
+                frame = av.VideoFrame.from_ndarray(_pad_even(item), format="rgb24")
+                frame.pts = index
+                index += 1
+                container.mux(stream.encode(frame))
+            if not stop.is_set():
+                container.mux(stream.encode())
+    except BaseException as err:
+        _fail(errors, err, stop)
+
+
+def draw_fps(frame: np.ndarray, fps: float) -> np.ndarray:
+    """Write the end-to-end frame rate in the top-left corner (white on a dark box), as the tutorial did."""
+    import cv2
+
+    text = f"{fps:.1f} FPS (end to end)"
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.5, frame.shape[1] / 1100)
+    thickness = max(1, round(2 * scale))
+    (width, height), base = cv2.getTextSize(text, font, scale, thickness)
+    x0, y0, pad = 10, 10, max(4, round(6 * scale))
+    box = frame[y0 : y0 + height + base + 2 * pad, x0 : x0 + width + 2 * pad]
+    box[:] = (box * 0.35).astype(frame.dtype)  # darken behind the text so it reads on any background
+    cv2.putText(frame, text, (x0 + pad, y0 + pad + height), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return frame
+
+
+def _show(frame: np.ndarray) -> bool:
+    """Show a frame in a window; False when no window can be opened (headless OpenCV, no display)."""
+    import cv2
+
+    try:
+        cv2.imshow("webdino-seg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        cv2.waitKey(1)
+        return True
+    except cv2.error:
+        return False
+
+
+def is_camera(src: str | int | Path) -> bool:
+    """A camera is a bare index (``0``) that is not also an existing path; ``camera:N`` is always a camera."""
+    if isinstance(src, int):
+        return True
+    text = str(src)
+    return text.startswith("camera:") or (text.isdigit() and not Path(text).exists())
+
+
+def _source(src: str | int | Path) -> tuple[dict, Iterator[np.ndarray], list[str]]:
+    """(info, frames, warnings) for a file or a camera; file errors name the file."""
+    warnings: list[str] = []
+    if is_camera(src):
+        index = int(str(src).removeprefix("camera:"))
+        return _camera_info(index), _camera_frames(index), warnings
+    path = Path(src)
+    if not path.exists():
+        raise VideoError(f"{src}: video {why_missing(path)}")
+    if path.is_dir():
+        raise VideoError(f"{src}: is a folder, not a video file")
+    info = probe(path)
+    if info["rotation"]:
+        warnings.append(f"{src}: stored rotated by {info['rotation']} degrees; frames are turned upright")
+    if info["width"] % 2 or info["height"] % 2:
+        w, h = even_size(info["width"], info["height"])
+        warnings.append(f"{src}: {info['width']}x{info['height']} is odd-sized; the output is padded to {w}x{h}")
+    return info, _file_frames(path, warnings), warnings
+
+
+def _write_error(err: BaseException, dst: Path, src: object) -> BaseException:
+    """The error to show for a failed pipeline stage: a full disk or other I/O error names the output."""
+    errno_ = getattr(err, "errno", None)
+    if isinstance(err, OSError) and errno_ is not None and not isinstance(err, FileNotFoundError):
+        return VideoError(f"cannot write {dst}: {os.strerror(errno_)}")
+    if isinstance(err, (VideoError, ValueError, OSError)):
+        return err
+    return VideoError(f"{src}: {err}")
+
+
+def run_video(
+    predictor: Predictor,
+    src: str | int | Path,
+    dst: str | Path,
+    batch: int = 8,
+    max_frames: int | None = None,
+    show: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Segment every frame of `src` (file or camera index) and write an upright overlay MP4 of the same rate.
+
+    Any failure (reading, the model, writing, Ctrl-C) stops all three stages promptly and removes the
+    partial output; nothing is written to `dst` unless every frame was encoded.
+    """
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
+    dst = check_output_file(dst)  # before anything is decoded
+    info, frames_iter, warnings = _source(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    frames_q: queue.Queue = queue.Queue(maxsize=4)
+    encode_q: queue.Queue = queue.Queue(maxsize=4 * batch)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_reader, args=(frames_iter, frames_q, batch, max_frames, errors, stop), daemon=True
+    )
+    writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop), daemon=True)
+    total = min(info["frames"] or 0, max_frames or 10**12) or None
+    start, published = time.perf_counter(), False
+    try:
+        reader.start()
+        writer.start()
+        done = _segment(predictor, frames_q, encode_q, stop, total, show, progress, start)
+        _put(encode_q, _END, stop)
+        writer.join()
+        if errors:
+            raise _write_error(errors[0], dst, src)
+        if done == 0:
+            raise VideoError(f"{src}: the video has no frames")
+        publish(tmp, dst)
+        published = True
+    finally:
+        stop.set()  # a no-op on success; on any failure or Ctrl-C, every stage ends within _TICK
+        writer.join(timeout=10)
+        reader.join(timeout=10)
+        if not published:
+            tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    size = {"width": info["width"], "height": info["height"], "rate": float(info["rate"])}
+    return {"frames": done, "seconds": seconds, "fps": done / seconds, **size, "output": str(dst), "warnings": warnings}
+
+
+def _segment(
+    predictor: Predictor, frames_q: queue.Queue, encode_q: queue.Queue, stop: threading.Event, total: int | None,
+    show: bool, progress: bool, start: float,
+) -> int:  # fmt: skip
+    """The main thread's stage: batches of frames in, (frame, mask, FPS so far) out to the writer; returns the
+    frames segmented. With `show`, each overlay is also shown while a window can be opened."""
+    from tqdm.auto import tqdm
+
+    done, window = 0, show
+    with tqdm(total=total, unit="frame", desc="video", disable=not progress) as bar:
+        while (chunk := _get(frames_q, stop)) is not _END:
+            masks = predictor.predict_batch(chunk)
+            done += len(chunk)
+            fps = done / max(time.perf_counter() - start, 1e-9)  # end to end so far, as the summary
+            for frame, mask in zip(chunk, masks, strict=True):
+                item: object = (frame, mask, fps)
+                if window:
+                    item = draw_fps(overlay(frame, mask), fps)
+                    window = _show(item)
+                    if not window:
+                        bar.write("--show: no window available (headless OpenCV or no display)", file=sys.stderr)
+                if not _put(encode_q, item, stop):
+                    return done
+            bar.update(len(chunk))
+    return done

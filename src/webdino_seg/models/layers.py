@@ -1,0 +1,92 @@
+"""Parts both ViT families are built from: patch embedding, MLP, layer scale, image-size checks, and the
+official `get_intermediate_layers` output split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_image_size(height: int, width: int, patch_size: int = 14) -> None:
+    """Raise a ValueError naming the nearest valid sizes unless both sides are multiples of the patch."""
+    for side, value in (("height", height), ("width", width)):
+        if value < patch_size:
+            raise ValueError(
+                f"image {side} {value} (size {height}x{width}) must be a positive multiple of the patch size "
+                f"{patch_size}, e.g. {patch_size * 46}"
+            )
+        if value % patch_size:
+            low = max(patch_size, value // patch_size * patch_size)
+            high = (value // patch_size + 1) * patch_size
+            raise ValueError(
+                f"image {side} {value} (size {height}x{width}) is not a multiple of the patch size "
+                f"{patch_size}; use {low} or {high}"
+            )
+
+
+def wanted_layers(n: int | Sequence[int], depth: int) -> set[int]:
+    """Block indices for `get_intermediate_layers`: the last `n`, or the indices in `n`."""
+    return set(range(depth - n, depth)) if isinstance(n, int) else set(n)
+
+
+def split_layers(
+    outputs: list[torch.Tensor],
+    wanted: set[int],
+    depth: int,
+    image: torch.Tensor,
+    patch_size: int,
+    prefix: int,
+    norm: nn.Module | None,
+    reshape: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Collected block outputs (B, prefix + patches, D) -> (patch tokens, class tokens, extra tokens), each
+    normed by `norm` when given, patch tokens as (B, D, H/p, W/p) grids with `reshape` (the official API)."""
+    if len(outputs) != len(wanted):
+        raise ValueError(f"requested layers {sorted(wanted)} but the model has {depth} blocks")
+    if norm is not None:
+        outputs = [norm(out) for out in outputs]
+    class_tokens = [out[:, 0] for out in outputs]
+    extra_tokens = [out[:, 1:prefix] for out in outputs]
+    patches = [out[:, prefix:] for out in outputs]
+    if reshape:
+        b, _, height, width = image.shape
+        hp, wp = height // patch_size, width // patch_size
+        patches = [out.reshape(b, hp, wp, -1).permute(0, 3, 1, 2).contiguous() for out in patches]
+    return patches, class_tokens, extra_tokens
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: (B, 3, H, W) -> (B, H/p * W/p, D)."""
+
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    """The plain GELU MLP of the smaller DINOv2 models."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Element-wise learned scale of a residual branch."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma

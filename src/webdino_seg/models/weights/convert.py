@@ -1,0 +1,58 @@
+"""Converting backbone weights between the official ``.pth`` and a Hugging Face folder, both families.
+
+Every key is mapped by the family's key table, which pops what it maps: a key left over is an error,
+so nothing is silently dropped. Shapes are written as read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ...utils.files import atomic_write, atomic_write_text
+from ..variants import VARIANTS, BackboneConfig
+from . import dinov2, dinov3
+from .errors import WeightsError
+from .formats import guess_variant, to_official, variant_from_keys
+from .reader import read_state_dict, resolve_weights
+
+
+def _config(src: Path, sd: dict, fmt: str) -> BackboneConfig:
+    """The architecture of `src`: from an HF ``config.json`` beside it, else told from its keys and shapes."""
+    v3 = fmt.endswith("dinov3")
+    hf_json = src / "config.json" if src.is_dir() else src.with_name("config.json")
+    if hf_json.exists() and fmt.startswith("hf"):
+        base = VARIANTS.get(guess_variant(sd) or "") or VARIANTS["dinov3-vits16" if v3 else "webdino-300m"]
+        return (dinov3 if v3 else dinov2).config_from_hf(json.loads(hf_json.read_text()), base)
+    return variant_from_keys(sd, str(src))
+
+
+def convert_weights(src: str | Path, dst: str | Path, to: str, cfg: BackboneConfig | None = None) -> str:
+    """Convert a checkpoint between official ``.pth`` (chunked as the variant's factory) and an HF folder.
+
+    `cfg` supplies head count and chunking; when absent it is taken from an HF ``config.json`` or
+    told from the tensor shapes. Returns the detected input format.
+    """
+    if to not in ("hf", "official"):
+        raise ValueError(f"unknown target format {to!r}; use 'hf' or 'official'")
+    src_path = resolve_weights(src)
+    sd, fmt = to_official(read_state_dict(src_path))
+    v3 = fmt.endswith("dinov3")
+    cfg = cfg or _config(src_path, sd, fmt)
+    if (cfg.family == "dinov3") != v3:
+        raise WeightsError(f"{src_path}: a {fmt} checkpoint cannot be written as {cfg.name} ({cfg.family})")
+    family = dinov3 if v3 else dinov2
+    dst = Path(dst)
+    if to == "official":
+        out = dinov3.complete(sd, cfg) if v3 else dinov2.chunk_keys(sd, cfg)
+        atomic_write(dst, lambda f: torch.save(out, f))
+        return fmt
+    from safetensors.torch import save
+
+    dst.mkdir(parents=True, exist_ok=True)
+    blob = save({k: v.contiguous() for k, v in family.official_to_hf(sd).items()}, metadata={"format": "pt"})
+    atomic_write(dst / "model.safetensors", lambda f: f.write(blob))
+    atomic_write_text(dst / "config.json", json.dumps(family.hf_config(cfg), indent=2) + "\n")
+    return fmt

@@ -1,0 +1,65 @@
+"""Segmentation metrics from a confusion matrix accumulated over a whole split."""
+
+from __future__ import annotations
+
+import torch
+
+VOID = 255  # the mask value for unlabelled pixels: ignored by every metric and loss, and kept by the readers
+
+
+class ConfusionMatrix:
+    """Rows are true classes, columns predictions; pixels labelled 255 (void) are ignored."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted and true class ids (any matching shapes)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
+        pred, target = pred.reshape(-1), target.reshape(-1)
+        keep = target != VOID
+        n = self.num_classes
+        idx = target[keep].to(torch.int64) * n + pred[keep].to(torch.int64)
+        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n).cpu()
+
+    def merge(self, other: torch.Tensor) -> None:
+        """Add another matrix (e.g. reduced from other processes)."""
+        self.mat += other.to(self.mat)
+
+    def iou(self) -> torch.Tensor:
+        """Per-class IoU; NaN for a class absent from both prediction and target."""
+        mat = self.mat.double()
+        inter = mat.diag()
+        union = mat.sum(0) + mat.sum(1) - inter
+        return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+
+    def miou(self) -> float:
+        """Mean IoU over classes that occur (in prediction or target)."""
+        return float(self.iou().nanmean())
+
+    def pixel_accuracy(self) -> float:
+        """Fraction of non-void pixels predicted right."""
+        total = self.mat.sum()
+        return float(self.mat.diag().sum().double() / total.double()) if total else float("nan")
+
+    def baseline(self) -> dict:
+        """Scores of predicting the most frequent true class everywhere (the all-background baseline)."""
+        truth = self.mat.sum(1).double()
+        total = float(truth.sum())
+        if total == 0:
+            return {"miou": float("nan"), "pixel_accuracy": float("nan"), "class": 0}
+        majority = int(truth.argmax())
+        present = int((truth > 0).sum())
+        return {"miou": float(truth[majority]) / total / present, "pixel_accuracy": float(truth[majority]) / total,
+                "class": majority}  # fmt: skip
+
+    def summary(self, class_names: list[str] | None = None) -> dict:
+        """mIoU, pixel accuracy and per-class IoU as plain numbers."""
+        names = class_names or [str(i) for i in range(self.num_classes)]
+        return {
+            "miou": self.miou(),
+            "pixel_accuracy": self.pixel_accuracy(),
+            "iou": {name: float(v) for name, v in zip(names, self.iou().tolist(), strict=True)},
+        }

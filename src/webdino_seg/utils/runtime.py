@@ -1,0 +1,97 @@
+"""Device and precision policy shared by training, the feature cache, inference and the benchmark.
+
+One place decides which device runs, whether bf16 autocast is used (CUDA with bf16 support
+only: CPU results stay exact), and which CUDA speed flags a block of work runs with (TF32
+matmuls, cuDNN autotuning for the static input sizes this package uses). Nothing here changes
+process-wide state for good: the flags are set for a block and restored after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA is a clear error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for `device`: bf16 on a CUDA GPU that supports it, else None (fp32)."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if _bf16_supported(device) else None
+
+
+@functools.cache
+def _bf16_supported(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported()
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast where `amp_dtype` allows it; nothing otherwise."""
+    dtype = amp_dtype(device, enabled)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, amp: bool = True) -> torch.nn.Module:
+    """Move a segmentation model to `device`; where autocast would run in bf16, keep its frozen backbone
+    in bf16 once instead (see `SegmentationModel.freeze_in`)."""
+    model.to(device)
+    dtype = amp_dtype(device, amp)
+    if dtype is not None and hasattr(model, "freeze_in"):
+        model.freeze_in(dtype)
+    return model
+
+
+@contextlib.contextmanager
+def speed_flags(device: torch.device) -> Iterator[None]:
+    """Within the block, on a CUDA device: TF32 matmuls and convolutions and cuDNN autotuning (input sizes are
+    fixed per run); the process's own settings are restored after it. Nothing on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = before  # fmt: skip
+
+
+def describe(device: torch.device) -> dict:
+    """What ran: device name, torch and CUDA versions, precision and speed flags (for reports)."""
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "amp_dtype": str(amp_dtype(device)).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info |= {
+            "device_name": torch.cuda.get_device_name(device),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "flash_sdp": torch.backends.cuda.flash_sdp_enabled(),
+            "mem_efficient_sdp": torch.backends.cuda.mem_efficient_sdp_enabled(),
+        }
+    return info
