@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from webdino_seg.engine.train import TrainConfig, train
+from webdino_seg import TrainConfig, train
 
 
 def main() -> None:

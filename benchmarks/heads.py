@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from webdino_seg.engine.train import TrainConfig, train
+from webdino_seg import TrainConfig, train
 from webdino_seg.models.heads import HEADS
 
 

@@ -20,9 +20,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from webdino_seg import Predictor
 from webdino_seg.app.cli import main as cli
 from webdino_seg.app.demo import create_app
-from webdino_seg.inference.predictor import Predictor
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "examples" / "pennfudan-sample"

@@ -9,10 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from webdino_seg.engine.train import TrainConfig, train
+from webdino_seg import Predictor, TrainConfig, run_video, train
 from webdino_seg.inference.predict import predict_paths
-from webdino_seg.inference.predictor import Predictor
-from webdino_seg.inference.video import run_video
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,6 +17,7 @@ import webdino_seg
 from conftest import FIXTURES, TINY
 
 SRC = Path(webdino_seg.__file__).parent
+REPO = Path(__file__).parents[1]
 TESTS = Path(__file__).parent
 # what each package may import besides itself (and the leaf module _version)
 ALLOWED = {
@@ -143,6 +144,17 @@ def test_public_api_holds_what_users_reach_for() -> None:
     assert "webdino-300m" in webdino_seg.list_variants() and "webdino-300m" not in webdino_seg.list_variants("dinov3")
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         webdino_seg.nope  # noqa: B018
+
+
+def test_the_readme_python_example_runs_and_names_the_whole_api(tmp_path: Path, monkeypatch) -> None:
+    section = (REPO / "README.md").read_text().split("### Python API", 1)[1].split("\n### ", 1)[0]
+    missing = [name for name in webdino_seg.__all__ if name not in section]
+    assert not missing, f"the README's Python section does not mention {missing}"
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "api" / "clip_seg.mp4").stat().st_size > 0
 
 
 def test_import_is_light() -> None:
