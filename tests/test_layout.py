@@ -231,6 +231,19 @@ def test_the_library_changes_no_global_state_and_not_the_callers_model(tmp_path:
         matplotlib.use(previous_backend)
 
 
+def test_a_seeded_backbone_leaves_the_global_random_stream_alone() -> None:
+    from webdino_seg import create_backbone
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = create_backbone("webdino-tiny", seed=0)
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream went on as if nothing had been built
+    second = create_backbone("webdino-tiny", seed=0)
+    pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)  # and the seed still gives the same backbone
+
+
 def test_predictor_refuses_a_model_on_another_device() -> None:
     from webdino_seg import Predictor, create_model
 

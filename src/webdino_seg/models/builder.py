@@ -38,10 +38,12 @@ def build_backbone(
     if _on_meta():
         return backbone
     if weights is None or str(weights) == "random":
-        if seed is not None:
-            torch.manual_seed(seed)
-        backbone.to_empty(device="cpu")
-        backbone.reset_parameters()
+        # a seed gives its own random stream: the caller's global one is left where it was
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            backbone.to_empty(device="cpu")
+            backbone.reset_parameters()
         return backbone
     backbone.weights_info = load_backbone_weights(backbone, weights)
     return backbone
