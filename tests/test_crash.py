@@ -107,9 +107,9 @@ def test_nan_loss_stops_with_epoch_and_step(small: Path, tmp_path: Path, monkeyp
     real_loss = train_mod.segmentation_loss
     calls = {"n": 0}
 
-    def loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce"):
+    def loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce", weight: torch.Tensor | None = None):
         calls["n"] += 1
-        value, pred = real_loss(logits, masks, kind)
+        value, pred = real_loss(logits, masks, kind, weight)
         if calls["n"] == 3 + 1 + 2:  # epoch 1: 3 train + 1 valid batch; then epoch 2, step 2
             value = value * float("nan")
         return value, pred

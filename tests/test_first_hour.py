@@ -60,7 +60,11 @@ def test_arch_typo_suggests_the_name(small: Path, tmp_path: Path, capsys) -> Non
 def test_invalid_settings_leave_no_folder(small: Path, tmp_path: Path, capsys) -> None:
     cases = [(["--lr", "-1"], "--lr must be a positive number"),
              (["--cache-memory-gb", "0"], "--cache-memory-gb must be positive"),
-             (["--class-names", "a", "b", "c"], "--class-names: 3 names given for 2 classes")]  # fmt: skip
+             (["--class-names", "a", "b", "c", "--num-classes", "2"], "--class-names: 3 names given for 2 classes"),
+             (["--class-names", "bg", "car", "car"], "class name(s) given twice: car"),
+             (["--num-classes", "300"], "hold at most 255"),
+             (["--class-weights", "1,2,3"], "3 weight(s) for 2 classes"),
+             (["--ignore-index", "-1"], "--ignore-index must be a mask value")]  # fmt: skip
     for flags, needle in cases:
         cli_error(tiny_train_cli(small, tmp_path / "r", *flags), capsys, needle)
         assert not (tmp_path / "r").exists()
@@ -125,11 +129,41 @@ def test_flat_images_and_masks_folders(small: Path, tmp_path: Path, capsys) -> N
     assert main([*tiny_train_cli(flat, tmp_path / "r"), "--valid-fraction", "0.25"]) == 0
     split = json.loads((tmp_path / "r" / "split.json").read_text())
     assert len(split["valid"]) == 4 and len(split["train"]) == 12 and not set(split["valid"]) & set(split["train"])
-    out = tmp_path / "eval.json"
-    assert main(["evaluate", "--data", str(flat), "--model", str(tmp_path / "r" / "final_model.pth"),
-                 "--out", str(out)]) == 0  # fmt: skip
-    assert json.loads(out.read_text())["images"] == 16
+    model = str(tmp_path / "r" / "final_model.pth")
+    for extra, scored in (([], split["valid"]), (["--split", "train"], split["train"]), (["--split", "all"], None)):
+        out = tmp_path / "eval.json"
+        assert main(["evaluate", "--data", str(flat), "--model", model, "--out", str(out), *extra]) == 0
+        report = json.loads(out.read_text())
+        assert sorted(report["per_image"]) == sorted(scored or split["valid"] + split["train"]), extra
+    assert "scoring the 4 valid images of the split the model's run recorded" in capsys.readouterr().out
     assert main(["show-data", "--data", str(flat), "--out", str(tmp_path / "grid.png"), "--count", "2"]) == 0
+
+
+def test_a_flat_folders_split_never_moves(small: Path, tmp_path: Path, capsys) -> None:
+    """Images added after a run started are never moved into its split: resume refuses, evaluate keeps to it."""
+    flat = tmp_path / "flat"
+    for kind in ("images", "masks"):
+        (flat / kind).mkdir(parents=True)
+        for f in sorted((small / f"train_{kind}").iterdir())[:8]:
+            shutil.copy(f, flat / kind / f.name)
+    run = tmp_path / "r"
+    assert main([*tiny_train_cli(flat, run), "--valid-fraction", "0.25"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    for f in (small / "valid_images").iterdir():  # 4 new photos arrive
+        shutil.copy(f, flat / "images" / f.name)
+        shutil.copy(small / "valid_masks" / f.name, flat / "masks" / f.name)
+    cli_error(["train", "--resume", str(run), "--epochs", "2"], capsys, "4 image(s) are in neither split of the run",
+              "--init-from")  # fmt: skip
+    assert json.loads((run / "split.json").read_text()) == split and len(metrics_rows(run)) == 1
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(flat), "--model", str(run / "best_model_iou.pth"), "--out", str(out)]) == 0
+    assert sorted(json.loads(out.read_text())["per_image"]) == sorted(split["valid"])
+    assert "4 image(s) added since are in neither split and not scored" in capsys.readouterr().out
+    new_run = tmp_path / "more"
+    argv = [*tiny_train_cli(flat, new_run), "--valid-fraction", "0.25", "--init-from", str(run / "best_model_iou.pth")]
+    assert main(argv) == 0  # a new run learns from all 12, starting from the old model
+    assert "starting from the head of" in capsys.readouterr().out
+    assert len(json.loads((new_run / "split.json").read_text())["train"]) == 9
 
 
 def test_orphan_mask_is_reported(small: Path, tmp_path: Path, capsys) -> None:
@@ -215,12 +249,18 @@ def test_runs_print_their_baseline_folder_and_next_commands(small: Path, tmp_pat
 
 
 def test_valid_preds_are_captioned(trained_run: Path, prepared: Path) -> None:
+    from webdino_seg.utils.overlay import caption
+
     name = sorted((prepared / "valid_images").iterdir())[0]
     picture = np.asarray(Image.open(trained_run / "valid_preds" / f"{name.stem}.png"))
     height, width = np.asarray(Image.open(name)).shape[:2]
-    strip = picture.shape[0] - height
-    assert picture.shape[1] == 2 * width + 8 and 10 < strip < 60
+    strip = caption(np.zeros((1, width, 3), np.uint8), "x").shape[0] - 1  # the caption strip's height at this width
+    below = picture.shape[0] - height - strip  # the legend under the pair
+    assert picture.shape[1] == 2 * width + 8 and 10 < strip < 60 and 10 < below < 80
     top = picture[:strip]
     for side in (top[:, :width], top[:, width + 8 :]):
         dark = (side.min(2) < 100).mean()
         assert 0.005 < dark < 0.5  # black text on white
+    key = picture[strip + height :]
+    assert (key.min(2) < 100).mean() > 0.002  # the class names with their IoU
+    assert ((key == [255, 0, 160]).all(-1)).sum() > 20  # the person swatch, in the person colour

@@ -19,7 +19,6 @@ import numpy as np
 from ..data.images import ImageError, to_rgb
 from ..inference.predictor import Predictor
 from ..utils.files import save_png
-from ..utils.overlay import overlay
 
 VIDEO_TYPES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 MAX_VIDEO_FRAMES = 300
@@ -32,6 +31,8 @@ def _page(body: str = "", status: str = "") -> str:
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1100px; }}
 .result img, .result video {{ max-width: 100%; border: 1px solid #ccc; }}
 .error {{ color: #b00020; font-weight: bold; }}
+.swatch {{ margin-right: 1em; }} .swatch i {{ display: inline-block; width: 1em; height: 1em; margin-right: 0.3em;
+  vertical-align: middle; border: 1px solid #333; }}
 </style></head><body>
 <h1>webdino-seg demo</h1>
 <form method="post" action="/" enctype="multipart/form-data">
@@ -99,14 +100,18 @@ def _image(predictor: Predictor, data: bytes, filename: str, results: Path) -> s
     mask = predictor.predict(image)
     seconds = time.perf_counter() - start
     key = uuid.uuid4().hex[:12]
-    save_png(results / f"{key}_overlay.png", overlay(image, mask))
+    save_png(results / f"{key}_overlay.png", predictor.draw(image, mask))
     save_png(results / f"{key}_mask.png", mask)
     share = ", ".join(f"{name} {np.mean(mask == i) * 100:.1f}%" for i, name in enumerate(predictor.class_names))
     ids = ", ".join(f"{i} {name}" for i, name in enumerate(predictor.class_names))
+    swatches = "".join(
+        f'<span class="swatch"><i style="background: rgb{tuple(int(v) for v in predictor.colors[i])}"></i>'
+        f"{html.escape(name)}</span>" for i, name in enumerate(predictor.class_names)
+    )
     return (
         f'<div class="result"><p id="timing">{html.escape(filename)}: {image.shape[1]}x{image.shape[0]}, '
         f"segmented in {seconds * 1000:.0f} ms ({share})</p>"
-        f'<img id="overlay" src="/results/{key}_overlay.png" alt="overlay">'
+        f'<p id="legend">{swatches}</p><img id="overlay" src="/results/{key}_overlay.png" alt="overlay">'
         f'<p><a id="mask" href="/results/{key}_mask.png" download="{html.escape(Path(filename).stem)}_mask.png">'
         f"download the mask</a> (PNG of class ids: {html.escape(ids)})</p></div>"
     )

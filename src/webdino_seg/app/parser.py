@@ -158,9 +158,7 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="official .pth, HF folder, Hub id, https:// URL, or 'random' "
                    "(default: the variant's official .pth URL)", **g)  # fmt: skip
     p.add_argument("--fine-tune", action=_GivenTrue, help="train the backbone too")
-    p.add_argument("--num-classes", type=positive, default=2, help="classes, background included", **g)
-    p.add_argument("--class-names", nargs="+", help="one name per class (default: background person for 2)", **g)
-    _mask_mode(p, **g)
+    _labels(p, g)
     p.add_argument(
         "--head",
         default="simple",
@@ -198,6 +196,23 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN after its last completed epoch "
                    "(--epochs, --device, --workers may change)")  # fmt: skip
     p.set_defaults(given=set())
+
+
+def _labels(p: argparse.ArgumentParser, g: dict) -> None:
+    """train's flags for the classes and how the masks store them, and where the run starts from."""
+    p.add_argument("--num-classes", type=positive, help="classes, background included (default: as many as "
+                   "--class-names or the data's classes.json name, else 2)", **g)  # fmt: skip
+    p.add_argument("--class-names", nargs="+", help="one name per class (default: from the data's classes.json, "
+                   "else background person for 2)", **g)  # fmt: skip
+    _mask_mode(p, **g)
+    p.add_argument("--ignore-index", type=int, default=255, help="the mask value that means 'not scored, not "
+                   "learned' (CamVid: 11)", **g)  # fmt: skip
+    p.add_argument("--reduce-labels", action=_GivenTrue, help="ADE20K's labels: 0 is ignore and class k is stored as "
+                   "k+1")  # fmt: skip
+    p.add_argument("--class-weights", default="none", help="per-class cross-entropy weights: none, median-freq "
+                   "(SegNet's balancing, from the training masks) or w0,w1,... one per class", **g)  # fmt: skip
+    p.add_argument("--init-from", metavar="MODEL", help="start from a trained model's head (and fine-tuned backbone): "
+                   "same backbone, classes and head", **g)  # fmt: skip
 
 
 def _evaluate(sub: argparse._SubParsersAction) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils.metrics import VOID
 from .augment import eval_transform, normalize, sample_seed, seed_transform, train_transform
 from .images import IMAGE_SUFFIXES, ImageError, read_image, read_mask, resolve_mask_mode
+from .labels import Coding
 
 
 class DataError(ValueError):
@@ -26,6 +28,18 @@ def _warn_or_fail(message: str, on_missing: str) -> None:
     warnings.warn(message + "; skipped", stacklevel=3)
 
 
+def _by_stem(paths: list[Path], folder: Path, key) -> dict[str, Path]:
+    """Files by the stem they pair on; two files on one stem (``a.png`` and ``a.jpg``, or ``a.png`` and
+    ``a_mask.png``) cannot be paired and are an error that names both."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        stem = key(path)
+        if stem in found:
+            raise DataError(f"{folder}: {found[stem].name} and {path.name} both pair as {stem!r}; keep one of them")
+        found[stem] = path
+    return found
+
+
 def find_pairs(images_dir: Path, masks_dir: Path, on_missing: str = "error") -> list[tuple[Path, Path]]:
     """Pair images with masks by file stem (``x.jpg`` with ``x.png`` or ``x_mask.png``); an image without a
     mask, or a mask without an image, is an error (or, with ``on_missing="skip"``, skipped with a warning)."""
@@ -33,13 +47,15 @@ def find_pairs(images_dir: Path, masks_dir: Path, on_missing: str = "error") -> 
         raise DataError(f"{images_dir}: image folder not found")
     if not masks_dir.is_dir():
         raise DataError(f"{masks_dir}: mask folder not found")
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = _by_stem(sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), images_dir,
+                      lambda p: p.stem)  # fmt: skip
     if not images:
         raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    masks = {p.stem.removesuffix("_mask"): p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs = [(img, masks[img.stem]) for img in images if img.stem in masks]
-    lonely = [img for img in images if img.stem not in masks]
-    orphans = sorted(set(masks) - {img.stem for img in images})
+    masks = _by_stem(sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), masks_dir,
+                     lambda p: p.stem.removesuffix("_mask"))  # fmt: skip
+    pairs = [(img, masks[stem]) for stem, img in images.items() if stem in masks]
+    lonely = [img for stem, img in images.items() if stem not in masks]
+    orphans = sorted(set(masks) - set(images))
     if lonely:
         _warn_or_fail(f"{len(lonely)} image(s) in {images_dir} have no mask in {masks_dir}, e.g. {lonely[0].name}",
                       on_missing)  # fmt: skip
@@ -57,16 +73,26 @@ def is_flat(root: Path) -> bool:
 
 
 def split_pairs(
-    root: str | Path, split: str, valid_fraction: float | None = None, seed: int = 0, on_missing: str = "error"
+    root: str | Path,
+    split: str,
+    valid_fraction: float | None = None,
+    seed: int = 0,
+    on_missing: str = "error",
+    recorded: dict | None = None,
 ) -> list[tuple[Path, Path]]:
     """The (image, mask) pairs of `split`: from ``<split>_images/`` and ``<split>_masks/``, or from a flat
-    ``images/`` + ``masks/`` pair (all of it, or, with `valid_fraction`, a seeded train/valid split of it)."""
+    ``images/`` + ``masks/`` pair: the split `recorded` by a run (image names per split), else a seeded
+    train/valid split with `valid_fraction`, else (or for split ``all``) all of it."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     if not is_flat(root):
         return find_pairs(root / f"{split}_images", root / f"{split}_masks", on_missing)
     pairs = find_pairs(root / "images", root / "masks", on_missing)
+    if split == "all":
+        return pairs
+    if recorded is not None:
+        return recorded_pairs(root, pairs, recorded, split)
     if valid_fraction is None:
         return pairs
     if not 0 < valid_fraction < 1:
@@ -78,6 +104,25 @@ def split_pairs(
     n_valid = min(len(pairs) - 1, max(1, round(len(pairs) * valid_fraction)))
     chosen = order[:n_valid] if split == "valid" else order[n_valid:]
     return sorted(chosen)
+
+
+def recorded_pairs(root: Path, pairs: list[tuple[Path, Path]], recorded: dict, split: str) -> list[tuple[Path, Path]]:
+    """The pairs a recorded split names for `split`; an image of the folder in neither split, or one the record
+    names that is gone, is a `DataError`: a run's split never changes under it."""
+    named = set(recorded["train"]) | set(recorded["valid"])
+    by_name = {image.name: (image, mask) for image, mask in pairs}
+    new = sorted(set(by_name) - named)
+    gone = sorted(named - set(by_name))
+    if new:
+        raise DataError(
+            f"{root}: {len(new)} image(s) are in neither split of the run (e.g. {new[0]}); a run keeps the split it "
+            "started with, so they are not moved into training or validation. To learn from them, start a new run "
+            "on the folder (a new --out; --init-from RUN/best_model_iou.pth starts from this run's model)"
+        )
+    if gone:
+        raise DataError(f"{root}: {len(gone)} image(s) of the run's split are missing (e.g. {gone[0]}); put them back "
+                        "or start a new run")  # fmt: skip
+    return [by_name[name] for name in sorted(recorded[split])]
 
 
 @dataclass
@@ -110,28 +155,44 @@ class SegmentationDataset(torch.utils.data.Dataset):
         on_bad: str = "error",
         validate: bool = False,
         valid_fraction: float | None = None,
+        coding: Coding | None = None,
+        recorded: dict | None = None,
     ) -> None:
         root = Path(root)
-        self.pairs = split_pairs(root, split, valid_fraction, seed, on_bad)
+        self.pairs = split_pairs(root, split, valid_fraction, seed, on_bad, recorded)
+        self.coding = coding or Coding()
         if mask_mode == "auto":
-            mask_mode, _ = resolve_mask_mode(mask_mode, [m for _, m in self.pairs], num_classes)
+            mask_mode, _ = resolve_mask_mode(mask_mode, [m for _, m in self.pairs], num_classes, self.coding)
         self.imgsz = tuple(imgsz)
         self.mean, self.std = mean, std
         self.num_classes, self.mask_mode = num_classes, mask_mode
         self.transform = train_transform(self.imgsz) if augment else eval_transform(self.imgsz)
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.on_bad = on_bad
+        self.class_pixels = np.zeros(num_classes, np.int64)  # labelled pixels of each class (after validation)
+        self.image_pixels = np.zeros(num_classes, np.int64)  # labelled pixels of the images each class appears in
         if on_bad == "skip":
             self.pairs = [pair for pair in self.pairs if self._usable(pair)]
             if not self.pairs:
                 raise DataError(f"{root}: no usable {split} pairs")
         elif validate:  # fail now, naming the file, rather than in the middle of an epoch
             for pair in self.pairs:
-                self.load(pair)
+                self._check(pair)
+
+    def _check(self, pair: tuple[Path, Path]) -> None:
+        """Decode one pair, refuse a mask with no labelled pixel, and count its pixels per class."""
+        mask = self.load(pair).mask
+        labelled = mask != VOID
+        if not labelled.any():
+            raise ImageError(f"{pair[1]}: every pixel of this mask is ignored ({self.coding.ignore_index}); there is "
+                             "nothing to learn or score in it: fix the mask or remove the pair")  # fmt: skip
+        counts = np.bincount(mask[labelled], minlength=self.num_classes)[: self.num_classes]
+        self.class_pixels += counts
+        self.image_pixels[counts > 0] += int(labelled.sum())
 
     def _usable(self, pair: tuple[Path, Path]) -> bool:
         try:
-            self.load(pair)
+            self._check(pair)
             return True
         except ImageError as err:
             import warnings
@@ -150,7 +211,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Decode and check one pair (same size, valid class ids)."""
         image_path, mask_path = pair
         image = read_image(image_path)
-        mask = read_mask(mask_path, self.mask_mode, self.num_classes)
+        mask = read_mask(mask_path, self.mask_mode, self.num_classes, self.coding)
         if image.shape[:2] != mask.shape:
             raise ImageError(
                 f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path.name} is "

@@ -10,6 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..utils.files import why_missing
 from ..utils.metrics import VOID
+from .labels import Coding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 256_000_000  # 256 megapixels; past this a file is refused (or, for JPEG, decoded reduced)
@@ -84,28 +85,39 @@ def read_image(path: str | Path, reduce: bool = False) -> np.ndarray:
     return to_rgb(_open(Path(path), reduce))
 
 
-def read_mask(path: str | Path, mode: str = "ids", num_classes: int | None = None) -> np.ndarray:
-    """Read a mask PNG as (H, W) uint8 class ids; 255 is void.
+def read_mask(
+    path: str | Path, mode: str = "ids", num_classes: int | None = None, coding: Coding | None = None
+) -> np.ndarray:
+    """Read a mask file as (H, W) uint8 class ids; 255 is void.
 
-    `mode` says how to read the stored values: ``ids`` (values are class ids), ``binary`` (0 is
-    background, anything else is class 1: 0/1 or 0/255 masks) or ``instances`` (0 background,
-    1..254 instance ids of class 1, 255 void).
+    `mode` says how to read the stored values: ``ids`` (values are class ids, read through `coding`:
+    the ignore value, ADE20K's shift, the colours of an RGB-coded mask), ``binary`` (0 is background,
+    anything else is class 1: 0/1 or 0/255 masks) or ``instances`` (0 background, 1..254 instance ids
+    of class 1, 255 void). Palette PNGs are read as their indices, 16-bit PNGs as their values; JPEG
+    masks are refused except as binary (lossy compression changes the values at every edge).
     """
     path = Path(path)
     img = ImageOps.exif_transpose(_open(path))
-    if img.mode not in ("L", "P", "1", "I", "I;16"):
-        raise ImageError(f"{path}: mask must be single-channel (mode L or P), found mode {img.mode}")
-    values = np.asarray(img)
+    coding = coding or Coding()
     if mode == "auto":
         raise ValueError("mask mode 'auto' is decided for a whole split first: see resolve_mask_mode")
+    if img.format == "JPEG" and mode != "binary":
+        raise ImageError(f"{path}: a JPEG mask: lossy compression changes label values along every edge; save masks "
+                         "as PNG (or, for two-class masks, pass --mask-mode binary to threshold them)")  # fmt: skip
+    rgb = img.mode in ("RGB", "RGBA") and mode == "ids" and coding.colors
+    if img.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L") and not rgb:
+        raise ImageError(f"{path}: mask must be single-channel (mode L or P), found mode {img.mode}"
+                         + ("; for colour-coded masks give the colours in classes.json" if img.mode == "RGB" else ""))
+    values = np.asarray(img.convert("RGB") if rgb else img)
     if mode == "binary":
         mask = (values > 0).astype(np.uint8)
     elif mode == "instances":
         mask = np.where(values == VOID, VOID, values > 0).astype(np.uint8)
     elif mode == "ids":
-        if values.max(initial=0) > VOID:
-            raise ImageError(f"{path}: mask values up to {values.max()} do not fit class ids (0-254, 255 void)")
-        mask = values.astype(np.uint8)
+        try:
+            mask = coding.decode(values, str(path))
+        except ValueError as err:
+            raise ImageError(str(err)) from None
     else:
         raise ValueError(f"unknown mask mode {mode!r}; use one of {MASK_MODES}")
     if num_classes is not None:
@@ -113,7 +125,8 @@ def read_mask(path: str | Path, mode: str = "ids", num_classes: int | None = Non
         if bad.size:
             raise ImageError(
                 f"{path}: mask has value(s) {bad.tolist()[:8]} outside the {num_classes} classes (0-{num_classes - 1}, "
-                f"255 void); for 0/255 masks use --mask-mode binary, for instance ids --mask-mode instances"
+                f"{coding.ignore_index} ignored); for 0/255 masks use --mask-mode binary, for instance ids "
+                "--mask-mode instances, for another ignore value --ignore-index N"
             )
     return mask
 
@@ -126,14 +139,19 @@ def mask_values(paths: list[Path]) -> set[int]:
     return values
 
 
-def resolve_mask_mode(mode: str, mask_paths: list[Path], num_classes: int) -> tuple[str, str | None]:
+def resolve_mask_mode(
+    mode: str, mask_paths: list[Path], num_classes: int, coding: Coding | None = None
+) -> tuple[str, str | None]:
     """The mask mode to use for a set of masks, and a one-line note when ``auto`` chose for the user.
 
     ``auto`` reads 2-class masks that hold only 0 and 255 as binary (the most common way binary
-    masks are stored); anything else as class ids with 255 void. Explicit modes are kept.
+    masks are stored), unless another ignore value or colours were given; anything else as class ids
+    read through `coding`. Explicit modes are kept.
     """
     if mode != "auto":
         return mode, None
+    if coding is not None and (coding.ignore_index != VOID or coding.reduce_labels or coding.colors):
+        return "ids", None
     values = mask_values(mask_paths)
     if num_classes == 2 and VOID in values and values <= {0, VOID}:
         return "binary", (

@@ -15,7 +15,7 @@ from ..models.checkpoint import load_model, save_model
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.files import atomic_write, save_png
 from ..utils.metrics import ConfusionMatrix
-from ..utils.overlay import caption, overlay
+from ..utils.overlay import caption, legend, overlay
 from ..utils.runtime import autocast
 from .config import TrainConfig
 from .runfolder import RunFolder
@@ -91,21 +91,26 @@ def write_valid_preds(
     device: torch.device,
 ) -> None:  # fmt: skip
     """``out/<name>.png``: ground truth beside the model's prediction, at full resolution, each side captioned
-    (image name, "ground truth"; "prediction" and the image's mIoU)."""
+    (image name, "ground truth"; "prediction" and the image's mIoU), over a legend of the classes present with
+    each one's IoU on this image."""
     mean = torch.tensor(ckpt["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(ckpt["std"], device=device).view(1, 3, 1, 1)
+    colors = np.array(cfg.class_colors, dtype=np.uint8)
     model.eval()
     out.mkdir(exist_ok=True)
     for image_path, mask_path in tqdm(pairs, desc="valid_preds", leave=False):
         image = read_image(image_path)
-        truth = read_mask(mask_path, cfg.mask_mode)
+        truth = read_mask(mask_path, cfg.mask_mode, coding=cfg.coding())
         pixels = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
         with autocast(device, cfg.amp):
             logits = model(model_input(pixels, cfg.imgsz, mean, std)).float()
         pred = upsample(logits, image.shape[:2]).max(1).indices[0].to(torch.uint8).cpu().numpy()
         one = ConfusionMatrix(cfg.num_classes)
         one.update(torch.from_numpy(pred), torch.from_numpy(truth))
-        left = caption(overlay(image, truth), f"{image_path.name}: ground truth")
-        right = caption(overlay(image, pred), f"prediction: mIoU {one.miou():.3f}")
-        gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
-        save_png(out / f"{image_path.stem}.png", np.concatenate([left, gap, right], 1))
+        left = caption(overlay(image, truth, colors=colors), f"{image_path.name}: ground truth")
+        right = caption(overlay(image, pred, colors=colors), f"prediction: mIoU {one.miou():.3f}")
+        pair = np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], 1)
+        ious = one.iou().tolist()
+        names = [f"{n} {iou:.3f}" if iou == iou else n for n, iou in zip(cfg.class_names, ious, strict=True)]
+        present = {int(v) for v in np.unique(np.concatenate([truth.ravel(), pred.ravel()])) if v < len(names)}
+        save_png(out / f"{image_path.stem}.png", np.concatenate([pair, legend(names, colors, pair.shape[1], present)]))

@@ -11,10 +11,12 @@ from pathlib import Path
 import yaml
 
 from ..data.images import MASK_MODES
+from ..data.labels import Classes, Coding, read_classes_file
 from ..models.heads import HEADS
 from ..models.layers import check_image_size
 from ..models.variants import get_variant
-from .losses import LOSSES
+from ..utils.metrics import VOID
+from .losses import LOSSES, parse_class_weights
 
 
 class ResumeError(ValueError):
@@ -43,8 +45,13 @@ class TrainConfig:
     arch: str = "webdino-300m"
     weights: str | None = None  # path, URL, Hub id, "random"; None: the variant's official .pth URL
     fine_tune: bool = False
-    num_classes: int = 2
-    class_names: list[str] | None = None
+    num_classes: int | None = None  # None: as many as --class-names or the data's classes.json name, else 2
+    class_names: list[str] | None = None  # None: from the data's classes.json, else background/person for 2
+    class_colors: list[list[int]] | None = None  # display colours; None: from classes.json, else a fixed palette
+    ignore_index: int = 255  # the stored mask value meaning "not scored, not learned" (CamVid: 11)
+    reduce_labels: bool = False  # ADE20K: 0 is ignore and class k is stored as k + 1
+    class_weights: str = "none"  # none, median-freq, or w0,w1,... : the cross-entropy's per-class weights
+    init_from: str | None = None  # a model checkpoint whose head (and fine-tuned backbone) the run starts from
     mask_mode: str = "auto"  # decided from the masks when the run starts; config.yaml holds the decision
     head: str = "simple"  # simple (the tutorial's), linear4, multilayer or guided
     loss: str = "ce"  # ce, or ce+dice
@@ -69,14 +76,8 @@ class TrainConfig:
         self.imgsz = tuple(self.imgsz)
         get_variant(self.arch)  # an unknown name is an error that suggests the nearest
         check_image_size(*self.imgsz, get_variant(self.arch).patch_size)
-        if self.class_names is None:
-            self.class_names = (
-                ["background", "person"] if self.num_classes == 2 else [f"class{i}" for i in range(self.num_classes)]
-            )
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"--class-names: {len(self.class_names)} names given for {self.num_classes} classes")
-        for name, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--cache-views", self.cache_views),
-                            ("--num-classes", self.num_classes)):  # fmt: skip
+        self._resolve_classes()
+        for name, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--cache-views", self.cache_views)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -95,6 +96,38 @@ class TrainConfig:
             raise ValueError(f"--head {self.head!r}: use one of {', '.join(HEADS)}")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        parse_class_weights(self.class_weights, self.num_classes)
+        self.coding()  # the ignore value is checked
+
+    def _resolve_classes(self) -> None:
+        """Class count, names and colours from the flags, else the data's classes.json, else two classes."""
+        found = read_classes_file(self.data) if Path(self.data).is_dir() else None
+        if self.class_names is None and found is not None:
+            self.class_names = found["names"]
+            self.class_colors = self.class_colors or found["colors"]
+            if self.ignore_index == VOID and not self.reduce_labels:
+                self.ignore_index, self.reduce_labels = found["ignore_index"], found["reduce_labels"]
+        if self.num_classes is None:
+            self.num_classes = len(self.class_names) if self.class_names else 2
+        if self.num_classes < 1:
+            raise ValueError(f"--num-classes must be at least 1, got {self.num_classes}")
+        if self.class_names is None:
+            self.class_names = (
+                ["background", "person"] if self.num_classes == 2 else [f"class{i}" for i in range(self.num_classes)]
+            )
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"--class-names: {len(self.class_names)} names given for {self.num_classes} classes")
+        classes = Classes(tuple(self.class_names), tuple(tuple(c) for c in self.class_colors or ()))
+        self.class_colors = [list(c) for c in classes.colors]
+
+    def coding(self) -> Coding:
+        """How this run reads its masks' stored values."""
+        return Coding(self.ignore_index, self.reduce_labels, self._mask_colors())
+
+    def _mask_colors(self) -> tuple | None:
+        """The class colours, when the data's classes.json gives them (then RGB-coded masks can be read)."""
+        found = read_classes_file(self.data) if Path(self.data).is_dir() else None
+        return tuple(tuple(c) for c in found["colors"]) if found and found["colors"] else None
 
     @property
     def views(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .config import ResumeError, TrainConfig
 LAST = "last.pth"
 PREVIOUS = "last.prev.pth"
 CONFIG = "config.yaml"
+SPLIT = "split.json"  # a flat folder's split, decided when the run starts
 CLAIM = ".webdino-seg-run"  # created exclusively: whoever creates it owns the folder
 
 
@@ -88,6 +90,19 @@ class RunFolder:
         except (yaml.YAMLError, TypeError, ValueError) as err:
             raise ResumeError(f"{run / CONFIG}: cannot be read as training settings ({err})") from None
         return run, cfg
+
+    def split(self) -> dict | None:
+        """The split the run recorded for a flat folder (image names per split), or None."""
+        path = self / SPLIT
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ResumeError(f"{path}: not the run's split record ({err})") from None
+        if not all(isinstance(record.get(k), list) for k in ("train", "valid")):
+            raise ResumeError(f"{path}: needs the lists \"train\" and \"valid\" of image names")
+        return record
 
     def has_state(self) -> bool:
         """Whether an epoch has finished (last.pth exists)."""

@@ -34,8 +34,9 @@ from .artifacts import finish_run
 from .batches import BatchSource
 from .config import TrainConfig
 from .features import chunk_count
-from .losses import segmentation_loss
-from .runfolder import LAST, RunFolder
+from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
+from .runfolder import LAST, SPLIT, RunFolder
+from .warmstart import warm_start
 
 __all__ = ["TrainConfig", "TrainingError", "train", "train_step"]
 
@@ -84,12 +85,15 @@ def resolve_masks(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
         return cfg, None
     masks = [m for split in ("train", "valid") for _, m in split_pairs(cfg.data, split, cfg.valid_fraction, cfg.seed,
                                                                       "skip" if cfg.skip_bad else "error")]  # fmt: skip
-    mode, note = resolve_mask_mode("auto", masks, cfg.num_classes)
+    mode, note = resolve_mask_mode("auto", masks, cfg.num_classes, cfg.coding())
     return dataclasses.replace(cfg, mask_mode=mode), note
 
 
-def datasets(cfg: TrainConfig, variant: BackboneConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """Both splits, every pair decoded and checked once, before any backbone is built or weights fetched."""
+def datasets(
+    cfg: TrainConfig, variant: BackboneConfig, recorded: dict | None = None
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """Both splits, every pair decoded and checked once, before any backbone is built or weights fetched;
+    for a flat folder, the split a resumed run `recorded` (image names per split)."""
     common = {
         "imgsz": cfg.imgsz,
         "mean": variant.mean,
@@ -100,6 +104,8 @@ def datasets(cfg: TrainConfig, variant: BackboneConfig) -> tuple[SegmentationDat
         "on_bad": "skip" if cfg.skip_bad else "error",
         "validate": True,
         "valid_fraction": cfg.valid_fraction,
+        "coding": cfg.coding(),
+        "recorded": recorded,
     }
     train_ds = SegmentationDataset(cfg.data, "train", augment=True, **common)
     return train_ds, SegmentationDataset(cfg.data, "valid", augment=False, **common)
@@ -147,8 +153,10 @@ def train_step(
     device: torch.device,
     amp: bool = True,
     loss: str = "ce",
+    weight: torch.Tensor | None = None,
 ) -> tuple[float, torch.Tensor] | None:
-    """One optimisation step on the mean loss per non-void pixel of the whole (all-process) batch.
+    """One optimisation step on the mean loss per non-void pixel of the whole (all-process) batch (`weight`:
+    the cross-entropy's class weights).
 
     Returns the step's loss and the predictions, or None when the batch has no labelled pixel.
     Raises `NonFiniteLoss` before any weight is changed when the loss is not finite.
@@ -158,7 +166,7 @@ def train_step(
         return None
     with autocast(device, amp):
         logits = net(*inputs)
-    loss_sum, pred = segmentation_loss(logits, masks, loss)
+    loss_sum, pred = segmentation_loss(logits, masks, loss, weight)
     step_loss = distributed.all_sum(loss_sum.detach() / valid).item()
     if not math.isfinite(step_loss):
         raise NonFiniteLoss(step_loss)
@@ -201,9 +209,12 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
     cfg, note = resolve_masks(cfg)
     if note:
         log(note)
-    splits = datasets(cfg, variant)
+    splits = datasets(cfg, variant, run.split() if run is not None else None)
     base = baseline(splits[1])
+    weights = class_weights(cfg, splits[0], log)
     model, identity = build_model(cfg, variant, log)
+    if cfg.init_from:
+        log(warm_start(model, identity, cfg))
     if run is None:
         run = distributed.broadcast(_new_run(cfg, splits, [note, _baseline_line(base, cfg)]) if rank == 0 else None)
     world = distributed.world_size()
@@ -222,8 +233,8 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
     if resuming and run.has_state():
         progress = _restore(run, model, optimizer, scheduler)
         log(f"resuming {run.path} after epoch {progress.epoch}")
-    meta = _checkpoint_meta(cfg, variant, base)
-    _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log), progress)
+    meta = _checkpoint_meta(cfg, variant, base, splits, weights)
+    _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights), progress)
     if rank == 0:
         final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
         finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
@@ -245,6 +256,7 @@ class _Loop:
     identity: dict
     meta: dict
     log: Callable[[str], None]
+    weights: torch.Tensor | None = None  # the cross-entropy's class weights
 
 
 def _epochs(loop: _Loop, progress: Progress) -> None:
@@ -253,11 +265,10 @@ def _epochs(loop: _Loop, progress: Progress) -> None:
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = loop.optimizer.param_groups[0]["lr"]
-        train_loss, train_cm = _train_epoch(loop.source, loop.optimizer, cfg, epoch, loop.run, progress, loop.device,
-                                            rank > 0)  # fmt: skip
+        train_loss, train_cm = _train_epoch(loop, epoch, progress, rank > 0)
         if loop.scheduler:
             loop.scheduler.step()
-        valid = evaluate_source(loop.source, cfg.num_classes, loop.device, cfg.amp, cfg.loss)
+        valid = evaluate_source(loop.source, cfg.num_classes, loop.device, cfg.amp, cfg.loss, loop.weights)
         row = _epoch_row(epoch, lr, (train_loss, train_cm), valid, cfg.class_names)
         progress.history.append(row | {"seconds": time.perf_counter() - t0})
         progress.epoch = epoch + 1
@@ -291,17 +302,44 @@ def _new_run(cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDa
     return run
 
 
-def _checkpoint_meta(cfg: TrainConfig, variant: BackboneConfig, base: dict) -> dict:
-    """What every model checkpoint of the run records besides the weights."""
-    return {
+def _checkpoint_meta(
+    cfg: TrainConfig, variant: BackboneConfig, base: dict, splits: tuple[SegmentationDataset, SegmentationDataset],
+    weights: torch.Tensor | None,
+) -> dict:  # fmt: skip
+    """What every model checkpoint of the run records besides the weights: sizes, classes and how masks are read
+    (so evaluate reads them the same way), the baseline, and for a flat folder the split (evaluate keeps to it)."""
+    meta = {
         "imgsz": list(cfg.imgsz),
         "class_names": cfg.class_names,
+        "class_colors": cfg.class_colors,
+        "labels": cfg.coding().to_dict() | {"mask_mode": cfg.mask_mode},
         "mean": list(variant.mean),
         "std": list(variant.std),
         "config": cfg.to_dict(),
         "head_name": cfg.head,
         "baseline": base,
+        "class_weights": weights.tolist() if weights is not None else None,
     }
+    if is_flat(Path(cfg.data)):
+        meta["split"] = split_record(splits, cfg)
+    return meta
+
+
+def class_weights(cfg: TrainConfig, train_ds: SegmentationDataset, log: Callable[[str], None]) -> torch.Tensor | None:
+    """The cross-entropy's class weights as --class-weights says (median frequency: from the training split's
+    masks), said in one line; None for unweighted."""
+    parsed = parse_class_weights(cfg.class_weights, cfg.num_classes)
+    if parsed is None:
+        return None
+    if parsed == "median-freq":
+        counts = torch.from_numpy(train_ds.class_pixels), torch.from_numpy(train_ds.image_pixels)
+        weights = median_frequency_weights(*counts)
+        how = "median frequency over the training split"
+    else:
+        weights, how = torch.tensor(parsed, dtype=torch.float32), "given"
+    shown = ", ".join(f"{n} {w:.4f}" for n, w in zip(cfg.class_names, weights.tolist(), strict=True))
+    log(f"class weights ({how}): {shown}")
+    return weights
 
 
 def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, names: list[str], log) -> None:
@@ -313,14 +351,18 @@ def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, names: list
     log(f"      webdino-seg video --input VIDEO.mp4 --model {best} --out {shlex.quote(str(run / 'video.mp4'))}")
 
 
-def _write_split(run: RunFolder, splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> None:
-    """split.json: which images of a flat images/ + masks/ folder went to train and to valid."""
-    record = {
+def split_record(splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> dict:
+    """Which images of a flat images/ + masks/ folder went to train and to valid (split.json, and checkpoints)."""
+    return {
         "valid_fraction": cfg.valid_fraction,
         "seed": cfg.seed,
         **{name: [p.name for p, _ in ds.pairs] for name, ds in zip(("train", "valid"), splits, strict=True)},
     }
-    atomic_write_text(run / "split.json", json.dumps(record, indent=2) + "\n")
+
+
+def _write_split(run: RunFolder, splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> None:
+    """split.json: the run's split of a flat folder, decided once; --resume and evaluate keep to it."""
+    atomic_write_text(run / SPLIT, json.dumps(split_record(splits, cfg), indent=2) + "\n")
 
 
 def _say_what_was_kept(
@@ -390,17 +432,9 @@ def _epoch_row(
     }
 
 
-def _train_epoch(
-    source: BatchSource,
-    optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    epoch: int,
-    run: RunFolder,
-    progress: Progress,
-    device: torch.device,
-    quiet: bool,
-) -> tuple[float, ConfusionMatrix]:
+def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tuple[float, ConfusionMatrix]:
     """One pass over the training split; returns the mean step loss and the confusion matrix."""
+    source, cfg, run = loop.source, loop.cfg, loop.run
     source.model.train()
     cm, total_loss, steps = ConfusionMatrix(cfg.num_classes), 0.0, 0
     bar = tqdm(
@@ -413,7 +447,7 @@ def _train_epoch(
     )
     for step, (inputs, masks) in enumerate(bar):
         try:
-            done = train_step(source.net, optimizer, inputs, masks, device, cfg.amp, cfg.loss)
+            done = train_step(source.net, loop.optimizer, inputs, masks, loop.device, cfg.amp, cfg.loss, loop.weights)
         except NonFiniteLoss as err:
             last = f"{run / LAST} (epoch {progress.epoch})" if (run / LAST).exists() else "none yet"
             raise TrainingError(
@@ -492,15 +526,16 @@ def _quiet(*_args: object) -> None:
 
 @torch.no_grad()
 def evaluate_source(
-    source: BatchSource, num_classes: int, device: torch.device, amp: bool = True, loss: str = "ce"
-) -> tuple[float, ConfusionMatrix]:
+    source: BatchSource, num_classes: int, device: torch.device, amp: bool = True, loss: str = "ce",
+    weight: torch.Tensor | None = None,
+) -> tuple[float, ConfusionMatrix]:  # fmt: skip
     """Validation loss (per non-void pixel) and confusion matrix over the whole split."""
     source.model.eval()
     cm, loss_sum, pixels = ConfusionMatrix(num_classes), 0.0, 0
     for inputs, masks in source.valid_batches():
         with autocast(device, amp):
             logits = source.trainable(*inputs)  # unwrapped: no collectives in evaluation
-        batch_loss, pred = segmentation_loss(logits, masks, loss)
+        batch_loss, pred = segmentation_loss(logits, masks, loss, weight)
         loss_sum += batch_loss.item()
         pixels += int((masks != VOID).sum())
         cm.update(pred, masks)

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.datasets import split_pairs
+from ..data.datasets import is_flat, split_pairs
 from ..data.images import read_image, read_mask, resolve_mask_mode
+from ..data.labels import Coding
+from ..models.checkpoint import read_checkpoint
 from ..utils.files import atomic_write_text
 from ..utils.metrics import VOID, ConfusionMatrix
 from .predictor import Predictor
@@ -29,16 +31,21 @@ def evaluate(
 ) -> dict:
     """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
 
-    Writes the report as JSON to `out` (default ``<model>.eval.json``) and returns it; with `report_dir`,
-    also an HTML report there (``index.html``: scores, confusion matrix, curves, every image worst first).
+    On a flat images/ + masks/ folder, `split` (valid, train or all) keeps to the split the model's run
+    recorded, and says which images it scored. Masks are read as the model's run read them (its ignore
+    value, ADE20K's shift). Writes the report as JSON to `out` (default ``<model>.eval.json``) and
+    returns it; with `report_dir`, also an HTML report there (``index.html``: scores, confusion matrix,
+    curves, every image worst first).
     """
-    writer = ReportWriter(report_dir) if report_dir is not None else None
+    writer = ReportWriter(report_dir, predictor.colors) if report_dir is not None else None
     names = predictor.class_names
-    pairs = split_pairs(data, split)
-    mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], len(names))
+    meta = _checkpoint(model)
+    coding = Coding.from_dict(meta.get("labels"))
+    pairs, split = _pairs(Path(data), split, meta.get("split"), log)
+    mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], len(names), coding)
     if note:
         log(note)
-    cm, per_image = _score(predictor, pairs, mask_mode, writer)
+    cm, per_image = _score(predictor, pairs, mask_mode, writer, coding)
     report = {
         "model": str(model),
         "data": str(data),
@@ -62,14 +69,44 @@ def evaluate(
     return report
 
 
+def _checkpoint(model: str | Path) -> dict:
+    """The model checkpoint's record (an exported ONNX model keeps none of it: {})."""
+    return {} if Path(model).suffix.lower() == ".onnx" else read_checkpoint(model)
+
+
+def _pairs(root: Path, split: str, recorded: dict | None, log) -> tuple[list[tuple[Path, Path]], str]:
+    """The pairs to score and the name of what they are. A flat folder is scored by the split the model's run
+    recorded (``all``: every image); without a record, all of it, said so."""
+    if not is_flat(root):
+        return split_pairs(root, split), split
+    every = split_pairs(root, "all")
+    if split == "all" or recorded is None:
+        why = "" if split == "all" else " (the model records no split of this folder; --split all to say so)"
+        log(f"scoring all {len(every)} images of the flat folder {root}{why}")
+        return every, "all"
+    if split not in ("train", "valid"):
+        raise ValueError(f"--split {split}: a flat folder has the splits valid, train and all")
+    by_name = {image.name: (image, mask) for image, mask in every}
+    gone = [name for name in recorded[split] if name not in by_name]
+    if gone:
+        raise ValueError(f"{root}: {len(gone)} image(s) of the model's {split} split are not in the folder (e.g. "
+                         f"{gone[0]}); is it the folder the model was trained on?")  # fmt: skip
+    others = len(every) - len(set(recorded["train"]) | set(recorded["valid"]))
+    extra = f"; {others} image(s) added since are in neither split and not scored" if others > 0 else ""
+    log(f"scoring the {len(recorded[split])} {split} images of the split the model's run recorded{extra} "
+        "(--split train|valid|all)")  # fmt: skip
+    return [by_name[name] for name in sorted(recorded[split])], split
+
+
 def _score(
-    predictor: Predictor, pairs: list[tuple[Path, Path]], mask_mode: str, writer: ReportWriter | None
-) -> tuple[ConfusionMatrix, dict[str, float]]:
+    predictor: Predictor, pairs: list[tuple[Path, Path]], mask_mode: str, writer: ReportWriter | None,
+    coding: Coding,
+) -> tuple[ConfusionMatrix, dict[str, float]]:  # fmt: skip
     """The confusion matrix over every pair at full resolution, and each image's mIoU (and its report card)."""
     names = predictor.class_names
     cm, per_image = ConfusionMatrix(len(names)), {}
     for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="img"):
-        truth = read_mask(mask_path, mask_mode, len(names))
+        truth = read_mask(mask_path, mask_mode, len(names), coding)
         image = read_image(image_path)
         pred = predictor.predict(image)
         if pred.shape != truth.shape:
@@ -100,8 +137,6 @@ def model_info(model: str | Path) -> dict:
     """What the report says about the model: backbone, head, weights identity, epoch."""
     if Path(model).suffix.lower() == ".onnx":
         return {"model file": f"{model} (ONNX, run with onnxruntime)"}
-    from ..models.checkpoint import read_checkpoint
-
     ckpt = read_checkpoint(model)
     ident = ckpt["backbone_identity"]
     weights = ident["weights"]

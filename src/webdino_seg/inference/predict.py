@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ..data.images import IMAGE_SUFFIXES, ImageError, read_image
 from ..utils.files import check_output_dir, save_png
-from ..utils.overlay import overlay
 from .predictor import Predictor
 
 
@@ -66,7 +65,7 @@ def predict_paths(
                     bar.write(f"skipped: {err}", file=sys.stderr)
             if images:
                 for path, image, mask in zip(names, images, predictor.predict_batch(images), strict=True):
-                    save_png(out / f"{path.stem}_overlay.png", overlay(image, mask))
+                    save_png(out / f"{path.stem}_overlay.png", predictor.draw(image, mask))
                     save_png(out / f"{path.stem}_mask.png", mask)
                     done += 1
             bar.update(len(group))

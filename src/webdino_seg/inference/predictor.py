@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 
 from ..data.images import to_rgb
+from ..data.labels import Classes
 from ..models.checkpoint import load_model
 from ..models.layers import check_image_size
 from ..models.segmentation import SegmentationModel, model_input, upsample
+from ..utils.overlay import inset_legend, overlay
 from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
 
 TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
@@ -42,8 +44,10 @@ class Predictor:
         tta: bool = False,
         tta_scales: tuple[float, ...] = TTA_SCALES,
         tta_flip: bool = True,
+        colors: list[list[int]] | None = None,
     ) -> None:
-        """`device` is where the model is (default: where its parameters are); a model elsewhere is an error."""
+        """`device` is where the model is (default: where its parameters are); a model elsewhere is an error.
+        `colors` (one RGB per class) draw overlays; default: the fixed palette."""
         check_image_size(*imgsz, model.backbone.patch_size)
         self.device = _model_device(model, device)
         self.model = model
@@ -51,6 +55,7 @@ class Predictor:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.class_names = class_names
+        self.colors = np.array(colors or Classes(tuple(class_names)).colors, dtype=np.uint8)
         self.amp = amp
         self.tta = tta
         p = model.backbone.patch_size
@@ -100,7 +105,8 @@ class Predictor:
             )
         model, ckpt = load_model(path, weights)
         model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
-        return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], tta=tta)
+        return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], tta=tta,
+                   colors=ckpt.get("class_colors"))  # fmt: skip
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
@@ -168,6 +174,15 @@ class Predictor:
     def predict(self, image: np.ndarray | Image.Image) -> np.ndarray:
         """Class-id mask (uint8) at the input's size."""
         return self.predict_batch([image])[0]
+
+    def draw(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The mask blended over the image in the model's class colours; with more than two classes, a legend
+        of the classes present in its bottom-left corner."""
+        out = overlay(image, mask, colors=self.colors)
+        if len(self.class_names) > 2:
+            present = {int(v) for v in np.unique(mask) if v < len(self.class_names)}
+            out = inset_legend(out, self.class_names, self.colors, present)
+        return out
 
 
 def _as_rgb(img: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.files import atomic_write, atomic_write_text, check_output_dir
-from ..utils.overlay import overlay
+from ..utils.overlay import overlay, palette
 
 THUMB_WIDTH = 300
 CURVES = ("miou.png", "loss.png", "accuracy.png")
@@ -21,8 +21,10 @@ CURVES = ("miou.png", "loss.png", "accuracy.png")
 class ReportWriter:
     """Collects each evaluated image's overlays as files in `folder`, then writes ``index.html``."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, colors: np.ndarray | None = None) -> None:
+        """`colors`: one RGB row per class for the overlays and the legend (default: the fixed palette)."""
         self.folder = check_output_dir(folder, "--report")
+        self.colors = colors
         (self.folder / "images").mkdir(parents=True, exist_ok=True)
         self.items: list[dict] = []
 
@@ -36,7 +38,7 @@ class ReportWriter:
     def add(self, name: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, scores: dict) -> None:
         """One image: ground truth and prediction overlays (thumbnail and full size) and its scores."""
         stem = Path(name).stem
-        gt, pr = overlay(image, truth), overlay(image, pred)
+        gt, pr = overlay(image, truth, colors=self.colors), overlay(image, pred, colors=self.colors)
         self.items.append({
             "name": name,
             **scores,
@@ -76,7 +78,8 @@ class ReportWriter:
             if run_folder is not None and (run_folder / name).exists():
                 shutil.copyfile(run_folder / name, self.folder / name)
                 curves.append(name)
-        page = _page(report, self.items, confusion, curves, model_info)
+        colors = self.colors if self.colors is not None else palette(len(names))
+        page = _page(report, self.items, confusion, curves, model_info, _legend(names, colors))
         atomic_write_text(self.folder / "report.json", json.dumps(report, indent=2) + "\n")
         return atomic_write_text(self.folder / "index.html", page)
 
@@ -98,13 +101,21 @@ def _summary(report: dict, info: dict) -> str:
             f"mIoU {base['miou']:.4f}, pixel accuracy {base['pixel_accuracy']:.4f} "
             f"(predicting {e(base['class'])} everywhere)",
         ),
-        _row("images", f"{report['images']} ({e(report['split'])} split of {e(report['data'])}, full resolution)"),
+        _row("images", f"{report['images']} ({_scope(report)}, full resolution)"),
         _row(
             "model input", "x".join(map(str, report["imgsz"])) + (f"; {e(report['tta'])}" if report.get("tta") else "")
         ),
         *[_row(key, e(str(value))) for key, value in info.items()],
     ]
     return "".join(rows)
+
+
+def _scope(report: dict) -> str:
+    """Which images were scored, in words."""
+    e = html.escape
+    if report["split"] == "all":
+        return f"every image of {e(report['data'])}"
+    return f"{e(report['split'])} split of {e(report['data'])}"
 
 
 def _cards(items: list[dict]) -> str:
@@ -135,6 +146,9 @@ table { border-collapse: collapse; } th, td { text-align: left; padding: 3px 12p
 .legend { display: flex; gap: 6px; font-size: 0.85em; color: #555; } .legend span { width: var(--thumb); }
 figcaption { font-size: 0.9em; margin-bottom: 4px; }
 #filter { font-size: 1em; padding: 4px; width: 22em; }
+.swatch { margin-right: 1em; white-space: nowrap; }
+.swatch i { display: inline-block; width: 1em; height: 1em; margin-right: 0.3em; vertical-align: middle;
+  border: 1px solid #333; }
 """
 
 # the gallery's filter box: a part of a name, or <x / >x for the images under / over an mIoU of x
@@ -158,7 +172,14 @@ apply();
 """
 
 
-def _page(report: dict, items: list[dict], confusion: str, curves: list[str], info: dict) -> str:
+def _legend(names: list[str], colors: np.ndarray) -> str:
+    """Each class's overlay colour and name (void is grey)."""
+    swatch = '<span class="swatch"><i style="background: rgb({}, {}, {})"></i>{}</span>'
+    spans = [swatch.format(*(int(v) for v in colors[i]), html.escape(name)) for i, name in enumerate(names)]
+    return "".join(spans) + swatch.format(128, 128, 128, "ignored (void)")
+
+
+def _page(report: dict, items: list[dict], confusion: str, curves: list[str], info: dict, legend: str = "") -> str:
     e = html.escape
     curve_html = (
         "".join(f'<img class="curve" src="{c}" alt="{c}">' for c in curves) or "<p>no run folder beside the model</p>"
@@ -173,6 +194,7 @@ def _page(report: dict, items: list[dict], confusion: str, curves: list[str], in
 <img id="confusion" src="{confusion}" alt="confusion matrix"></div>
 <h2>Training curves</h2><div id="curves">{curve_html}</div>
 <h2>Every image, worst first</h2>
+<p id="legend">{legend}</p>
 <p><input id="filter" placeholder="filter: part of a name, or &lt;0.5 for mIoU below 0.5">
 <span id="count"></span></p>
 <div id="gallery">

@@ -174,7 +174,9 @@ def _pad_even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def _writer(path: Path, info: dict, inbox: queue.Queue, errors: list[BaseException], stop: threading.Event) -> None:
+def _writer(
+    path: Path, info: dict, inbox: queue.Queue, errors: list[BaseException], stop: threading.Event, draw=overlay
+) -> None:
     try:
         with av.open(str(path), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=info["rate"])
@@ -185,7 +187,7 @@ def _writer(path: Path, info: dict, inbox: queue.Queue, errors: list[BaseExcepti
             index = 0
             while (item := _get(inbox, stop)) is not _END:
                 if isinstance(item, tuple):  # (frame, mask, fps): the overlay is drawn here, off the main thread
-                    item = draw_fps(overlay(*item[:2]), item[2])
+                    item = draw_fps(draw(*item[:2]), item[2])
                 frame = av.VideoFrame.from_ndarray(_pad_even(item), format="rgb24")
                 frame.pts = index
                 index += 1
@@ -292,7 +294,7 @@ def run_video(
     reader = threading.Thread(
         target=_reader, args=(frames_iter, frames_q, batch, max_frames, errors, stop), daemon=True
     )
-    writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop), daemon=True)
+    writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop, predictor.draw), daemon=True)
     total = min(info["frames"] or 0, max_frames or 10**12) or None
     start, published = time.perf_counter(), False
     try:
@@ -335,7 +337,7 @@ def _segment(
             for frame, mask in zip(chunk, masks, strict=True):
                 item: object = (frame, mask, fps)
                 if window:
-                    item = draw_fps(overlay(frame, mask), fps)
+                    item = draw_fps(predictor.draw(frame, mask), fps)
                     window = _show(item)
                     if not window:
                         bar.write("--show: no window available (headless OpenCV or no display)", file=sys.stderr)
