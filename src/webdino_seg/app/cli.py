@@ -42,10 +42,18 @@ def cmd_convert_weights(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from ..data.pennfudan import prepare_pennfudan
+    if args.format == "pennfudan":
+        from ..data.pennfudan import prepare_pennfudan
 
-    info = prepare_pennfudan(args.source, args.out, args.valid_count, args.seed)
-    print(f"wrote {info['train']} train and {info['valid']} valid pairs to {info['out']} (split in split.json)")
+        info = prepare_pennfudan(args.source, args.out, args.valid_count, args.seed)
+        print(f"wrote {info['train']} train and {info['valid']} valid pairs to {info['out']} (split in split.json)")
+        return
+    from ..data.formats.prepare import prepare_dataset
+
+    info = prepare_dataset(args.format, args.source, args.out, args.valid_fraction, args.seed, args.class_names,
+                           args.ignore_index, args.reduce_labels, args.images)  # fmt: skip
+    print(f"wrote {info['train']} train and {info['valid']} valid pairs of {info['classes']} classes to {info['out']} "
+          f"(classes in {info['classes_file']}, split in split.json); next: webdino-seg show-data {info['out']}")
 
 
 def cmd_download_data(args: argparse.Namespace) -> None:

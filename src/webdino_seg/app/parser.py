@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .._version import __version__
+from ..data.formats.prepare import FORMATS
 from ..data.images import MASK_MODES
 
 DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
@@ -121,11 +122,22 @@ def _convert_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare_data(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(sub, "prepare-data", "turn the Penn-Fudan release (folder or zip) into train/valid folders")
-    p.add_argument("--source", required=True, help="PennFudanPed folder or PennFudanPed.zip")
+    p = _subparser(sub, "prepare-data", "import a dataset (Penn-Fudan, or what a labelling tool exported) into "
+                   "train/valid folders and classes.json")  # fmt: skip
+    p.add_argument("--source", required=True, help="the dataset: a folder, a zip (pennfudan), a COCO .json or a "
+                   "YOLO data.yaml")  # fmt: skip
     p.add_argument("--out", required=True, help="new folder for train_images/ train_masks/ valid_images/ valid_masks/")
-    p.add_argument("--valid-count", type=positive, default=24, help="images held out for validation")
+    p.add_argument("--format", default="pennfudan", choices=FORMATS, help="pennfudan (the release), folders "
+                   "(images + label maps per split, e.g. CamVid), voc, coco, yolo (YOLO-seg), labelme")  # fmt: skip
+    p.add_argument("--valid-count", type=positive, default=24, help="pennfudan: images held out for validation")
+    p.add_argument("--valid-fraction", type=float, default=0.15, help="other formats: the seeded share of images "
+                   "without a split of their own held out for validation")  # fmt: skip
     p.add_argument("--seed", type=int, default=42, help="seed of the train/valid shuffle")
+    p.add_argument("--class-names", nargs="+", help="folders, labelme: one name per class, background first")
+    p.add_argument("--ignore-index", type=int, default=255, help="folders: the stored value that means ignore "
+                   "(CamVid: 11); written as 255")  # fmt: skip
+    p.add_argument("--reduce-labels", action="store_true", help="folders: ADE20K's labels (0 ignore, class k as k+1)")
+    p.add_argument("--images", help="coco: the folder of the images (default: beside the JSON, or images/ there)")
 
 
 def _download_data(sub: argparse._SubParsersAction) -> None:
@@ -142,7 +154,8 @@ def _show_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="data_samples.png", help="the PNG to write")
     p.add_argument("--split", default="train", choices=["train", "valid"], help="which split to show")
     p.add_argument("--count", type=positive, default=8, help="samples to show")
-    p.add_argument("--num-classes", type=positive, default=2, help="classes in the masks (for --mask-mode auto)")
+    p.add_argument("--num-classes", type=positive, help="classes in the masks, for --mask-mode auto (default: from "
+                   "the data's classes.json, else 2)")  # fmt: skip
     _mask_mode(p)
 
 

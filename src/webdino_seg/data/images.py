@@ -97,11 +97,12 @@ def read_mask(
     masks are refused except as binary (lossy compression changes the values at every edge).
     """
     path = Path(path)
-    img = ImageOps.exif_transpose(_open(path))
+    stored = _open(path)
+    img = ImageOps.exif_transpose(stored)
     coding = coding or Coding()
     if mode == "auto":
         raise ValueError("mask mode 'auto' is decided for a whole split first: see resolve_mask_mode")
-    if img.format == "JPEG" and mode != "binary":
+    if stored.format == "JPEG" and mode != "binary":
         raise ImageError(f"{path}: a JPEG mask: lossy compression changes label values along every edge; save masks "
                          "as PNG (or, for two-class masks, pass --mask-mode binary to threshold them)")  # fmt: skip
     rgb = img.mode in ("RGB", "RGBA") and mode == "ids" and coding.colors

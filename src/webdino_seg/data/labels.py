@@ -73,7 +73,7 @@ class Coding:
             hit = codes == code
             out[hit], unknown[hit] = index, False
         if unknown.any():
-            odd = codes[unknown][0]
+            odd = int(codes[unknown][0])
             raise ValueError(f"{where}: {int(unknown.sum())} pixel(s) have a colour that is no class's, e.g. "
                              f"RGB {(odd >> 16, odd >> 8 & 255, odd & 255)}")  # fmt: skip
         return out
@@ -141,11 +141,14 @@ def read_classes_file(root: str | Path) -> dict | None:
 
 def write_classes_file(root: str | Path, classes: Classes, ignore_index: int = VOID, source: str = "") -> Path:
     """Write ``classes.json``: names, colours and the ignore value of a prepared dataset."""
-    record = {
-        "names": list(classes.names),
-        "colors": [list(c) for c in classes.colors],
-        "ignore_index": ignore_index,
-        "reduce_labels": False,
-        "note": f"masks are PNGs of class ids (0-{len(classes.names) - 1}), {ignore_index} = ignore" + source,
-    }
-    return atomic_write_text(Path(root) / CLASSES_FILE, json.dumps(record, indent=2) + "\n")
+    note = f"masks are PNGs of class ids (0-{len(classes.names) - 1}), {ignore_index} = ignore" + source
+    text = (
+        "{\n"
+        f'  "names": {json.dumps(list(classes.names))},\n'
+        f'  "colors": [{", ".join(json.dumps(list(c)) for c in classes.colors)}],\n'
+        f'  "ignore_index": {ignore_index},\n'
+        '  "reduce_labels": false,\n'
+        f'  "note": {json.dumps(note)}\n'
+        "}\n"
+    )
+    return atomic_write_text(Path(root) / CLASSES_FILE, text)

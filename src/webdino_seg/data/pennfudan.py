@@ -14,6 +14,7 @@ from PIL import Image
 from ..utils.files import publish
 from .datasets import DataError
 from .images import read_mask
+from .labels import Classes, write_classes_file
 
 PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 
@@ -78,6 +79,7 @@ def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24
                 **split,
             }
             (staging / "split.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_classes_file(staging, Classes(("background", "person")), source=f"; from {source}")
             if out.exists():
                 out.rmdir()
             publish(staging, out, directory=True)

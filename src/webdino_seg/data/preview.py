@@ -4,37 +4,49 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..utils.files import atomic_write
 from ..utils.overlay import overlay
 from .datasets import split_pairs
 from .images import read_image, read_mask, resolve_mask_mode
+from .labels import Classes, Coding, read_classes_file
 
 
 def show_data(
     root: str | Path, out: str | Path, split: str = "train", count: int = 8, mask_mode: str = "auto",
-    num_classes: int = 2, log=print,
+    num_classes: int | None = None, log=print,
 ) -> Path:  # fmt: skip
-    """Write a grid PNG of `count` samples with their ground-truth masks overlaid and captioned."""
+    """Write a grid PNG of `count` samples with their ground-truth masks overlaid, captioned, and the class legend
+    (names and colours from the dataset's classes.json when it has one)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
+    from matplotlib.patches import Patch
 
+    found = read_classes_file(root)
+    names = found["names"] if found else [f"class {i}" for i in range(num_classes or 2)]
+    classes = Classes(tuple(names), tuple(tuple(c) for c in found["colors"]) if found and found["colors"] else ())
+    coding = Coding(found["ignore_index"], found["reduce_labels"]) if found else Coding()
     pairs = split_pairs(root, split)
-    mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], num_classes)
+    mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], num_classes or len(names), coding)
     if note:
         log(note)
     pairs = pairs[:count]
     cols = min(4, len(pairs))
     rows = (len(pairs) + cols - 1) // cols
-    fig = Figure(figsize=(4 * cols, 4 * rows))
+    fig = Figure(figsize=(4 * cols, 4 * rows + 0.6))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    colors = np.array(classes.colors, dtype=np.uint8)
     for ax, (image_path, mask_path) in zip(axes.flat, pairs, strict=False):
-        image = read_image(image_path)
-        mask = read_mask(mask_path, mask_mode)
-        ax.imshow(overlay(image, mask))
-        share = (mask == 1).mean() * 100
-        ax.set_title(f"{image_path.name}\nground truth: {share:.0f}% class 1", fontsize=9)
+        mask = read_mask(mask_path, mask_mode, coding=coding)
+        ax.imshow(overlay(read_image(image_path), mask, colors=colors))
+        present = sum(1 for i in range(len(names)) if (mask == i).any())
+        ax.set_title(f"{image_path.name}\n{present} of {len(names)} classes, {(mask == 255).mean() * 100:.0f}% ignored",
+                     fontsize=9)  # fmt: skip
+    handles = [Patch(facecolor=c / 255, edgecolor="black", label=n) for n, c in zip(names, colors, strict=True)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(names)), fontsize=9, frameon=False)
     fig.suptitle(f"{Path(root).name}: {split} split, masks read as {mask_mode}", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.035 + 0.02 * (len(names) // 6), 1, 1))
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=80))
     return Path(out)

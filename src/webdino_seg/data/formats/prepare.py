@@ -1,0 +1,64 @@
+"""`prepare-data --format`: read a dataset in the format its tool wrote and write the project's layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...utils.metrics import VOID
+from ..datasets import DataError
+from ..labels import Classes, Coding, read_classes_file
+from .coco import read_coco
+from .folders import read_folders
+from .labelme import read_labelme
+from .voc import read_voc
+from .writer import Example, assign_splits, check_out, write_dataset
+from .yolo import read_yolo
+
+FORMATS = ("pennfudan", "folders", "voc", "coco", "yolo", "labelme")
+
+
+def prepare_dataset(
+    fmt: str,
+    source: str | Path,
+    out: str | Path,
+    valid_fraction: float = 0.15,
+    seed: int = 42,
+    class_names: list[str] | None = None,
+    ignore_index: int = VOID,
+    reduce_labels: bool = False,
+    images: str | Path | None = None,
+    log=print,
+) -> dict:
+    """Import `source` (a folder, or a COCO JSON / YOLO data.yaml) in format `fmt` into `out`: train/valid
+    images and label maps (class ids, 255 ignore) and classes.json. A format's own train/val split is kept;
+    images without one are split with a seeded `valid_fraction`. Returns the counts per split."""
+    source, out = Path(source), Path(out)
+    check_out(out)
+    if not source.exists():
+        raise DataError(f"{source}: no such file or folder")
+    examples, classes = _read(fmt, source, class_names, Coding(ignore_index, reduce_labels), images, log)
+    assign_splits(examples, valid_fraction, seed)
+    record = {"source": str(source), "format": fmt, "seed": seed, "valid_fraction": valid_fraction}
+    return write_dataset(out, examples, classes, f"{source} ({fmt})", record)
+
+
+def _read(fmt: str, source: Path, names: list[str] | None, coding: Coding, images: str | Path | None,
+          log) -> tuple[list[Example], Classes]:  # fmt: skip
+    if fmt == "folders":
+        found = read_classes_file(source)
+        given = names or (found["names"] if found else None)
+        examples, count = read_folders(source, coding, len(given) if given else None)
+        colors = tuple(tuple(c) for c in found["colors"]) if found and found["colors"] and not names else ()
+        return examples, Classes(tuple(given or [f"class{i}" for i in range(count)]), colors)
+    if fmt == "voc":
+        return read_voc(source)
+    if fmt == "coco":
+        return read_coco(source, Path(images) if images else None)
+    if fmt == "yolo":
+        return read_yolo(source)
+    if fmt == "labelme":
+        examples, classes, skipped = read_labelme(source, names)
+        if skipped:
+            log(f"note: {skipped} LabelMe shape(s) without area (lines, points) were left out")
+        return examples, classes
+    raise DataError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
