@@ -53,6 +53,12 @@ def test_video() -> Path:
 
 
 @pytest.fixture(scope="session")
+def camvid() -> Path:
+    """CamVid as the SegNet tutorial publishes it (train/ + trainannot/, val/ + valannot/, 11 = ignore)."""
+    return _shared("camvid")
+
+
+@pytest.fixture(scope="session")
 def tiny_io() -> dict:
     """Official reference inputs and outputs for the tiny model."""
     return torch.load(FIXTURES / "tiny_io.pt", weights_only=True)

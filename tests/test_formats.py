@@ -288,3 +288,40 @@ def test_imported_classes_reach_training_and_evaluation(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "e.json")]) == 0  # fmt: skip
     page = (report / "index.html").read_text()
     assert "rgb(70, 80, 90)" in page and "car" in page
+
+
+def test_pairs_that_cannot_be_told_apart_and_masks_with_nothing_labelled(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "d"
+    for split in ("train", "valid"):
+        for i in range(2):
+            _image(root / f"{split}_images" / f"{split}{i}.png")
+            (root / f"{split}_masks").mkdir(exist_ok=True)
+            Image.fromarray(np.full((16, 20), i, np.uint8)).save(root / f"{split}_masks" / f"{split}{i}.png")
+    base = ["train", "--data", str(root), "--arch", "webdino-tiny", "--weights", "random", "--imgsz", "28", "28",
+            "--epochs", "1", "--workers", "0"]  # fmt: skip
+    _image(root / "train_images" / "train0.jpg")
+    cli_error([*base, "--out", str(tmp_path / "r1")], capsys, "train0.jpg and train0.png both pair as 'train0'")
+    (root / "train_images" / "train0.jpg").unlink()
+    Image.fromarray(np.full((16, 20), 1, np.uint8)).save(root / "train_masks" / "train1_mask.png")
+    cli_error([*base, "--out", str(tmp_path / "r2")], capsys, "train1.png and train1_mask.png both pair")
+    (root / "train_masks" / "train1_mask.png").unlink()
+    Image.fromarray(np.full((16, 20), 255, np.uint8)).save(root / "valid_masks" / "valid1.png")
+    cli_error([*base, "--out", str(tmp_path / "r3")], capsys, "valid1.png: every pixel of this mask is ignored")
+    assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3))
+
+
+def test_init_from_checks_backbone_classes_and_head(small: Path, tmp_path: Path, capsys) -> None:
+    from conftest import tiny_train_cli
+
+    assert main(tiny_train_cli(small, tmp_path / "a")) == 0
+    model = str(tmp_path / "a" / "best_model_iou.pth")
+    cli_error(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--head", "linear4"), capsys,
+              "its head is simple, this run's --head is linear4")  # fmt: skip
+    cli_error(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--class-names", "bg", "people"), capsys,
+              "its classes ['background', 'person'] are not this run's ['bg', 'people']")  # fmt: skip
+    cli_error(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--seed", "5"), capsys,
+              "trained on another backbone")  # a random backbone of another seed  # fmt: skip
+    assert main(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--lr", "1e-9")) == 0
+    a = torch.load(model, weights_only=True)["head"]
+    b = torch.load(tmp_path / "b" / "best_model_iou.pth", weights_only=True)["head"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)  # started there (lr ~ 0)

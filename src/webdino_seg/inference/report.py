@@ -52,16 +52,19 @@ class ReportWriter:
         from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
 
         rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-        fig = Figure(figsize=(1.6 * len(names) + 2.4, 1.4 * len(names) + 1.6))
+        n = len(names)
+        many = n > 6  # then shares only, smaller, so the matrix still fits a page
+        size = (0.75 * n + 3, 0.65 * n + 2.5) if many else (1.6 * n + 2.4, 1.4 * n + 1.6)
+        fig = Figure(figsize=size)
         ax = fig.subplots()
         ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(names)):
-            for j in range(len(names)):
+        for i in range(n):
+            for j in range(n):
                 colour = "white" if rows[i, j] > 0.5 else "black"
-                ax.text(j, i, f"{rows[i, j]:.3f}\n({matrix[i, j]:,} px)", ha="center", va="center", color=colour,
-                        fontsize=9)  # fmt: skip
-        ax.set_xticks(range(len(names)), names)
-        ax.set_yticks(range(len(names)), names)
+                text = f"{rows[i, j]:.2f}" if many else f"{rows[i, j]:.3f}\n({matrix[i, j]:,} px)"
+                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=7 if many else 9)
+        ax.set_xticks(range(n), names, rotation=45 if many else 0, ha="right" if many else "center")
+        ax.set_yticks(range(n), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("confusion matrix (share of each true class)")
@@ -140,6 +143,7 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; } th, td { text-align: left; padding: 3px 12px; border-bottom: 1px solid #ddd; }
 .top { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
 .curve { width: 420px; margin: 4px; }
+#confusion { max-width: 100%; }
 #gallery { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { margin: 0; border: 1px solid #ccc; border-radius: 6px; padding: 6px; width: calc(2 * var(--thumb) + 6px); }
 .pair { display: flex; gap: 6px; } .pair img { width: var(--thumb); }
