@@ -25,7 +25,7 @@ def test_prepare_full_set(prepared: Path, pennfudan: Path) -> None:
     assert len(split["train"]) == 146 and len(split["valid"]) == 24
     assert not set(split["train"]) & set(split["valid"])
     assert len(list((prepared / "train_images").iterdir())) == 146
-    stem = split["valid"][0]
+    stem = Path(split["valid"][0]).stem
     mask = np.asarray(Image.open(prepared / "valid_masks" / f"{stem}.png"))
     original = np.asarray(Image.open(pennfudan / "PedMasks" / f"{stem}_mask.png"))
     assert set(np.unique(mask)) == {0, 1} and original.max() >= 1

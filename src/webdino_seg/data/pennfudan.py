@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
-from PIL import Image
-
-from ..utils.files import publish
 from .datasets import DataError
+from .formats.writer import Example, check_out, write_dataset
 from .images import read_mask
-from .labels import Classes, write_classes_file
+from .labels import Classes
 
 PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 
@@ -30,12 +26,11 @@ def _find_release(root: Path) -> tuple[Path, Path]:
 def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24, seed: int = 42) -> dict:
     """Turn the original Penn-Fudan release (folder or zip) into train/valid image and binary-mask folders.
 
-    The split is a seeded shuffle of the sorted stems and is recorded in ``out/split.json``. The
-    folder is built beside `out` and renamed into place, so a failure leaves nothing half-written.
+    The split is a seeded shuffle of the sorted stems and is recorded in ``out/split.json``; the
+    folder is written as every imported dataset is (`formats.writer`), with its classes.json.
     """
     source, out = Path(source), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: output folder exists and is not empty; choose a new --out")
+    check_out(out)
     with tempfile.TemporaryDirectory() as unpacked:
         if source.is_file():
             try:
@@ -59,34 +54,14 @@ def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24
             raise DataError(f"--valid-count {valid_count} must be between 1 and {len(stems) - 1}")
         order = stems[:]
         random.Random(seed).shuffle(order)
-        split = {"valid": sorted(order[:valid_count]), "train": sorted(order[valid_count:])}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
-            for name, members in split.items():
-                (staging / f"{name}_images").mkdir()
-                (staging / f"{name}_masks").mkdir()
-                for stem in members:
-                    shutil.copyfile(images_dir / f"{stem}.png", staging / f"{name}_images" / f"{stem}.png")
-                    mask = read_mask(masks_dir / f"{stem}_mask.png", mode="binary")
-                    Image.fromarray(mask).save(staging / f"{name}_masks" / f"{stem}.png")
-            record = {
-                "source": str(source),
-                "seed": seed,
-                "valid_count": valid_count,
-                "classes": ["background", "person"],
-                "mask_values": "0 background, 1 person",
-                **split,
-            }
-            (staging / "split.json").write_text(json.dumps(record, indent=2) + "\n")
-            write_classes_file(staging, Classes(("background", "person")), source=f"; from {source}")
-            if out.exists():
-                out.rmdir()
-            publish(staging, out, directory=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return {"train": len(split["train"]), "valid": len(split["valid"]), "out": str(out)}
+        valid = set(order[:valid_count])
+        binary = lambda m: lambda: read_mask(m, mode="binary")  # noqa: E731
+        split = {stem: "valid" if stem in valid else "train" for stem in stems}
+        examples = [Example(images_dir / f"{s}.png", binary(masks_dir / f"{s}_mask.png"), split[s]) for s in stems]
+        record = {"source": str(source), "seed": seed, "valid_count": valid_count,
+                  "mask_values": "0 background, 1 person"}  # fmt: skip
+        info = write_dataset(out, examples, Classes(("background", "person")), str(source), record)
+    return {"train": info["train"], "valid": info["valid"], "out": str(out)}
 
 
 def download_pennfudan(out: str | Path, url: str = PENNFUDAN_URL, sha256: str | None = None) -> Path:
