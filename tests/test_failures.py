@@ -90,6 +90,10 @@ class _FailingContainer:
     def __init__(self, real) -> None:
         self.real = real
 
+    @property
+    def metadata(self) -> dict:
+        return self.real.metadata
+
     def add_stream(self, *args, **kwargs):
         stream = self.real.add_stream(*args, **kwargs)
         outer = self

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .parser import build_parser
@@ -37,7 +40,7 @@ def cmd_convert_weights(args: argparse.Namespace) -> None:
     from ..models.weights.convert import convert_weights
 
     cfg = get_variant(args.arch) if args.arch else None
-    fmt = convert_weights(args.input, args.output, args.to, cfg)
+    fmt = convert_weights(args.input, args.output, args.to, cfg, args.overwrite)
     print(f"converted {args.input} ({fmt}) -> {args.output} ({args.to})")
 
 
@@ -69,7 +72,8 @@ def cmd_show_data(args: argparse.Namespace) -> None:
     data = args.data or args.data_pos
     if not data:
         raise ValueError("--data is required: a dataset folder (train_images/ ... or images/ + masks/)")
-    print(f"wrote {show_data(data, args.out, args.split, args.count, args.mask_mode, args.num_classes)}")
+    out = show_data(data, args.out, args.split, args.count, args.mask_mode, args.num_classes, overwrite=args.overwrite)
+    print(f"wrote {out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -100,6 +104,11 @@ def _train(args: argparse.Namespace) -> None:
     train(TrainConfig(**settings))
 
 
+def _model_files(args: argparse.Namespace) -> tuple[Path, ...]:
+    """The files a command reads its model from: never to be written over."""
+    return tuple(Path(p) for p in (args.model, args.weights) if p and Path(p).is_file())
+
+
 def _predictor(args: argparse.Namespace):
     """The Predictor for a command's --model, --device, --imgsz and --weights."""
     from ..inference.predictor import Predictor
@@ -113,39 +122,35 @@ def _predictor(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ..inference.evaluate import evaluate, format_report
+    from ..inference.evaluate import evaluate, format_report, plan_evaluate
 
-    if args.report:
-        from ..utils.files import check_output_dir
-
-        check_output_dir(args.report, "--report")  # before the model is loaded
+    plan_evaluate(args.model, args.data, args.out, args.report, args.overwrite)  # before the model is loaded
     report = evaluate(_predictor(args), args.model, args.data, args.split, args.mask_mode, args.out,
-                      report_dir=args.report)  # fmt: skip
+                      report_dir=args.report, overwrite=args.overwrite)  # fmt: skip
     print(format_report(report))
     if args.report:
         print(f"HTML report: {report['html_report']} (open it in a browser; works offline)")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from ..inference.predict import predict_paths
-    from ..utils.files import check_output_dir
+    from ..inference.predict import plan_outputs, predict_paths
 
-    check_output_dir(args.out)  # before the model is loaded
-    info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad)
+    plan_outputs(args.input, args.out, args.overwrite, _model_files(args))  # before the model is loaded
+    info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad, args.overwrite)
     print(
         f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
     )
 
 
 def cmd_video(args: argparse.Namespace) -> None:
-    from ..inference.video import is_camera, run_video
-    from ..utils.files import check_output_file
+    from ..inference.video import is_camera, plan_video, run_video
 
     src = args.input
     name = "camera" + src.removeprefix("camera:") if is_camera(src) else Path(src).stem
-    out = check_output_file(args.out or Path("outputs") / f"{name}_seg.mp4")  # before the model is loaded
-    predictor = _predictor(args)
-    info = run_video(predictor, src, out, batch=args.batch, max_frames=args.max_frames, show=args.show)
+    out = plan_video(src, args.out or Path("outputs") / f"{name}_seg.mp4", args.overwrite, _model_files(args))
+    predictor = _predictor(args)  # only once the output is known to be safe
+    info = run_video(predictor, src, out, batch=args.batch, max_frames=args.max_frames, show=args.show,
+                     overwrite=args.overwrite)  # fmt: skip
     for warning in info["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
@@ -163,15 +168,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from ..inference.onnx import export_onnx
 
-    export_onnx(args.model, args.out, tuple(args.imgsz) if args.imgsz else None, args.dynamic, args.weights)
+    export_onnx(args.model, args.out, tuple(args.imgsz) if args.imgsz else None, args.dynamic, args.weights,
+                overwrite=args.overwrite)  # fmt: skip
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     import json
 
     from ..utils.files import atomic_write_text
+    from ..utils.outputs import MARK, check_suffix, guard, may_replace
     from .benchmark import benchmark, format_table
 
+    if args.out:  # checked before anything is measured
+        check_suffix(Path(args.out), (".json",), "benchmark writes its figures as JSON")
+        guard([Path(args.out)], [Path(p) for p in (args.video, args.data) if p])
+        may_replace(Path(args.out), args.overwrite)
     res = benchmark(
         args.arch,
         tuple(args.imgsz),
@@ -187,7 +198,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     )
     print(format_table(res))
     if args.out:
-        atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps({"format": f"{MARK}/benchmark", **res}, indent=2) + "\n")
 
 
 COMMANDS = {
@@ -206,12 +217,45 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (kill, timeout, a closed terminal): the command stops as it does on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """For the command's length, SIGTERM and SIGHUP raise `Terminated` in the main thread, so every clean-up a
+    Ctrl-C runs (temp files, threads, loader workers) runs for them too; the old handlers come back after."""
+    wanted = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    previous = {s: signal.signal(s, _terminate) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input, with a one-line message unless --debug)."""
+    """Entry point; returns the exit code (2 for bad input, with a one-line message unless --debug; 130 after
+    Ctrl-C, 128 + the signal's number after SIGTERM or SIGHUP)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        with _stop_on_signals():
+            COMMANDS[args.command](args)
+    except Terminated as stop:
+        print(f"stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -119,6 +119,8 @@ def _convert_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="a .pth file (--to official) or a folder (--to hf)")
     p.add_argument("--to", choices=["hf", "official"], required=True, help="the format to write")
     p.add_argument("--arch", help="the variant, when it cannot be told from the file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
+                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
 def _prepare_data(sub: argparse._SubParsersAction) -> None:
@@ -157,6 +159,8 @@ def _show_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=positive, help="classes in the masks, for --mask-mode auto (default: from "
                    "the data's classes.json, else 2)")  # fmt: skip
     _mask_mode(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
+                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
 def _train(sub: argparse._SubParsersAction) -> None:
@@ -237,6 +241,8 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
     p.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR: scores, confusion matrix, "
                    "curves, every image with ground truth and prediction, worst first")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
+                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
 def _predict(sub: argparse._SubParsersAction) -> None:
@@ -246,6 +252,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="outputs/predict", help="folder for <name>_overlay.png and <name>_mask.png")
     p.add_argument("--batch", type=positive, default=8, help="images per forward pass")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
+                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
 def _video(sub: argparse._SubParsersAction) -> None:
@@ -257,6 +265,8 @@ def _video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive, default=8, help="frames per forward pass")
     p.add_argument("--max-frames", type=positive, help="stop after this many frames (default: all)")
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
+                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
 def _demo(sub: argparse._SubParsersAction) -> None:
@@ -275,6 +285,8 @@ def _export(sub: argparse._SubParsersAction) -> None:
     _imgsz(p, None)
     p.add_argument("--dynamic", action="store_true", help="any batch size (the image size stays --imgsz)")
     p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
+                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
 def _benchmark(sub: argparse._SubParsersAction) -> None:
@@ -292,6 +304,8 @@ def _benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=positive, default=3, help="repetitions of every figure (median, min-max)")
     p.add_argument("--cache-views", type=positive, default=4, help="augmented views the cached recipe extracts")
     p.add_argument("--out", help="also write the figures as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
+                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
 SUBCOMMANDS = (_info, _convert_weights, _prepare_data, _download_data, _show_data, _train, _evaluate, _predict, _video,

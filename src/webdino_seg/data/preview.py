@@ -7,21 +7,28 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.files import atomic_write
+from ..utils.outputs import MARK, check_suffix, guard, may_replace
 from ..utils.overlay import overlay
 from .datasets import split_pairs
 from .images import read_image, read_mask, resolve_mask_mode
 from .labels import Classes, Coding, read_classes_file
 
+PICTURES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # written in the format the name says
+
 
 def show_data(
     root: str | Path, out: str | Path, split: str = "train", count: int = 8, mask_mode: str = "auto",
-    num_classes: int | None = None, log=print,
+    num_classes: int | None = None, log=print, overwrite: bool = False,
 ) -> Path:  # fmt: skip
     """Write a grid PNG of `count` samples with their ground-truth masks overlaid, captioned, and the class legend
     (names and colours from the dataset's classes.json when it has one)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
     from matplotlib.patches import Patch
 
+    out = Path(out)
+    check_suffix(out, PICTURES, "show-data draws a picture")
+    guard([out], [p for p in Path(root).rglob("*") if p.is_file()])
+    may_replace(out, overwrite)
     found = read_classes_file(root)
     names = found["names"] if found else [f"class {i}" for i in range(num_classes or 2)]
     classes = Classes(tuple(names), tuple(tuple(c) for c in found["colors"]) if found and found["colors"] else ())
@@ -48,5 +55,7 @@ def show_data(
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(names)), fontsize=9, frameon=False)
     fig.suptitle(f"{Path(root).name}: {split} split, masks read as {mask_mode}", fontsize=11)
     fig.tight_layout(rect=(0, 0.035 + 0.02 * (len(names) // 6), 1, 1))
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=80))
-    return Path(out)
+    kind = out.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+    mark = {"png": {"metadata": {"Software": MARK}}, "jpg": {"pil_kwargs": {"comment": MARK.encode()}}}.get(kind, {})
+    atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=80, **mark))
+    return out

@@ -23,6 +23,24 @@ class ResumeError(ValueError):
     """A run folder that cannot be resumed; the message names the file and says what to do."""
 
 
+# settings newer than some run folders, with the value those runs had: a config.yaml may lack only these
+ADDED_LATER = {"class_colors": None, "ignore_index": VOID, "reduce_labels": False, "class_weights": "none",
+               "init_from": None}  # fmt: skip
+_KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _optional(f: dataclasses.Field) -> bool:
+    return "None" in str(f.type)
+
+
+def _kinds(f: dataclasses.Field) -> tuple[type, ...]:
+    """The YAML types a setting may hold, from its annotation (a tuple is written as a list)."""
+    text = str(f.type)
+    if text.startswith(("list", "tuple")):
+        return (list,)
+    return next((kinds for name, kinds in _KINDS.items() if text.startswith(name)), (object,))
+
+
 # settings a resumed run may change: they do not change what it computes
 RESUMABLE = ("epochs", "device", "workers", "cache_memory_gb", "feature_cache_dir")
 
@@ -149,8 +167,25 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> TrainConfig:
-        """Read settings written by `to_yaml`."""
-        return cls(**yaml.safe_load(path.read_text()))
+        """Read settings written by `to_yaml`: every setting must be there with a value of its kind (settings added
+        in later versions take the value older runs had); a missing, unknown or mistyped one is named."""
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ResumeError(f"{path}: not a settings file (expected key: value lines)")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = sorted(set(fields) - set(data) - set(ADDED_LATER))
+        unknown = sorted(set(data) - set(fields))
+        if missing or unknown:
+            pairs = (("missing", missing), ("unknown", unknown))
+            what = [f"{kind} {', '.join(names)}" for kind, names in pairs if names]
+            raise ResumeError(f"{path}: {'; '.join(what)}; the run's settings must be as train wrote them")
+        for name, value in data.items():
+            kinds = _kinds(fields[name])
+            if not (value is None and _optional(fields[name])) and not (
+                isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            ):
+                raise ResumeError(f"{path}: {name} is {value!r}, not {' or '.join(k.__name__ for k in kinds)}")
+        return cls(**data)
 
     def resumed_with(self, changes: dict) -> TrainConfig:
         """These settings with the flags given to ``--resume`` applied; a change that would alter what the

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,8 +233,9 @@ def extract(
                 index = mine[start : start + batch]
                 rows = torch.tensor(index) + view * len(dataset)
                 chunk = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt" if chunks else None
-                if chunk is not None and chunk.exists():
-                    _put_rows(cache, rows, torch.load(chunk, map_location="cpu", weights_only=True))
+                saved = _read_verified(chunk, {"rows": rows.tolist()}, bar.write) if chunk is not None else None
+                if saved is not None:
+                    _put_rows(cache, rows, saved)
                     bar.update(len(index))
                 else:
                     todo.append((view, chunk, index, rows))
@@ -305,7 +307,7 @@ def _compute(
         _put_rows(cache, rows, part)
         if chunk is not None:
             part["features"] = grid.to("cpu", cache.features.dtype)
-            atomic_write(chunk, lambda f, part=part: torch.save(part, f))
+            save_verified(chunk, part | {"rows": rows.tolist()})
         bar.update(len(index))
 
 
@@ -319,24 +321,69 @@ def chunk_count(chunks: Path | None) -> int:
 
 
 def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> FeatureCache:
-    """Reuse a cache saved on disk under `key`, else extract it (and save it when `cache_dir` is set)."""
+    """Reuse a cache saved on disk under `key` once it is verified (else it is said and extracted again), or
+    extract it (and save it when `cache_dir` is set)."""
     path = cache_dir / f"{key}.pt" if cache_dir else None
     dataset = kwargs["dataset"]
     norm = {"mean": dataset.mean, "std": dataset.std}
-    if path is not None and path.exists():
+    views = kwargs["views"]
+    expected = {"key": key, "views": views, "count": views * len(dataset)}
+    data = _read_verified(path, expected, lambda line: print(line, file=sys.stderr)) if path is not None else None
+    if data is not None:
         store = kwargs.get("store") or torch.device("cpu")
         dtype = kwargs.get("dtype", torch.float32)
-        on_disk = not isinstance(store, torch.device)  # then read it memory-mapped, in place
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=on_disk)
         images = data.get("images")
-        if on_disk:
+        if not isinstance(store, torch.device):  # a disk cache: kept as read
             return FeatureCache(data["features"], data["masks"], data["views"], images, **norm)
         images = images.to(store) if images is not None else None
         return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"], images, **norm)
     cache = extract(**kwargs)
     if path is not None and distributed.rank() == 0:
-        payload = {"features": cache.features.cpu(), "masks": cache.masks.cpu(), "views": cache.views}
+        payload = {"features": cache.features.cpu(), "masks": cache.masks.cpu(), **expected}
         if cache.images is not None:
             payload["images"] = cache.images.cpu()
-        atomic_write(path, lambda f: torch.save(payload, f))
+        save_verified(path, payload)
     return cache
+
+
+TENSORS = ("features", "masks", "images")
+
+
+def checksum(part: dict) -> str:
+    """sha256 over the tensors of a saved cache part, in a fixed order."""
+    digest = hashlib.sha256()
+    for name in TENSORS:
+        if part.get(name) is not None:
+            tensor = part[name].detach().cpu().contiguous()
+            digest.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_verified(path: Path, part: dict) -> None:
+    """Save a cache part (atomically) with its checksum, so a damaged file is found before it is used."""
+    payload = part | {"sha256": checksum(part)}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _read_verified(path: Path, expected: dict, say) -> dict | None:
+    """A saved cache part if it is intact and the one expected (its key, views, rows), else None: a missing
+    file silently, a damaged or foreign one said in one line and removed, so it is computed again."""
+    if not path.exists():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # read through, not held
+        wrong = [k for k, v in expected.items() if data.get(k) != v]
+        if wrong:
+            problem = f"it belongs to another cache ({', '.join(wrong)} differ)"
+        elif data.get("sha256") != checksum(data):
+            problem = "its checksum does not match: damaged"
+        elif data["features"].is_floating_point() and not torch.isfinite(data["features"].float()).all():
+            problem = "it holds NaN or infinite values"
+        else:
+            return data
+    except Exception as err:  # truncated, not a torch file, missing fields: all mean "do not use it"
+        problem = f"it cannot be read ({type(err).__name__})"
+    say(f"feature cache {path}: {problem}; computing those features again")
+    path.unlink(missing_ok=True)
+    return None

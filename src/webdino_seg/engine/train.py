@@ -26,7 +26,7 @@ from ..models.checkpoint import backbone_identity
 from ..models.heads import create_head
 from ..models.segmentation import SegmentationModel
 from ..models.variants import BackboneConfig, get_variant
-from ..utils.files import atomic_write_text
+from ..utils.files import atomic_write_text, check_writable
 from ..utils.metrics import VOID, ConfusionMatrix
 from ..utils.runtime import amp_dtype, autocast, prepare_model, resolve_device, speed_flags
 from . import distributed
@@ -72,6 +72,8 @@ def check_data(cfg: TrainConfig) -> None:
             "with `webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`, or use the bundled "
             "examples/pennfudan-sample."
         )
+    if cfg.feature_cache_dir is not None:  # found now, not after the features were computed
+        check_writable(cfg.feature_cache_dir, "--feature-cache-dir")
     if is_flat(root) and cfg.valid_fraction is None:
         raise DataError(
             f"--data {root}: holds images/ and masks/ without a train/valid split; add --valid-fraction 0.15 to "

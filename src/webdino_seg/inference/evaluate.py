@@ -13,10 +13,11 @@ from ..data.datasets import is_flat, split_pairs
 from ..data.images import read_image, read_mask, resolve_mask_mode
 from ..data.labels import Coding
 from ..models.checkpoint import read_checkpoint
-from ..utils.files import atomic_write_text
+from ..utils.files import atomic_write_text, check_output_dir
 from ..utils.metrics import VOID, ConfusionMatrix
+from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace
 from .predictor import Predictor
-from .report import ReportWriter
+from .report import CURVES, ReportWriter
 
 
 def evaluate(
@@ -28,6 +29,7 @@ def evaluate(
     out: str | Path | None = None,
     log=print,
     report_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
 
@@ -37,6 +39,7 @@ def evaluate(
     returns it; with `report_dir`, also an HTML report there (``index.html``: scores, confusion matrix,
     curves, every image worst first).
     """
+    out = plan_evaluate(model, data, out, report_dir, overwrite)  # before anything is written
     writer = ReportWriter(report_dir, predictor.colors) if report_dir is not None else None
     names = predictor.class_names
     meta = _checkpoint(model)
@@ -47,6 +50,7 @@ def evaluate(
         log(note)
     cm, per_image = _score(predictor, pairs, mask_mode, writer, coding)
     report = {
+        "format": f"{MARK}/eval",
         "model": str(model),
         "data": str(data),
         "split": split,
@@ -60,13 +64,35 @@ def evaluate(
         "per_image": per_image,
         "void_label": VOID,
     }
-    out = Path(out) if out else Path(str(model) + ".eval.json")
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(out)
     if writer is not None:
         page = writer.write(report, cm.mat.numpy(), model_info(model), Path(model).parent)
         report["html_report"] = str(page)
     return report
+
+
+def plan_evaluate(
+    model: str | Path, data: str | Path, out: str | Path | None, report_dir: str | Path | None, overwrite: bool
+) -> Path:
+    """The JSON report's path (default ``<model>.eval.json``), after checking that neither it nor the HTML report
+    writes onto an input (the model, the data, the run's curves) or over a file webdino-seg did not write
+    (unless `overwrite`); a report folder that holds inputs is refused."""
+    out = Path(out) if out else Path(str(model) + ".eval.json")
+    check_suffix(out, (".json",), "evaluate writes its scores as JSON")
+    inputs = [Path(model), *(p for p in Path(data).rglob("*") if p.is_file())] if Path(data).is_dir() else [Path(model)]
+    guard([out], inputs)
+    may_replace(out, overwrite)
+    if report_dir is not None:
+        folder = check_output_dir(report_dir, "--report")
+        inside = [p for p in [*inputs, *(Path(model).parent / c for c in CURVES)] if p.exists()
+                  and p.resolve().is_relative_to(folder.resolve())]  # fmt: skip
+        if inside:
+            raise OutputError(f"--report {folder}: holds inputs of this evaluation (e.g. {inside[0]}); a report "
+                              "goes into a folder of its own, e.g. RUN/report")  # fmt: skip
+        if folder.exists() and any(folder.iterdir()):
+            may_replace(folder, overwrite, "--report")
+    return out
 
 
 def _checkpoint(model: str | Path) -> dict:

@@ -22,6 +22,7 @@ from ..models.checkpoint import load_model
 from ..models.layers import check_image_size
 from ..models.segmentation import SegmentationModel
 from ..utils.files import check_output_file, publish
+from ..utils.outputs import check_suffix, guard, may_replace
 
 FORMAT = "webdino-seg/onnx-1"
 OPSET = 18  # scaled_dot_product_attention and bicubic resize export cleanly from here on
@@ -58,6 +59,7 @@ def export_onnx(
     dynamic: bool = False,
     weights: str | None = None,
     log=print,
+    overwrite: bool = False,
 ) -> dict:
     """Export a trained checkpoint to ONNX at `imgsz` (default: its training size), checked with onnxruntime.
 
@@ -67,7 +69,7 @@ def export_onnx(
     _require_onnx()
     import onnx
 
-    out = check_output_file(out)
+    out = plan_export(model_path, out, weights, overwrite)
     model, ckpt = load_model(model_path, weights)
     size = tuple(imgsz or ckpt["imgsz"])
     check_image_size(*size, model.backbone.patch_size)
@@ -108,6 +110,16 @@ def export_onnx(
     log(f"exported {model_path} -> {out} ({out.stat().st_size / 2**20:.1f} MiB, {size[0]}x{size[1]}, {batch}); "
         f"onnxruntime vs PyTorch: max abs logit difference {diff:.2e}")  # fmt: skip
     return {"out": str(out), "imgsz": list(size), "bytes": out.stat().st_size, "max_abs_diff": diff}
+
+
+def plan_export(model_path: str | Path, out: str | Path, weights: str | None, overwrite: bool) -> Path:
+    """The output checked before anything loads: an .onnx name, not the model or its weights, and not a file
+    webdino-seg did not write unless `overwrite`."""
+    out = check_output_file(out)
+    check_suffix(out, (".onnx",), "export writes an ONNX model")
+    guard([out, out.with_name(out.name + ".data")], [Path(model_path), *([Path(weights)] if weights else [])])
+    may_replace(out, overwrite)
+    return out
 
 
 def verify(path: str | Path, graph: ExportedGraph, size: tuple[int, int]) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..data.images import IMAGE_SUFFIXES, ImageError, read_image
 from ..utils.files import check_output_dir, save_png
+from ..utils.outputs import guard, may_replace
 from .predictor import Predictor
 
 
@@ -35,16 +36,33 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[i : i + size]
 
 
+def plan_outputs(
+    spec: str | Path, out: str | Path, overwrite: bool = False, inputs: tuple[Path, ...] = ()
+) -> list[Path]:
+    """The images of `spec`, after checking that writing their overlays and masks into `out` destroys nothing:
+    no input (the images, `inputs` such as the model) is written over, no two images write one file, and a file
+    webdino-seg did not write is replaced only with `overwrite`."""
+    out = check_output_dir(out)
+    files = list_images(spec)
+    planned = [out / f"{p.stem}_{kind}.png" for p in files for kind in ("overlay", "mask")]
+    guard(planned, [*files, *inputs])
+    for path in planned:
+        may_replace(path, overwrite)
+    return files
+
+
 def predict_paths(
-    predictor: Predictor, spec: str | Path, out: str | Path, batch: int = 8, skip_bad: bool = False
-) -> dict:
-    """Predict every image in `spec`; write ``<stem>_overlay.png`` and ``<stem>_mask.png`` (class ids) to `out`."""
+    predictor: Predictor, spec: str | Path, out: str | Path, batch: int = 8, skip_bad: bool = False,
+    overwrite: bool = False,
+) -> dict:  # fmt: skip
+    """Predict every image in `spec`; write ``<stem>_overlay.png`` and ``<stem>_mask.png`` (class ids) to `out`
+    (checked first with `plan_outputs`)."""
     from tqdm.auto import tqdm
 
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
-    out = check_output_dir(out)
-    files = list_images(spec)
+    files = plan_outputs(spec, out, overwrite)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, start = 0, [], time.perf_counter()
     with tqdm(total=len(files), unit="img", desc="predict") as bar:

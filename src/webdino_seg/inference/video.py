@@ -20,9 +20,11 @@ import av
 import numpy as np
 
 from ..utils.files import check_output_file, publish, why_missing
+from ..utils.outputs import MARK, check_suffix, guard, may_replace
 from ..utils.overlay import overlay
 from .predictor import Predictor
 
+CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}  # output suffix -> the container written
 _END = object()
 _TICK = 0.1  # seconds between checks of the stop flag while a queue is full or empty
 
@@ -178,7 +180,8 @@ def _writer(
     path: Path, info: dict, inbox: queue.Queue, errors: list[BaseException], stop: threading.Event, draw=overlay
 ) -> None:
     try:
-        with av.open(str(path), mode="w", format="mp4") as container:
+        with av.open(str(path), mode="w", format=CONTAINERS[info.get("suffix", ".mp4")]) as container:
+            container.metadata["comment"] = f"{MARK} video"  # says whose output this is (see utils.outputs)
             stream = container.add_stream("libx264", rate=info["rate"])
             stream.width, stream.height = even_size(info["width"], info["height"])
             stream.pix_fmt = "yuv420p"  # plays everywhere (odd sizes are padded by a pixel)
@@ -263,6 +266,19 @@ def _write_error(err: BaseException, dst: Path, src: object) -> BaseException:
     return VideoError(f"{src}: {err}")
 
 
+def plan_video(
+    src: str | int | Path, dst: str | Path, overwrite: bool = False, inputs: tuple[Path, ...] = ()
+) -> Path:
+    """Check the output before anything runs: a video name (.mp4, .mov or .mkv: H.264 in that container), not
+    the input video nor another input (`inputs`, e.g. the model), and not a file webdino-seg did not write
+    unless `overwrite`."""
+    dst = check_output_file(dst)
+    check_suffix(dst, tuple(CONTAINERS), "video writes H.264 video")
+    guard([dst], [*([] if is_camera(src) else [Path(src)]), *inputs])
+    may_replace(dst, overwrite)
+    return dst
+
+
 def run_video(
     predictor: Predictor,
     src: str | int | Path,
@@ -271,6 +287,7 @@ def run_video(
     max_frames: int | None = None,
     show: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Segment every frame of `src` (file or camera index) and write an upright overlay MP4 of the same rate.
 
@@ -281,8 +298,9 @@ def run_video(
         raise ValueError(f"--batch must be at least 1, got {batch}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
-    dst = check_output_file(dst)  # before anything is decoded
+    dst = plan_video(src, dst, overwrite)  # before anything is decoded
     info, frames_iter, warnings = _source(src)
+    info["suffix"] = dst.suffix.lower()
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
     os.close(fd)

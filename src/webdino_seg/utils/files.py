@@ -127,13 +127,29 @@ def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
+def check_writable(folder: str | Path, flag: str) -> Path:
+    """Raise a clear OSError unless files can be made in `folder` (or, when it does not exist yet, in the nearest
+    folder above it that does); nothing is left behind."""
+    folder = Path(folder)
+    check_output_dir(folder, flag)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"{flag} {folder}: cannot write there ({err.strerror or err})") from None
+    return folder
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write an (H, W) or (H, W, 3) uint8 array as PNG atomically."""
-    from PIL import Image
+    """Write an (H, W) or (H, W, 3) uint8 array as PNG atomically, marked as webdino-seg's (see `outputs.MARK`)."""
+    from PIL import Image, PngImagePlugin
 
-    return atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=1))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "webdino-seg")
+    return atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=1, pnginfo=info))

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ...utils.files import atomic_write, atomic_write_text
+from ...utils.outputs import MARK, OutputError, check_suffix, guard, may_replace
 from ..variants import VARIANTS, BackboneConfig
 from . import dinov2, dinov3
 from .errors import WeightsError
@@ -29,22 +30,34 @@ def _config(src: Path, sd: dict, fmt: str) -> BackboneConfig:
     return variant_from_keys(sd, str(src))
 
 
-def convert_weights(src: str | Path, dst: str | Path, to: str, cfg: BackboneConfig | None = None) -> str:
+def convert_weights(
+    src: str | Path, dst: str | Path, to: str, cfg: BackboneConfig | None = None, overwrite: bool = False
+) -> str:
     """Convert a checkpoint between official ``.pth`` (chunked as the variant's factory) and an HF folder.
 
     `cfg` supplies head count and chunking; when absent it is taken from an HF ``config.json`` or
-    told from the tensor shapes. Returns the detected input format.
+    told from the tensor shapes. Returns the detected input format. The output never replaces the input, and
+    replaces a file (or folder) webdino-seg did not write only with `overwrite`.
     """
     if to not in ("hf", "official"):
         raise ValueError(f"unknown target format {to!r}; use 'hf' or 'official'")
+    dst = Path(dst)
+    weights = (".pth", ".pt", ".bin", ".safetensors")
+    if to == "official":
+        check_suffix(dst, weights[:3], "--to official writes a PyTorch .pth file", "output")
+    elif dst.suffix.lower() in weights:
+        raise OutputError(f"output {dst}: --to hf writes a folder (model.safetensors and config.json); give a folder "
+                          "name")  # fmt: skip
     src_path = resolve_weights(src)
+    sources = [p for p in src_path.rglob("*") if p.is_file()] if src_path.is_dir() else [src_path]
+    guard([dst, dst / "model.safetensors", dst / "config.json"], sources, "output")
+    may_replace(dst, overwrite, "output")
     sd, fmt = to_official(read_state_dict(src_path))
     v3 = fmt.endswith("dinov3")
     cfg = cfg or _config(src_path, sd, fmt)
     if (cfg.family == "dinov3") != v3:
         raise WeightsError(f"{src_path}: a {fmt} checkpoint cannot be written as {cfg.name} ({cfg.family})")
     family = dinov3 if v3 else dinov2
-    dst = Path(dst)
     if to == "official":
         out = dinov3.complete(sd, cfg) if v3 else dinov2.chunk_keys(sd, cfg)
         atomic_write(dst, lambda f: torch.save(out, f))
@@ -52,7 +65,8 @@ def convert_weights(src: str | Path, dst: str | Path, to: str, cfg: BackboneConf
     from safetensors.torch import save
 
     dst.mkdir(parents=True, exist_ok=True)
-    blob = save({k: v.contiguous() for k, v in family.official_to_hf(sd).items()}, metadata={"format": "pt"})
+    tensors = {k: v.contiguous() for k, v in family.official_to_hf(sd).items()}
+    blob = save(tensors, metadata={"format": "pt", "producer": MARK})  # the mark: a later run may replace it
     atomic_write(dst / "model.safetensors", lambda f: f.write(blob))
     atomic_write_text(dst / "config.json", json.dumps(family.hf_config(cfg), indent=2) + "\n")
     return fmt
