@@ -177,3 +177,52 @@ def test_resume_refuses_a_config_missing_or_mistyping_a_setting(small: Path, tmp
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     cli_error(["train", "--resume", str(run), "--epochs", "2"], capsys, "epochs is 'three', not int")
     assert len(metrics_rows(run)) == 1
+
+
+# --- 6. clear messages where there were tracebacks -----------------------------------------------
+
+
+def test_broken_hf_folders_and_weights_say_what_is_wrong(tmp_path: Path, capsys) -> None:
+    import json
+
+    import torch
+
+    hf = tmp_path / "hf"
+    shutil.copytree(FIXTURES / "tiny_hf", hf)
+    convert = ["convert-weights", str(hf), str(tmp_path / "out.pth"), "--to", "official"]
+    config = json.loads((hf / "config.json").read_text())
+    for broken, needle in (([config], "holds an object of settings, found a list"),
+                           ({k: v for k, v in config.items() if k != "hidden_size"}, "lacks 'hidden_size'"),
+                           (config | {"num_hidden_layers": "four"}, "'num_hidden_layers' is 'four'")):  # fmt: skip
+        (hf / "config.json").write_text(json.dumps(broken))
+        cli_error(convert, capsys, "config.json", needle)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    cli_error(["convert-weights", str(shards), str(tmp_path / "o.pth"), "--to", "official"], capsys,
+              "model.safetensors.index.json: has no \"weight_map\"")  # fmt: skip
+    sd = torch.load(FIXTURES / "tiny_official.pth", weights_only=True)
+    sd["cls_token"] = sd["cls_token"].to(torch.int8)
+    torch.save(sd, tmp_path / "int8.pth")
+    from webdino_seg import WeightsError, create_backbone
+
+    with pytest.raises(WeightsError, match=r"1 tensor\(s\) are not floating point, e\.g\. cls_token \(int8\)"):
+        create_backbone("webdino-300m", weights=tmp_path / "int8.pth", embed_dim=64, depth=4, num_heads=4)
+
+
+def test_a_seed_too_large_and_16_bit_binary_masks(small: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    with pytest.raises(SystemExit) as stop:
+        main([*tiny_train_cli(small, tmp_path / "r"), "--seed", str(2**70)])
+    assert stop.value.code == 2 and "--seed: must be from 0 to" in capsys.readouterr().err
+    data = tmp_path / "d"
+    shutil.copytree(small, data)
+    for mask in data.glob("*_masks/*.png"):  # 0/65535 16-bit exports of the binary masks
+        Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint16) * 65535).save(mask)
+    logs: list[str] = []
+    train(tiny_config(data, tmp_path / "run", epochs=1), log=logs.append)
+    assert any("only the values 0 and 65535: reading them as binary" in line for line in logs), logs
+    cli_error(["show-data", str(data), "--out", str(tmp_path / "g.png"), "--mask-mode", "ids"], capsys,
+              "0/65535 masks are two-class masks: pass --mask-mode binary")  # fmt: skip

@@ -16,6 +16,14 @@ then `evaluate`, `predict` images and segment a `video` with the trained model.
 Every command takes --help; --debug (anywhere) shows full tracebacks."""
 
 
+def seed(text: str) -> int:
+    """argparse type: a seed torch can take (0 to 2**63 - 1)."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**63 - 1}, got {value}")
+    return value
+
+
 def positive(text: str) -> int:
     """argparse type: an integer of at least 1."""
     value = int(text)
@@ -134,7 +142,7 @@ def _prepare_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid-count", type=positive, default=24, help="pennfudan: images held out for validation")
     p.add_argument("--valid-fraction", type=float, default=0.15, help="other formats: the seeded share of images "
                    "without a split of their own held out for validation")  # fmt: skip
-    p.add_argument("--seed", type=int, default=42, help="seed of the train/valid shuffle")
+    p.add_argument("--seed", type=seed, default=42, help="seed of the train/valid shuffle")
     p.add_argument("--class-names", nargs="+", help="folders, labelme: one name per class, background first")
     p.add_argument("--ignore-index", type=int, default=255, help="folders: the stored value that means ignore "
                    "(CamVid: 11); written as 255")  # fmt: skip
@@ -201,7 +209,7 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N", **g)
     p.add_argument("--workers", type=non_negative, help="data-loader processes (default: one per CPU core, "
                    "at most 8)", **g)  # fmt: skip
-    p.add_argument("--seed", type=int, default=42, help="seed of the head's init, augmentation and order", **g)
+    p.add_argument("--seed", type=seed, default=42, help="seed of the head's init, augmentation and order", **g)
     p.add_argument("--no-cache", action=_GivenTrue, help="recompute frozen features every epoch (tutorial way)")
     p.add_argument("--cache-views", type=positive, default=4, help="augmented views per training image in the "
                    "cache (never more than --epochs)", **g)  # fmt: skip

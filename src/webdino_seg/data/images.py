@@ -154,9 +154,10 @@ def resolve_mask_mode(
     if coding is not None and (coding.ignore_index != VOID or coding.reduce_labels or coding.colors):
         return "ids", None
     values = mask_values(mask_paths)
-    if num_classes == 2 and VOID in values and values <= {0, VOID}:
-        return "binary", (
-            "masks hold only the values 0 and 255: reading them as binary (255 = class 1); "
-            "pass --mask-mode ids if 255 means void"
-        )
+    for top in (VOID, 65535):  # two-class masks stored 8-bit (0/255) or 16-bit (0/65535)
+        if num_classes == 2 and top in values and values <= {0, top}:
+            return "binary", (
+                f"masks hold only the values 0 and {top}: reading them as binary ({top} = class 1); "
+                + ("pass --mask-mode ids if 255 means void" if top == VOID else "pass --mask-mode ids to refuse that")
+            )
     return "ids", None

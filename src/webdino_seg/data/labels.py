@@ -55,8 +55,9 @@ class Coding:
         too_big = values[~ignore] >= VOID
         if too_big.any():
             top = int(values[~ignore].max())
+            binary = "; 0/65535 masks are two-class masks: pass --mask-mode binary" if top == 65535 else ""
             raise ValueError(f"{where}: mask value {top} does not fit a class id (0-{VOID - 1}, {VOID} void); "
-                             f"if it means 'ignore', pass --ignore-index {top}")  # fmt: skip
+                             f"if it means 'ignore', pass --ignore-index {top}{binary}")  # fmt: skip
         return np.where(ignore, VOID, values).astype(np.uint8)
 
     def _from_colors(self, rgb: np.ndarray, where: str) -> np.ndarray:

@@ -26,8 +26,26 @@ def _config(src: Path, sd: dict, fmt: str) -> BackboneConfig:
     hf_json = src / "config.json" if src.is_dir() else src.with_name("config.json")
     if hf_json.exists() and fmt.startswith("hf"):
         base = VARIANTS.get(guess_variant(sd) or "") or VARIANTS["dinov3-vits16" if v3 else "webdino-300m"]
-        return (dinov3 if v3 else dinov2).config_from_hf(json.loads(hf_json.read_text()), base)
+        return (dinov3 if v3 else dinov2).config_from_hf(read_hf_config(hf_json, v3), base)
     return variant_from_keys(sd, str(src))
+
+
+def read_hf_config(path: Path, v3: bool) -> dict:
+    """A Hugging Face ``config.json`` as a dict whose architecture numbers are numbers; anything else is a
+    `WeightsError` naming the file and the field."""
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise WeightsError(f"{path}: not JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: a config.json holds an object of settings, found a {type(config).__name__}")
+    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads") + (("intermediate_size",) if v3 else ())
+    for key in needed:
+        if key not in config:
+            raise WeightsError(f"{path}: lacks {key!r}, which the architecture needs")
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
+            raise WeightsError(f"{path}: {key!r} is {config[key]!r}, not a positive whole number")
+    return config
 
 
 def convert_weights(

@@ -50,6 +50,17 @@ def check_finite(sd: StateDict, source: str) -> None:
         )
 
 
+def check_dtypes(model: nn.Module, sd: StateDict, source: str) -> None:
+    """Raise a `WeightsError` naming the tensors that are not floating point where the model's are (an int8 or
+    int64 tensor is a quantized or damaged file, never weights to load as they are)."""
+    expected = model.state_dict()
+    bad = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sd.items()
+           if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]  # fmt: skip
+    if bad:
+        raise WeightsError(f"{source}: {len(bad)} tensor(s) are not floating point, e.g. {few(bad, 3)}; the file is "
+                           "quantized or damaged, not the variant's weights")  # fmt: skip
+
+
 def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:
     """Load weights from any supported source into `model` strictly; return what was loaded from where."""
     path = resolve_weights(source)
@@ -60,6 +71,7 @@ def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:
         ref = next(iter(model.parameters()))
         sd = {k: v.to(ref.dtype) for k, v in sd.items()}
     check_state_dict(model, sd, fmt, str(path))
+    check_dtypes(model, sd, str(path))
     check_finite(sd, str(path))
     model.load_state_dict(sd, strict=True, assign=any(p.is_meta for p in model.parameters()))
     return {"source": str(source), "path": str(path), "format": fmt}

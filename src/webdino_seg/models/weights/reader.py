@@ -29,7 +29,7 @@ def read_state_dict(path: str | Path) -> StateDict:
                 return read_state_dict(path / name)
         index = path / "model.safetensors.index.json"
         if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = _shards(index)
             merged: StateDict = {}
             for shard in shards:
                 merged.update(read_state_dict(path / shard))
@@ -46,6 +46,17 @@ def read_state_dict(path: str | Path) -> StateDict:
         except (SafetensorError, OSError) as err:
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
     return unwrap(safe_torch_load(path), source=str(path))
+
+
+def _shards(index: Path) -> list[str]:
+    """The shard files a safetensors index names; an index without a ``weight_map`` of names is a WeightsError."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, AttributeError) as err:
+        raise WeightsError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise WeightsError(f"{index}: has no \"weight_map\" of tensor names to shard files")
+    return sorted(set(weight_map.values()))
 
 
 def safe_torch_load(path: Path, what: str = "PyTorch checkpoint") -> object:
