@@ -226,3 +226,46 @@ def test_a_seed_too_large_and_16_bit_binary_masks(small: Path, tmp_path: Path, c
     assert any("only the values 0 and 65535: reading them as binary" in line for line in logs), logs
     cli_error(["show-data", str(data), "--out", str(tmp_path / "g.png"), "--mask-mode", "ids"], capsys,
               "0/65535 masks are two-class masks: pass --mask-mode binary")  # fmt: skip
+
+
+# --- 7. video timing kept ------------------------------------------------------------------------
+
+
+def _encode(path: Path, times_ms: list[int] | None, rate: int = 10, fmt: str | None = None) -> None:
+    """A small H.264 video: frames at `times_ms` (a variable frame rate, time base 1 ms), or, without times, a
+    raw stream of 30 frames at `rate` (no container timestamps at all)."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        if times_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, at in enumerate(times_ms if times_ms is not None else range(30)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (i * 20) % 256, np.uint8), format="rgb24")
+            frame.pts = at
+            if times_ms is not None:
+                frame.time_base = Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_variable_frame_rate_keeps_its_timestamps_and_raw_h264_its_rate(ckpt: Path, tmp_path: Path) -> None:
+    import av
+
+    times = [0, 100, 150, 400, 450, 500, 900, 1000, 1033, 1066, 1400, 1800]
+    _encode(tmp_path / "vfr.mp4", times)
+    assert main(["video", "--model", str(ckpt), "--input", str(tmp_path / "vfr.mp4"), "--out",
+                 str(tmp_path / "out.mp4")]) == 0  # fmt: skip
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        got = [round(float(f.time) * 1000) for f in container.decode(video=0)]
+    assert got == times  # not flattened to the average rate (9.1 fps)
+    _encode(tmp_path / "raw.h264", None, rate=25, fmt="h264")
+    assert main(["video", "--model", str(ckpt), "--input", str(tmp_path / "raw.h264"), "--out",
+                 str(tmp_path / "raw.mp4")]) == 0  # fmt: skip
+    with av.open(str(tmp_path / "raw.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 25 and abs(float(container.duration) / 1e6 - 30 / 25) < 0.05

@@ -24,6 +24,7 @@ from ..utils.outputs import MARK, check_suffix, guard, may_replace
 from ..utils.overlay import overlay
 from .predictor import Predictor
 
+CLOCK = 90_000  # the output's time base, 1/90000 s: exact for 10, 24, 25, 30 and 30000/1001 fps
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}  # output suffix -> the container written
 _END = object()
 _TICK = 0.1  # seconds between checks of the stop flag while a queue is full or empty
@@ -59,7 +60,7 @@ def probe(src: str | Path) -> dict:
         raise VideoError(f"{src}: cannot open video ({err})") from None
 
 
-def _file_frames(src: str | Path, warnings: list[str]) -> Iterator[np.ndarray]:
+def _file_frames(src: str | Path, warnings: list[str]) -> Iterator[tuple[np.ndarray, float | None]]:
     try:
         container = av.open(str(src))
     except av.FFmpegError as err:
@@ -69,14 +70,15 @@ def _file_frames(src: str | Path, warnings: list[str]) -> Iterator[np.ndarray]:
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield upright(frame.to_ndarray(format="rgb24"), int(frame.rotation or 0))
+                time = float(frame.time) if frame.time is not None else None  # None in raw streams
+                yield upright(frame.to_ndarray(format="rgb24"), int(frame.rotation or 0)), time
         except av.FFmpegError as err:
             if count == 0:
                 raise VideoError(f"{src}: cannot decode any frame ({err})") from None
             warnings.append(f"{src}: decoding stopped after {count} frames ({err}); the file may be truncated")
 
 
-def _camera_frames(index: int) -> Iterator[np.ndarray]:
+def _camera_frames(index: int) -> Iterator[tuple[np.ndarray, None]]:
     import cv2
 
     cap = cv2.VideoCapture(index)
@@ -87,7 +89,7 @@ def _camera_frames(index: int) -> Iterator[np.ndarray]:
             ok, frame = cap.read()
             if not ok:
                 return
-            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), None
     finally:
         cap.release()
 
@@ -136,7 +138,7 @@ def _fail(errors: list[BaseException], err: BaseException, stop: threading.Event
 
 
 def _reader(
-    frames: Iterator[np.ndarray],
+    frames: Iterator[tuple[np.ndarray, float | None]],
     out: queue.Queue,
     batch: int,
     max_frames: int | None,
@@ -179,6 +181,9 @@ def _pad_even(frame: np.ndarray) -> np.ndarray:
 def _writer(
     path: Path, info: dict, inbox: queue.Queue, errors: list[BaseException], stop: threading.Event, draw=overlay
 ) -> None:
+    """Encode (frame, mask, fps, time, drawn) items: the overlay is drawn here, off the main thread, unless `drawn`
+    already holds it; each frame keeps its input timestamp (variable frame rates stay as they were), else it is
+    placed at the input's frame rate."""
     try:
         with av.open(str(path), mode="w", format=CONTAINERS[info.get("suffix", ".mp4")]) as container:
             container.metadata["comment"] = f"{MARK} video"  # says whose output this is (see utils.outputs)
@@ -186,13 +191,17 @@ def _writer(
             stream.width, stream.height = even_size(info["width"], info["height"])
             stream.pix_fmt = "yuv420p"  # plays everywhere (odd sizes are padded by a pixel)
             stream.options = {"preset": "veryfast", "crf": "20"}  # keeps encoding off the critical path
-            stream.codec_context.time_base = 1 / info["rate"]
-            index = 0
+            stream.codec_context.time_base = Fraction(1, CLOCK)
+            index, last, start = 0, -1, None
             while (item := _get(inbox, stop)) is not _END:
-                if isinstance(item, tuple):  # (frame, mask, fps): the overlay is drawn here, off the main thread
-                    item = draw_fps(draw(*item[:2]), item[2])
-                frame = av.VideoFrame.from_ndarray(_pad_even(item), format="rgb24")
-                frame.pts = index
+                image, mask, fps, stamp, drawn = item
+                picture = drawn if drawn is not None else draw_fps(draw(image, mask), fps)
+                frame = av.VideoFrame.from_ndarray(_pad_even(picture), format="rgb24")
+                if stamp is not None and start is None:
+                    start = stamp
+                at = stamp - start if stamp is not None else index / info["rate"]
+                last = frame.pts = max(round(at * CLOCK), last + 1)  # strictly increasing, as encoders require
+                frame.time_base = Fraction(1, CLOCK)
                 index += 1
                 container.mux(stream.encode(frame))
             if not stop.is_set():
@@ -342,21 +351,22 @@ def _segment(
     predictor: Predictor, frames_q: queue.Queue, encode_q: queue.Queue, stop: threading.Event, total: int | None,
     show: bool, progress: bool, start: float,
 ) -> int:  # fmt: skip
-    """The main thread's stage: batches of frames in, (frame, mask, FPS so far) out to the writer; returns the
+    """The main thread's stage: batches of (frame, time) in, (frame, mask, FPS so far, time, drawn) out to the
+    writer; returns the
     frames segmented. With `show`, each overlay is also shown while a window can be opened."""
     from tqdm.auto import tqdm
 
     done, window = 0, show
     with tqdm(total=total, unit="frame", desc="video", disable=not progress) as bar:
         while (chunk := _get(frames_q, stop)) is not _END:
-            masks = predictor.predict_batch(chunk)
+            masks = predictor.predict_batch([frame for frame, _ in chunk])
             done += len(chunk)
             fps = done / max(time.perf_counter() - start, 1e-9)  # end to end so far, as the summary
-            for frame, mask in zip(chunk, masks, strict=True):
-                item: object = (frame, mask, fps)
+            for (frame, at), mask in zip(chunk, masks, strict=True):
+                item = (frame, mask, fps, at, None)
                 if window:
-                    item = draw_fps(predictor.draw(frame, mask), fps)
-                    window = _show(item)
+                    drawn = draw_fps(predictor.draw(frame, mask), fps)
+                    item, window = (frame, mask, fps, at, drawn), _show(drawn)
                     if not window:
                         bar.write("--show: no window available (headless OpenCV or no display)", file=sys.stderr)
                 if not _put(encode_q, item, stop):
