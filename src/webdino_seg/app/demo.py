@@ -12,11 +12,12 @@ import io
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..data.images import ImageError, to_rgb
+from ..data.images import MAX_PIXELS, ImageError, to_rgb
 from ..inference.predictor import Predictor
 from ..utils.files import save_png
 
@@ -44,58 +45,151 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-widt
 </body></html>"""
 
 
-def create_app(predictor: Predictor, max_bytes: int = 20 * 2**20, workdir: str | Path | None = None):
-    """The demo's ASGI app around `predictor`; uploads larger than `max_bytes` are refused."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import FileResponse, HTMLResponse, Response
-    from starlette.routing import Route
+class _TooLarge(Exception):
+    """The request body grew past the upload limit while it was being read."""
 
-    results = Path(workdir or tempfile.mkdtemp(prefix="webdino-seg-demo-"))
-    results.mkdir(parents=True, exist_ok=True)
-    limit_text = f"{max_bytes / 2**20:.0f} MB"
 
-    async def index(request: Request) -> Response:
-        if request.method == "GET":
-            return HTMLResponse(_page(status=f"Upload an image or a short video (at most {limit_text})."))
-        length = int(request.headers.get("content-length") or 0)
-        if length > max_bytes:
-            return HTMLResponse(_page(f'<p class="error">The file is too large ({length / 2**20:.1f} MB); the '
-                                      f"limit is {limit_text}.</p>"), status_code=413)  # fmt: skip
-        form = await request.form()
-        upload = form.get("file")
-        if upload is None or not getattr(upload, "filename", ""):
-            return HTMLResponse(_page('<p class="error">No file was uploaded.</p>'), status_code=400)
-        data = await upload.read()
-        if len(data) > max_bytes:
-            return HTMLResponse(_page(f'<p class="error">The file is too large; the limit is {limit_text}.</p>'),
-                                status_code=413)  # fmt: skip
-        suffix = Path(upload.filename).suffix.lower()
+def _limited(receive, max_bytes: int):
+    """An ASGI receive that counts the body as it arrives and stops past `max_bytes`, however it is sent
+    (with a Content-Length or chunked): nothing larger is ever held in memory."""
+    seen = 0
+
+    async def limited() -> dict:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise _TooLarge
+        return message
+
+    return limited
+
+
+class _Demo:
+    """The demo's request handlers and what they share: the model (one upload at a time), the limits, the
+    results folder."""
+
+    def __init__(self, predictor: Predictor, max_bytes: int, results: Path, max_waiting: int) -> None:
+        import asyncio
+
+        self.predictor, self.max_bytes, self.results, self.max_waiting = predictor, max_bytes, results, max_waiting
+        self.limit_text = f"{max_bytes / 2**20:.0f} MB"
+        self.model_lock, self.waiting = asyncio.Lock(), 0
+
+    @staticmethod
+    def error(text: str, code: int):
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(_page(f'<p class="error">{html.escape(text)}</p>'), status_code=code)
+
+    async def read_upload(self, request) -> tuple[bytes, str] | object:
+        """The uploaded file's bytes and name, or the error response to send."""
+        from starlette.requests import Request
+
+        too_large = f"The file is too large; the limit is {self.limit_text}."
+        if int(request.headers.get("content-length") or 0) > self.max_bytes:
+            return self.error(too_large, 413)
         try:
-            if suffix in VIDEO_TYPES:
-                body = _video(predictor, data, suffix, results)
-            else:
-                body = _image(predictor, data, upload.filename, results)
+            limited = Request(request.scope, _limited(request.receive, self.max_bytes))
+            form = await limited.form(max_files=1, max_fields=4)
+        except _TooLarge:
+            return self.error(too_large, 413)
+        except Exception:  # a body that is not multipart form data
+            return self.error("The upload could not be read as a form with a file.", 400)
+        file = form.get("file")
+        if file is None or not getattr(file, "filename", ""):
+            return self.error("No file was uploaded.", 400)
+        return await file.read(), Path(file.filename).name
+
+    async def index(self, request):
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import HTMLResponse
+
+        if request.method == "GET":
+            return HTMLResponse(_page(status=f"Upload an image or a short video (at most {self.limit_text})."))
+        upload = await self.read_upload(request)
+        if not isinstance(upload, tuple):
+            return upload
+        if self.waiting >= self.max_waiting:
+            return self.error("The demo is busy with other uploads; try again in a moment.", 503)
+        self.waiting += 1
+        try:
+            async with self.model_lock:  # one at a time: the model's memory is bounded
+                body = await run_in_threadpool(_segment, self.predictor, *upload, self.results)
         except (ImageError, ValueError, OSError) as err:
-            return HTMLResponse(_page(f'<p class="error">{html.escape(str(err))}</p>'), status_code=400)
+            return self.error(str(err).replace(str(self.results), "results"), 400)
+        finally:
+            self.waiting -= 1
         return HTMLResponse(_page(body))
 
-    async def result(request: Request) -> Response:
-        path = results / Path(request.path_params["name"]).name  # no way out of the folder
+    async def result(self, request):
+        from starlette.responses import FileResponse, Response
+
+        path = self.results / Path(request.path_params["name"]).name  # no way out of the folder
         if not path.is_file():
             return Response("not found", status_code=404)
         return FileResponse(path)
 
-    return Starlette(routes=[Route("/", index, methods=["GET", "POST"]), Route("/results/{name}", result)])
+    async def health(self, _request):
+        from starlette.responses import PlainTextResponse
+
+        return PlainTextResponse("ok")
+
+
+def create_app(
+    predictor: Predictor, max_bytes: int = 20 * 2**20, workdir: str | Path | None = None, max_waiting: int = 4
+):
+    """The demo's ASGI app around `predictor`: uploads over `max_bytes` (or `MAX_PIXELS` once decoded) are refused,
+    one upload is segmented at a time off the event loop (other requests, /health among them, are served
+    meanwhile), at most `max_waiting` more wait (the rest get 503), and the results folder is removed at
+    shutdown unless it is the given `workdir`."""
+    import contextlib
+    import shutil
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    results = Path(workdir or tempfile.mkdtemp(prefix="webdino-seg-demo-"))
+    results.mkdir(parents=True, exist_ok=True)
+    demo = _Demo(predictor, max_bytes, results, max_waiting)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):
+        yield
+        if workdir is None:  # the uploads and results go with the server
+            shutil.rmtree(results, ignore_errors=True)
+
+    routes = [Route("/", demo.index, methods=["GET", "POST"]), Route("/results/{name}", demo.result),
+              Route("/health", demo.health)]  # fmt: skip
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.results = results
+    return app
+
+
+def _segment(predictor: Predictor, data: bytes, name: str, results: Path) -> str:
+    """The result's HTML for one upload (a video by its suffix, else an image)."""
+    suffix = Path(name).suffix.lower()
+    if suffix in VIDEO_TYPES:
+        return _video(predictor, data, suffix, results, name)
+    return _image(predictor, data, name, results)
 
 
 def _image(predictor: Predictor, data: bytes, filename: str, results: Path) -> str:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = to_rgb(Image.open(io.BytesIO(data)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:  # checked on the header, before anything is decoded
+                raise ImageError(f"{filename}: {img.width}x{img.height} is more than the {MAX_PIXELS // 10**6} "
+                                 "megapixels this demo decodes")  # fmt: skip
+            image = to_rgb(img)
+    except Image.DecompressionBombError:  # Pillow's own check, on the header, past 2x its pixel limit
+        raise ImageError(f"{filename}: more megapixels than this demo decodes") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise ImageError(f"{filename}: not an image this demo can read ({err})") from None
+        raise ImageError(f"{filename}: not an image this demo can read ({type(err).__name__})") from None
     start = time.perf_counter()
     mask = predictor.predict(image)
     seconds = time.perf_counter() - start
@@ -117,7 +211,7 @@ def _image(predictor: Predictor, data: bytes, filename: str, results: Path) -> s
     )
 
 
-def _video(predictor: Predictor, data: bytes, suffix: str, results: Path) -> str:
+def _video(predictor: Predictor, data: bytes, suffix: str, results: Path, name: str) -> str:
     from ..inference.video import run_video
 
     key = uuid.uuid4().hex[:12]
@@ -125,6 +219,8 @@ def _video(predictor: Predictor, data: bytes, suffix: str, results: Path) -> str
     src.write_bytes(data)
     try:
         info = run_video(predictor, src, results / f"{key}_seg.mp4", max_frames=MAX_VIDEO_FRAMES, progress=False)
+    except (ValueError, OSError) as err:  # name the upload, not the temporary file it was saved as
+        raise type(err)(str(err).replace(str(src), name)) from None
     finally:
         src.unlink(missing_ok=True)
     cut = f" (the first {MAX_VIDEO_FRAMES})" if info["frames"] == MAX_VIDEO_FRAMES else ""
@@ -137,11 +233,16 @@ def _video(predictor: Predictor, data: bytes, suffix: str, results: Path) -> str
 
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 7860, max_mb: float = 20) -> None:
-    """Run the demo until Ctrl-C."""
+    """Run the demo until Ctrl-C (or SIGTERM); its uploads and results are removed when it stops."""
+    import shutil
+
     try:
         import uvicorn
     except ImportError:
         raise ImportError("the demo needs the demo extra: pip install 'webdino-seg[demo]'") from None
     app = create_app(predictor, int(max_mb * 2**20))
     print(f"webdino-seg demo on http://{host}:{port}/ (Ctrl-C stops it)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+    finally:
+        shutil.rmtree(app.state.results, ignore_errors=True)
