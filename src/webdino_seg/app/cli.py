@@ -175,12 +175,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     import json
 
-    from ..utils.files import atomic_write_text
+    from ..utils.files import atomic_write_text, check_output_file
     from ..utils.outputs import MARK, check_suffix, guard, may_replace
     from .benchmark import benchmark, format_table
 
     if args.out:  # checked before anything is measured
-        check_suffix(Path(args.out), (".json",), "benchmark writes its figures as JSON")
+        check_suffix(check_output_file(Path(args.out)), (".json",), "benchmark writes its figures as JSON")
         guard([Path(args.out)], [Path(p) for p in (args.video, args.data) if p])
         may_replace(Path(args.out), args.overwrite)
     res = benchmark(

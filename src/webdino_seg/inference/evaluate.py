@@ -13,7 +13,7 @@ from ..data.datasets import is_flat, split_pairs
 from ..data.images import read_image, read_mask, resolve_mask_mode
 from ..data.labels import Coding
 from ..models.checkpoint import read_checkpoint
-from ..utils.files import atomic_write_text, check_output_dir
+from ..utils.files import atomic_write_text, check_output_dir, check_output_file
 from ..utils.metrics import VOID, ConfusionMatrix
 from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace
 from .predictor import Predictor
@@ -78,7 +78,7 @@ def plan_evaluate(
     """The JSON report's path (default ``<model>.eval.json``), after checking that neither it nor the HTML report
     writes onto an input (the model, the data, the run's curves) or over a file webdino-seg did not write
     (unless `overwrite`); a report folder that holds inputs is refused."""
-    out = Path(out) if out else Path(str(model) + ".eval.json")
+    out = check_output_file(Path(out) if out else Path(str(model) + ".eval.json"))
     check_suffix(out, (".json",), "evaluate writes its scores as JSON")
     inputs = [Path(model), *(p for p in Path(data).rglob("*") if p.is_file())] if Path(data).is_dir() else [Path(model)]
     guard([out], inputs)
