@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import http.server
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +214,29 @@ def cli_error(argv: list[str], capsys: pytest.CaptureFixture, *needles: str) -> 
     for needle in needles:
         assert needle in last, err
     return last
+
+
+@contextlib.contextmanager
+def serving(app, **config: object):
+    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; yields the port, stops it after."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
 
 
 class Evil:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import serving
 from webdino_seg.app.cli import main
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -74,14 +72,7 @@ def test_report_renders_offline(browser, trained_run: Path, tmp_path: Path) -> N
     browser.save_screenshot(str(tmp_path / "report.png"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_demo_returns_predicts_mask(browser, trained_run: Path, tmp_path: Path) -> None:
-    import uvicorn
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -91,14 +82,7 @@ def test_demo_returns_predicts_mask(browser, trained_run: Path, tmp_path: Path) 
 
     ckpt = trained_run / "best_model_iou.pth"
     app = create_app(Predictor.from_checkpoint(ckpt, device="cpu"), max_bytes=2 * 2**20, workdir=tmp_path / "work")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with serving(app) as port:
         image = SAMPLE / "valid_images" / "FudanPed00039.jpg"
         browser.get(f"http://127.0.0.1:{port}/")
         browser.find_element(By.ID, "file").send_keys(str(image))
@@ -122,6 +106,3 @@ def test_demo_returns_predicts_mask(browser, trained_run: Path, tmp_path: Path) 
         browser.find_element(By.ID, "run").click()
         WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.CLASS_NAME, "error")))
         assert "too large" in browser.find_element(By.CLASS_NAME, "error").text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import io
 import socket
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,15 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import huge_png
+from conftest import huge_png, serving
 
 uvicorn = pytest.importorskip("uvicorn")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,17 +26,8 @@ def server(ckpt: Path):
     from webdino_seg.app.demo import create_app
 
     app = create_app(Predictor.from_checkpoint(ckpt, device="cpu"), max_bytes=512 * 1024, max_waiting=2)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", timeout_keep_alive=2)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield port, app
-    srv.should_exit = True
-    thread.join(timeout=20)
+    with serving(app, timeout_keep_alive=2) as port:
+        yield port, app
 
 
 def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
@@ -125,14 +109,6 @@ def test_results_go_when_the_server_stops(ckpt: Path) -> None:
     from webdino_seg.app.demo import create_app
 
     app = create_app(Predictor.from_checkpoint(ckpt, device="cpu"))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _post(port, _png(), "photo.png")[0] == 200 and any(app.state.results.iterdir())
-    srv.should_exit = True
-    thread.join(timeout=20)
+    with serving(app) as port:
+        assert _post(port, _png(), "photo.png")[0] == 200 and any(app.state.results.iterdir())
     assert not app.state.results.exists()
