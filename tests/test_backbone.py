@@ -27,7 +27,7 @@ def test_matches_official_outputs(tiny: torch.nn.Module, tiny_io: dict, name: st
     with torch.no_grad():
         feats = tiny.forward_features(x)
         layers = tiny.get_intermediate_layers(x, n=4, return_class_token=True)
-    close = {"atol": 1e-5, "rtol": 0}
+    close = {"atol": 2e-6, "rtol": 0}  # we differ by 7e-7 at most; LayerNorm eps 1e-5 for 1e-6 moves 5e-5
     torch.testing.assert_close(feats["x_norm_clstoken"], ref["x_norm_clstoken"], **close)
     torch.testing.assert_close(feats["x_norm_patchtokens"], ref["x_norm_patchtokens"], **close)
     assert len(layers) == 4
@@ -48,7 +48,7 @@ def test_reshape_and_prenorm(tiny_io: dict) -> None:
         (grid,) = model.get_intermediate_layers(x, n=1, reshape=True)
         feats = model.forward_features(x)
     ref = tiny_io["x2"]["x_norm_patchtokens"].reshape(1, 7, 11, 64).permute(0, 3, 1, 2)
-    torch.testing.assert_close(grid, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grid, ref, atol=2e-6, rtol=0)
     torch.testing.assert_close(model.norm(feats["x_prenorm"])[:, 1:], feats["x_norm_patchtokens"])
     assert model.embed_dim == 64 and model.patch_size == 14
 

@@ -188,6 +188,7 @@ def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int
         "seed": dataset.seed,
         "views": views,
         "mask_mode": dataset.mask_mode,
+        "coding": dataset.coding.to_dict(),  # the cached masks are read through it
         "transform": repr(dataset.transform),
         "mean": dataset.mean,
         "std": dataset.std,
