@@ -135,7 +135,8 @@ def test_flat_images_and_masks_folders(small: Path, tmp_path: Path, capsys) -> N
         assert main(["evaluate", "--data", str(flat), "--model", model, "--out", str(out), *extra]) == 0
         report = json.loads(out.read_text())
         assert sorted(report["per_image"]) == sorted(scored or split["valid"] + split["train"]), extra
-    assert "scoring the 4 valid images of the split the model's run recorded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "scoring the 4 valid images of the split the model's run recorded" in out and "added since" not in out
     assert main(["show-data", "--data", str(flat), "--out", str(tmp_path / "grid.png"), "--count", "2"]) == 0
 
 

@@ -67,7 +67,7 @@ def test_evaluate_figures_equal_an_independent_computation(trained_run: Path, pr
     for name, value in per_image.items():
         assert report["per_image"][name] == pytest.approx(value, abs=5e-3), name
     worst = sorted(per_image, key=per_image.get)[:5]
-    assert report["per_image_miou"]["worst"][:2] == worst[:2]  # worst first, not best
+    assert report["per_image_miou"]["worst"][:2] == worst[:2] and len(report["per_image_miou"]["worst"]) == 5
 
 
 # --- colours ------------------------------------------------------------------------------------
@@ -201,3 +201,96 @@ def test_checkpoints_are_never_written_at_their_final_path(tmp_path: Path, monke
     assert name != "m.pth" and name.startswith(".m.pth.") and during == b"previous version"
     assert torch.load(target, weights_only=True)["class_names"] == ["a", "b"]
     assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]
+
+
+# --- the baseline ----------------------------------------------------------------------------------
+
+
+def test_the_baseline_equals_predicting_the_majority_class_everywhere() -> None:
+    """Against the confusion matrix of actually predicting the majority class everywhere; a class with a single
+    pixel still counts as present (classes that never appear do not)."""
+    from webdino_seg.utils.metrics import ConfusionMatrix
+
+    truth = torch.tensor([0] * 70 + [1] * 29 + [3] * 1 + [255] * 5)  # class 2 never appears; 255 is void
+    cm = ConfusionMatrix(4)
+    cm.update(torch.zeros_like(truth), truth)
+    everywhere = ConfusionMatrix(4)
+    everywhere.update(torch.zeros_like(truth), truth)
+    base = cm.baseline()
+    assert base["class"] == 0
+    assert base["pixel_accuracy"] == pytest.approx(0.70) == everywhere.pixel_accuracy()
+    assert base["miou"] == pytest.approx(0.70 / 3)  # IoU 0.7 for class 0, 0 for classes 1 and 3; class 2 is absent
+    assert base["miou"] == pytest.approx(everywhere.miou())
+
+
+# --- architectures and identities ----------------------------------------------------------------
+
+
+def test_each_head_has_the_parameters_the_readme_states() -> None:
+    """The README's heads table (tiny backbone, 2 classes): any change to a layer's size or kernel shows here."""
+    from webdino_seg import create_model
+
+    readme = {"simple": 148_226, "linear4": 1_026, "multilayer": 1_704_386, "guided": 227_469}
+    for head, count in readme.items():
+        assert sum(p.numel() for p in create_model("webdino-tiny", head=head).head.parameters()) == count, head
+
+
+def test_a_checkpoint_records_hf_folder_weights_by_their_safetensors() -> None:
+    import hashlib
+
+    from webdino_seg.models.checkpoint import backbone_identity
+
+    weights = FIXTURES / "tiny_hf"  # a folder: its model.safetensors is what is hashed
+    identity = backbone_identity(create_backbone("webdino-300m", weights=weights, **TINY), str(weights), 0)
+    assert identity["sha256"] == hashlib.sha256((weights / "model.safetensors").read_bytes()).hexdigest()
+    assert identity["format"] == "hf-v4" and identity["arch"] == "webdino-300m"
+
+
+def test_a_fine_tuned_checkpoint_predicts_as_the_model_it_saved(small: Path, tmp_path: Path) -> None:
+    """The backbone travels in a fine-tuned checkpoint: loaded back, it gives the same logits as the state train
+    saved (last.pth holds the same weights), computed here from the state dicts."""
+    from webdino_seg.models.builder import create_model
+
+    run = train(tiny_config(small, tmp_path / "ft", imgsz=(56, 56), epochs=1, fine_tune=True), log=lambda *_: None)
+    loaded, _ = load_model(run / "final_model.pth")
+    assert not any(p.is_meta for p in loaded.parameters())
+    state = torch.load(run / "last.pth", weights_only=True)
+    reference = create_model("webdino-tiny", fine_tune=True)
+    reference.backbone.load_state_dict(state["backbone"])
+    reference.head.load_state_dict(state["head"])
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), reference.eval()(x))
+
+
+def test_the_recorded_valid_loss_is_the_mean_per_labelled_pixel(small: Path, tmp_path: Path) -> None:
+    """metrics.csv's valid loss against cross-entropy computed here over every labelled pixel of the valid split
+    (the final model, the valid split at the training size)."""
+    import torch.nn.functional as F
+
+    from webdino_seg.data.datasets import SegmentationDataset
+    from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
+
+    run = train(tiny_config(small, tmp_path / "r", imgsz=(56, 56), epochs=1), log=lambda *_: None)
+    model, _ = load_model(run / "final_model.pth")
+    valid = SegmentationDataset(small, "valid", (56, 56), IMAGENET_MEAN, IMAGENET_STD, mask_mode="ids")
+    total, pixels = 0.0, 0
+    with torch.no_grad():
+        for image, mask in valid:
+            logits = F.interpolate(model.eval()(image[None]), size=mask.shape, mode="bilinear", align_corners=False)
+            total += float(F.cross_entropy(logits, mask[None], ignore_index=255, reduction="sum"))
+            pixels += int((mask != 255).sum())
+    assert float(metrics_rows(run)[-1]["valid_loss"]) == pytest.approx(total / pixels, rel=1e-5)
+
+
+def test_the_predictor_takes_rgb_rgba_and_grey_and_refuses_other_arrays(ckpt: Path) -> None:
+    from webdino_seg import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((30, 40, 1), 7, np.uint8)], 2)
+    assert np.array_equal(predictor.predict(rgba), predictor.predict(rgb))  # alpha dropped
+    assert predictor.predict(rgb[..., 0]).shape == (30, 40)  # grey is repeated into RGB
+    for shape in ((30, 40, 5), (30, 40, 2), (2, 30, 40, 3)):
+        with pytest.raises(ValueError, match="expected an"):
+            predictor.predict(np.zeros(shape, np.uint8))

@@ -80,10 +80,12 @@ def test_cache_planning_counts_dtype_masks_and_working_memory() -> None:
     gpu = torch.device("cuda")
     plan = plan_store(items, shape, masks, gpu, free={"cuda": 80 * GIB, "cpu": 64 * GIB})
     assert plan.kind == "cuda" and plan.dtype == torch.bfloat16 and plan.nbytes == features_bf16 + mask_bytes
-    assert plan.working_bytes > 0
-    # it would fit in half the GPU without the extraction's own memory, but not with it
-    tight = 2 * (plan.nbytes + plan.working_bytes) - 1
-    assert plan_store(items, shape, masks, gpu, free={"cuda": tight, "cpu": 64 * GIB}).kind == "cpu"
+    # a batch of 32 float32 images and ~16 bf16 activations of the 46x46+1 token sequence, as documented
+    assert plan.working_bytes == 32 * (3 * 644 * 644 * 4 + 16 * (46 * 46 + 1) * 1024 * 2)
+    # it would fit in half the GPU without the extraction's own memory, but not with it; exactly half fits
+    tight = 2 * (plan.nbytes + plan.working_bytes)
+    assert plan_store(items, shape, masks, gpu, free={"cuda": tight, "cpu": 64 * GIB}).kind == "cuda"
+    assert plan_store(items, shape, masks, gpu, free={"cuda": tight - 1, "cpu": 64 * GIB}).kind == "cpu"
     cpu_on_gpu_run = plan_store(items, shape, masks, gpu, free={"cuda": 1 * GIB, "cpu": 64 * GIB})
     assert cpu_on_gpu_run.dtype == torch.bfloat16  # half the RAM of float32 on a CUDA run
     cpu_run = plan_store(items, shape, masks, torch.device("cpu"), free={"cpu": 64 * GIB})
