@@ -220,6 +220,9 @@ def test_views_never_exceed_epochs(small: Path, tmp_path: Path) -> None:
 
 
 def test_resume_applies_safe_flags_and_refuses_others(small: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    for not_a_run in (tmp_path / "empty", tmp_path / "missing", small / "train_images" / "x"):
+        cli_error(["train", "--resume", str(not_a_run)], capsys, "no config.yaml there; is it a run folder?")
     run = tmp_path / "r"
     assert main(tiny_train_cli(small, run)) == 0  # 1 epoch
     cli_error(["train", "--resume", str(run), "--lr", "0.5"], capsys, "--lr 0.5 (the run has 0.001)",

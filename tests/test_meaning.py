@@ -294,3 +294,15 @@ def test_the_predictor_takes_rgb_rgba_and_grey_and_refuses_other_arrays(ckpt: Pa
     for shape in ((30, 40, 5), (30, 40, 2), (2, 30, 40, 3)):
         with pytest.raises(ValueError, match="expected an"):
             predictor.predict(np.zeros(shape, np.uint8))
+
+
+def test_the_palette_past_the_fixed_colours_is_the_voc_colour_map() -> None:
+    """Classes 7 and on take the PASCAL VOC devkit's colour map as the devkit lists it (its entries 1-6 and 8-10;
+    entry 7, grey, is void's colour here)."""
+    from webdino_seg.utils.overlay import palette
+
+    voc = [(128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128), (64, 0, 0),
+           (192, 0, 0), (64, 128, 0)]  # fmt: skip
+    colours = [tuple(c) for c in palette(16).tolist()]
+    assert colours[:2] == [(0, 0, 0), (255, 0, 160)] and colours[7:] == voc
+    assert len(set(colours)) == 16 and (128, 128, 128) not in colours  # grey is void's

@@ -46,6 +46,11 @@ FUNCTIONS = {"utils/overlay.py": ("palette", "_lut", "overlay")}
 # "module:line:col:operator" -> why the mutant cannot change behaviour
 EQUIVALENT: dict[str, str] = {
     "inference/evaluate.py:67:53:int": "the JSON report's indentation (2 or 3 spaces): the same content",
+    "utils/overlay.py:35:19:int": "a colour table of 257 rows instead of 256: uint8 masks never index row 256",
+    "models/weights/loading.py:76:37:bool": "strict=False after check_state_dict refused every missing, unexpected "
+    "or mis-shaped key: nothing is left for strict to catch",
+    "engine/train.py:361:102:bool": "zip(strict=False) over the two split names and the two datasets: always two of "
+    "each",
 }
 
 SWAPS = {
@@ -182,11 +187,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one mutant's tests may take")
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--only", nargs="+", metavar="KEY", help="run just these mutants (module:line:col:operator, "
+                        "as printed), e.g. again after a test was added")  # fmt: skip
     args = parser.parse_args()
     rng = random.Random(args.seed)
     mutants = []
     for module in MODULES:
         candidates = sites(module, (REPO / PACKAGE / module).read_text())
+        if args.only:
+            mutants += [m for m in candidates if m.key in args.only]
+            continue
         mutants += sorted(rng.sample(candidates, min(args.per_module, len(candidates))), key=lambda m: m.line)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="webdino-seg-mutation-") as tmp:
