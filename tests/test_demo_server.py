@@ -84,6 +84,7 @@ def test_limits_hold_however_the_body_comes(server, tmp_path: Path) -> None:
     assert _health(port) < 2
 
 
+@pytest.mark.slow
 def test_concurrent_uploads_and_a_slow_client_leave_the_server_answering(server) -> None:
     port, app = server
     slow = socket.create_connection(("127.0.0.1", port))  # sends half a request, then nothing
@@ -104,6 +105,7 @@ def test_concurrent_uploads_and_a_slow_client_leave_the_server_answering(server)
     assert results.exists()
 
 
+@pytest.mark.slow
 def test_results_go_when_the_server_stops(ckpt: Path) -> None:
     from webdino_seg import Predictor
     from webdino_seg.app.demo import create_app
