@@ -66,7 +66,7 @@ def test_tiny_models_match_every_official_tensor(inputs: dict, name: str, source
         out = model.forward_features(inputs["x2"], masks=masked["masks"])
         for token in TOKENS:
             check(out[token], masked[token])
-    assert worst <= 1e-5, worst
+    assert worst <= 5e-6, worst  # we differ by 1.7e-6 at most; a LayerNorm eps of 1e-6 for 1e-5 moves ~5e-5
 
 
 @pytest.mark.parametrize("fixture", list(RELEASED))

@@ -22,8 +22,8 @@ from webdino_seg.app.cli import main
 # --- resume -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("head", "fine_tune"), [("simple", False), ("linear4", False), ("guided", False),
-                                                 ("simple", True)])  # fmt: skip
+@pytest.mark.parametrize(("head", "fine_tune"), [("simple", False), ("linear4", False), ("multilayer", False),
+                                                 ("guided", False), ("simple", True)])  # fmt: skip
 def test_resume_equals_uninterrupted_with_every_stateful_option(small: Path, tmp_path: Path, head: str,
                                                                 fine_tune: bool) -> None:  # fmt: skip
     """The lr drops at epoch 3, after the resume point: a scheduler that is not restored trains at the wrong rate;
