@@ -200,7 +200,8 @@ def _image(predictor: Predictor, data: bytes, filename: str, results: Path) -> s
     ids = ", ".join(f"{i} {name}" for i, name in enumerate(predictor.class_names))
     swatches = "".join(
         f'<span class="swatch"><i style="background: rgb{tuple(int(v) for v in predictor.colors[i])}"></i>'
-        f"{html.escape(name)}</span>" for i, name in enumerate(predictor.class_names)
+        f"{html.escape(name)}{' (not drawn)' if not predictor.colors[i].any() else ''}</span>"
+        for i, name in enumerate(predictor.class_names)
     )
     return (
         f'<div class="result"><p id="timing">{html.escape(filename)}: {image.shape[1]}x{image.shape[0]}, '

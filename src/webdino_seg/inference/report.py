@@ -179,7 +179,8 @@ apply();
 def _legend(names: list[str], colors: np.ndarray) -> str:
     """Each class's overlay colour and name (void is grey)."""
     swatch = '<span class="swatch"><i style="background: rgb({}, {}, {})"></i>{}</span>'
-    spans = [swatch.format(*(int(v) for v in colors[i]), html.escape(name)) for i, name in enumerate(names)]
+    label = [html.escape(name) + ("" if colors[i].any() else " (not drawn)") for i, name in enumerate(names)]
+    spans = [swatch.format(*(int(v) for v in colors[i]), label[i]) for i in range(len(names))]
     return "".join(spans) + swatch.format(128, 128, 128, "ignored (void)")
 
 
