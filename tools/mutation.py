@@ -202,7 +202,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="webdino-seg-mutation-") as tmp:
         copy = Path(tmp) / "repo"
         shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "outputs", "__pycache__"))
-        (copy.parent / "shared").symlink_to(REPO.parent / "shared") if (REPO.parent / "shared").exists() else None
+        if (REPO.parent / "shared").exists():  # the tests that read ../shared/data find it beside the copy
+            (copy.parent / "shared").symlink_to(REPO.parent / "shared")
         for i, mutant in enumerate(mutants, 1):
             if mutant.key in EQUIVALENT:
                 mutant.status = "equivalent"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import tempfile
 import zipfile
+from functools import partial
 from pathlib import Path
 
 from .datasets import DataError
@@ -55,9 +56,11 @@ def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24
         order = stems[:]
         random.Random(seed).shuffle(order)
         valid = set(order[:valid_count])
-        binary = lambda m: lambda: read_mask(m, mode="binary")  # noqa: E731
-        split = {stem: "valid" if stem in valid else "train" for stem in stems}
-        examples = [Example(images_dir / f"{s}.png", binary(masks_dir / f"{s}_mask.png"), split[s]) for s in stems]
+        examples = [
+            Example(images_dir / f"{s}.png", partial(read_mask, masks_dir / f"{s}_mask.png", mode="binary"),
+                    "valid" if s in valid else "train")
+            for s in stems
+        ]
         record = {"source": str(source), "seed": seed, "valid_count": valid_count,
                   "mask_values": "0 background, 1 person"}  # fmt: skip
         info = write_dataset(out, examples, Classes(("background", "person")), str(source), record)

@@ -96,11 +96,12 @@ def write_valid_preds(
     mean = torch.tensor(ckpt["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(ckpt["std"], device=device).view(1, 3, 1, 1)
     colors = np.array(cfg.class_colors, dtype=np.uint8)
+    coding = cfg.coding()  # read once: it looks at the data's classes.json
     model.eval()
     out.mkdir(exist_ok=True)
     for image_path, mask_path in tqdm(pairs, desc="valid_preds", leave=False):
         image = read_image(image_path)
-        truth = read_mask(mask_path, cfg.mask_mode, coding=cfg.coding())
+        truth = read_mask(mask_path, cfg.mask_mode, coding=coding)
         pixels = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
         with autocast(device, cfg.amp):
             logits = model(model_input(pixels, cfg.imgsz, mean, std)).float()

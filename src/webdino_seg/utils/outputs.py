@@ -49,15 +49,15 @@ def guard(outputs: Iterable[Path], inputs: Iterable[Path], flag: str = "--out") 
     seen: dict[Path, Path] = {}
     for out in outputs:
         out = Path(out)
-        hit = by_identity.get(_identity(out)) if _identity(out) is not None else None
-        hit = hit or by_path.get(_real(out))
+        real, ident = _real(out), _identity(out)
+        hit = (by_identity.get(ident) if ident is not None else None) or by_path.get(real)
         if hit is not None:
-            same = "" if _real(hit) == _real(out) else " (the same file under another name)"
+            same = "" if _real(hit) == real else " (the same file under another name)"
             raise OutputError(f"{flag} {out} would overwrite the input {hit}{same}; a command never writes onto its "
                               f"own input: choose another {flag}")  # fmt: skip
-        if _real(out) in seen:
-            raise OutputError(f"{flag}: {seen[_real(out)]} and {out} are one output; two inputs would write it")
-        seen[_real(out)] = out
+        if real in seen:
+            raise OutputError(f"{flag}: {seen[real]} and {out} are one output; two inputs would write it")
+        seen[real] = out
 
 
 def may_replace(path: Path, overwrite: bool, flag: str = "--out") -> None:
