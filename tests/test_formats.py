@@ -325,3 +325,13 @@ def test_init_from_checks_backbone_classes_and_head(small: Path, tmp_path: Path,
     a = torch.load(model, weights_only=True)["head"]
     b = torch.load(tmp_path / "b" / "best_model_iou.pth", weights_only=True)["head"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)  # started there (lr ~ 0)
+
+
+def test_classes_nobody_named_leave_class_0_undrawn() -> None:
+    """Without names (no classes.json, no --class-names) class 0 is background, as the overlays always drew it:
+    show-data once painted the whole Penn-Fudan sample pink."""
+    from webdino_seg.data.labels import Classes, default_class_names
+
+    for count in (2, 5):
+        assert Classes(tuple(default_class_names(count))).colors[0] == (0, 0, 0), count
+    assert Classes(("Sky", "Road")).colors[0] != (0, 0, 0)  # a named class 0 is a class like any

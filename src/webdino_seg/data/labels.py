@@ -21,6 +21,7 @@ from ..utils.overlay import palette
 
 CLASSES_FILE = "classes.json"
 MAX_CLASSES = VOID  # 8-bit label maps with 255 as void hold the ids 0-254
+BACKGROUND_NAMES = ("background", "bg", "void", "unlabelled", "unlabeled", "class0")  # class 0 names left undrawn
 
 
 class LabelError(ValueError):
@@ -103,11 +104,17 @@ class Classes:
     def __post_init__(self) -> None:
         check_class_names(list(self.names))
         if not self.colors:  # a class called background is never drawn; otherwise class 0 is a class like any
-            background = self.names[0].lower().strip("_") in ("background", "bg", "void", "unlabelled", "unlabeled")
+            background = self.names[0].lower().strip("_") in BACKGROUND_NAMES
             colors = palette(len(self.names), background).tolist()
             object.__setattr__(self, "colors", tuple(tuple(c) for c in colors))
         if len(self.colors) != len(self.names):
             raise LabelError(f"{len(self.colors)} colours given for {len(self.names)} classes")
+
+
+def default_class_names(count: int) -> list[str]:
+    """The names of classes nobody named: background and person for two (the Penn-Fudan recipe), else class0,
+    class1, ... (class0 read as background: it is not drawn)."""
+    return ["background", "person"] if count == 2 else [f"class{i}" for i in range(count)]
 
 
 def check_class_names(names: list[str]) -> None:

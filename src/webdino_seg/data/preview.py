@@ -11,7 +11,7 @@ from ..utils.outputs import MARK, check_suffix, guard, may_replace
 from ..utils.overlay import overlay
 from .datasets import split_pairs
 from .images import read_image, read_mask, resolve_mask_mode
-from .labels import Classes, Coding, read_classes_file
+from .labels import Classes, Coding, default_class_names, read_classes_file
 
 PICTURES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # written in the format the name says
 
@@ -30,7 +30,7 @@ def show_data(
     guard([out], [p for p in Path(root).rglob("*") if p.is_file()])
     may_replace(out, overwrite)
     found = read_classes_file(root)
-    names = found["names"] if found else [f"class {i}" for i in range(num_classes or 2)]
+    names = found["names"] if found else default_class_names(num_classes or 2)
     classes = Classes(tuple(names), tuple(tuple(c) for c in found["colors"]) if found and found["colors"] else ())
     coding = Coding(found["ignore_index"], found["reduce_labels"]) if found else Coding()
     pairs = split_pairs(root, split)

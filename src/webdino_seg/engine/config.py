@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..data.images import MASK_MODES
-from ..data.labels import Classes, Coding, read_classes_file
+from ..data.labels import Classes, Coding, default_class_names, read_classes_file
 from ..models.heads import HEADS
 from ..models.layers import check_image_size
 from ..models.variants import get_variant
@@ -130,9 +130,7 @@ class TrainConfig:
         if self.num_classes < 1:
             raise ValueError(f"--num-classes must be at least 1, got {self.num_classes}")
         if self.class_names is None:
-            self.class_names = (
-                ["background", "person"] if self.num_classes == 2 else [f"class{i}" for i in range(self.num_classes)]
-            )
+            self.class_names = default_class_names(self.num_classes)
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"--class-names: {len(self.class_names)} names given for {self.num_classes} classes")
         classes = Classes(tuple(self.class_names), tuple(tuple(c) for c in self.class_colors or ()))
