@@ -1,4 +1,5 @@
-"""Shared test fixtures: the golden tiny-model files and the real Penn-Fudan data."""
+"""Shared test fixtures: the golden tiny-model files, a small Penn-Fudan release made of files in this repository,
+and (for the few tests marked `fulldata`) the full datasets in ../shared/data."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import functools
 import http.server
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,9 @@ import torch
 import torch.nn.functional as F
 
 FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "pennfudan-sample"
+CLIP = REPO / "examples" / "people_walking_clip.mp4"
 SHARED_DATA = Path(os.environ.get("WEBDINO_SEG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 
@@ -42,16 +47,51 @@ def _shared(sub: str) -> Path:
     return path
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's last line says what was skipped for want of data or a GPU, and how to run it."""
+    terminalreporter = config.pluginmanager.get_plugin("terminalreporter")
+    if terminalreporter is None:
+        return
+    skipped = terminalreporter.stats.get("skipped", [])
+    data = sum("../shared/data" in str(r.longrepr) for r in skipped)
+    gpu = sum("CUDA GPU" in str(r.longrepr) for r in skipped)
+    if data:
+        terminalreporter.write_line(
+            f"{data} test(s) skipped: they need the full datasets (Penn-Fudan, CamVid); run them with "
+            "WEBDINO_SEG_DATA=/path/to/data (holding PennFudanPed/ and camvid/) make test", yellow=True)
+    if gpu:
+        terminalreporter.write_line(f"{gpu} test(s) skipped: they need a CUDA GPU (run pytest -m cuda on one)")
+
+
 @pytest.fixture(scope="session")
-def pennfudan() -> Path:
-    """The original Penn-Fudan release (PNGImages/, PedMasks/)."""
+def pennfudan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 24-image Penn-Fudan release in the original layout (PNGImages/, PedMasks/ instance masks), made from the
+    bundled sample and tests/fixtures/pennfudan-mini: the images are the originals re-encoded as JPEG, here PNG
+    again."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("release") / "PennFudanPed"
+    (root / "PNGImages").mkdir(parents=True)
+    masks = FIXTURES / "pennfudan-mini" / "PedMasks"
+    shutil.copytree(masks, root / "PedMasks")
+    images = [*SAMPLE.glob("*_images/*.jpg"), *(FIXTURES / "pennfudan-mini" / "images").glob("*.jpg")]
+    for image in images:
+        Image.open(image).save(root / "PNGImages" / f"{image.stem}.png")
+    assert len(images) == len(list(masks.iterdir())) == 24
+    return root
+
+
+@pytest.fixture(scope="session")
+def pennfudan_full() -> Path:
+    """The full original Penn-Fudan release (170 images), from ../shared/data: for tests marked `fulldata`."""
     return _shared("PennFudanPed")
 
 
 @pytest.fixture(scope="session")
 def test_video() -> Path:
-    """The real 768x432 H.264 test video."""
-    return _shared("videos/people_walking_close.mp4")
+    """A real 768x432 H.264 clip (60 frames at 10 fps) cut from the test video; bundled with the examples."""
+    return CLIP
 
 
 @pytest.fixture(scope="session")
@@ -68,11 +108,21 @@ def tiny_io() -> dict:
 
 @pytest.fixture(scope="session")
 def prepared(pennfudan: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The full Penn-Fudan set prepared into the train/valid layout (seed 42, 24 valid)."""
+    """The 24-image release prepared into the train/valid layout (seed 42, 18 train / 6 valid)."""
     from webdino_seg.data.pennfudan import prepare_pennfudan
 
     out = tmp_path_factory.mktemp("prepared") / "pennfudan"
-    prepare_pennfudan(pennfudan, out)
+    prepare_pennfudan(pennfudan, out, valid_count=6)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_full(pennfudan_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full Penn-Fudan set prepared as the README does (seed 42, 146 train / 24 valid)."""
+    from webdino_seg.data.pennfudan import prepare_pennfudan
+
+    out = tmp_path_factory.mktemp("prepared-full") / "pennfudan"
+    prepare_pennfudan(pennfudan_full, out)
     return out
 
 
@@ -97,7 +147,7 @@ def small(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (short) training run of the tiny random backbone on the full prepared Penn-Fudan set."""
+    """A real (short) training run of the tiny random backbone on the 24-image prepared set."""
     from webdino_seg import train
 
     cfg = tiny_config(prepared, tmp_path_factory.mktemp("runs") / "tiny", imgsz=(224, 224), epochs=6, batch=8,
@@ -247,7 +297,8 @@ class Evil:
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files; honours `Range: bytes=N-`; can be told to cut a response short."""
+    """Serves files (a folder's index.html for the folder); honours `Range: bytes=N-`; can be told to cut a response
+    short."""
 
     cut_after: int | None = None
 
@@ -256,6 +307,8 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = Path(self.translate_path(self.path))
+        if path.is_dir():  # a folder is served as its index.html, as package indexes are
+            path = path / "index.html"
         if not path.is_file():
             self.send_error(404)
             return

@@ -30,6 +30,7 @@ def _clip(frames: list[Path], path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.fulldata
 def test_camvid_end_to_end(camvid: Path, tmp_path: Path, capsys) -> None:
     data = tmp_path / "camvid"
     assert main(["prepare-data", "--format", "folders", "--source", str(camvid), "--out", str(data),

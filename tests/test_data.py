@@ -20,14 +20,15 @@ from webdino_seg.data.pennfudan import prepare_pennfudan
 from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
 
 
-def test_prepare_full_set(prepared: Path, pennfudan: Path) -> None:
-    split = json.loads((prepared / "split.json").read_text())
+@pytest.mark.fulldata
+def test_prepare_full_set(prepared_full: Path, pennfudan_full: Path) -> None:
+    split = json.loads((prepared_full / "split.json").read_text())
     assert len(split["train"]) == 146 and len(split["valid"]) == 24
     assert not set(split["train"]) & set(split["valid"])
-    assert len(list((prepared / "train_images").iterdir())) == 146
+    assert len(list((prepared_full / "train_images").iterdir())) == 146
     stem = Path(split["valid"][0]).stem
-    mask = np.asarray(Image.open(prepared / "valid_masks" / f"{stem}.png"))
-    original = np.asarray(Image.open(pennfudan / "PedMasks" / f"{stem}_mask.png"))
+    mask = np.asarray(Image.open(prepared_full / "valid_masks" / f"{stem}.png"))
+    original = np.asarray(Image.open(pennfudan_full / "PedMasks" / f"{stem}_mask.png"))
     assert set(np.unique(mask)) == {0, 1} and original.max() >= 1
     assert np.array_equal(mask, (original > 0).astype(np.uint8))
 
@@ -38,7 +39,7 @@ def test_prepare_from_zip_same_split(pennfudan: Path, tmp_path: Path, prepared: 
         for sub in ("PNGImages", "PedMasks"):
             for f in sorted((pennfudan / sub).iterdir()):
                 zf.write(f, f"PennFudanPed/{sub}/{f.name}")
-    assert main(["prepare-data", "--source", str(archive), "--out", str(tmp_path / "out")]) == 0
+    assert main(["prepare-data", "--source", str(archive), "--out", str(tmp_path / "out"), "--valid-count", "6"]) == 0
     a = json.loads((tmp_path / "out" / "split.json").read_text())
     b = json.loads((prepared / "split.json").read_text())
     assert a["train"] == b["train"] and a["valid"] == b["valid"]

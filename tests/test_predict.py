@@ -39,7 +39,7 @@ def test_predict_folder_writes_overlays_and_masks(ckpt: Path, pennfudan: Path, t
 
 
 def test_predict_glob_and_single_file(ckpt: Path, pennfudan: Path, tmp_path: Path) -> None:
-    pattern = str(pennfudan / "PNGImages" / "PennPed0000[1-2].png")
+    pattern = str(pennfudan / "PNGImages" / "PennPed0001[06].png")
     assert main(["predict", "--input", pattern, "--model", str(ckpt), "--out", str(tmp_path / "g")]) == 0
     assert len(list((tmp_path / "g").glob("*_mask.png"))) == 2
     one = pennfudan / "PNGImages" / "FudanPed00010.png"
@@ -136,7 +136,7 @@ def test_video_first_frames(ckpt: Path, test_video: Path, tmp_path: Path) -> Non
 
 def test_video_errors(ckpt: Path, test_video: Path, tmp_path: Path, capsys) -> None:
     truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(test_video.read_bytes()[:60_000])
+    truncated.write_bytes(test_video.read_bytes()[:60_000])  # the index (moov) comes first
     empty = tmp_path / "empty.mp4"
     with av.open(str(empty), "w") as c:
         s = c.add_stream("libx264", rate=10)
@@ -148,7 +148,7 @@ def test_video_errors(ckpt: Path, test_video: Path, tmp_path: Path, capsys) -> N
         if bad is truncated:  # the frames that are there are segmented, and the early stop is reported
             assert code == 0 and "truncated" in err
             with av.open(str(out)) as container:
-                assert 0 < sum(1 for _ in container.decode(video=0)) < 1394
+                assert 0 < sum(1 for _ in container.decode(video=0)) < 60
             continue
         assert code == 2 and bad.name in err and "Traceback" not in err
         assert not out.exists() and not list(tmp_path.glob(".out_*"))

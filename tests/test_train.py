@@ -53,14 +53,14 @@ def test_training_beats_all_background(trained_run: Path, prepared: Path) -> Non
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
 
-def test_every_artifact_exists_and_loads(trained_run: Path) -> None:
+def test_every_artifact_exists_and_loads(trained_run: Path, prepared: Path) -> None:
     for name in ARTIFACTS:
         assert (trained_run / name).stat().st_size > 0, name
     for name in ("loss.png", "accuracy.png", "miou.png"):
         with Image.open(trained_run / name) as img:
             assert img.format == "PNG" and img.width >= 400
     preds = sorted((trained_run / "valid_preds").iterdir())
-    assert len(preds) == 24
+    assert [p.stem for p in preds] == sorted(p.stem for p in (prepared / "valid_images").iterdir())
     cfg = TrainConfig.from_yaml(trained_run / "config.yaml")
     assert cfg.arch == "webdino-tiny" and cfg.imgsz == (224, 224)
     rows = metrics_rows(trained_run)
@@ -85,7 +85,8 @@ def test_evaluate_command(trained_run: Path, prepared: Path, tmp_path: Path) -> 
         == 0
     )
     report = json.loads(out.read_text())
-    assert report["images"] == 24 and len(report["per_image"]) == 24
+    valid = len(list((prepared / "valid_images").iterdir()))
+    assert report["images"] == valid == 6 and len(report["per_image"]) == valid
     assert set(report["iou"]) == {"background", "person"}
     assert 0.0 < report["miou"] < 1.0
     assert report["per_image_miou"]["min"] <= report["per_image_miou"]["median"] <= report["per_image_miou"]["max"]
@@ -207,3 +208,16 @@ def test_written_files_get_normal_permissions(trained_run: Path, prepared: Path)
     for path in (trained_run / "best_model_iou.pth", trained_run / "metrics.csv", trained_run / "loss.png"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path  # not mkstemp's owner-only 0600
     assert stat.S_IMODE(prepared.stat().st_mode) == 0o777 & ~mask
+
+
+@pytest.mark.slow
+@pytest.mark.fulldata
+def test_training_on_the_full_set_beats_all_background(prepared_full: Path, tmp_path: Path) -> None:
+    run = train(tiny_config(prepared_full, tmp_path / "run", imgsz=(224, 224), epochs=6, batch=8, cache_views=2,
+                            seed=0), log=lambda *_: None)  # fmt: skip
+    rows = metrics_rows(run)
+    baseline = _background_miou(prepared_full, (224, 224))
+    best = max(float(r["valid_miou"]) for r in rows)
+    print(f"full set: all-background valid mIoU {baseline:.4f}; trained best {best:.4f}")
+    assert best >= baseline + 0.05
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
