@@ -1,0 +1,57 @@
+"""Set-up that fails fast: tools/ensure_torch.py against indexes that answer, fail or never answer."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "ensure_torch.py"
+
+
+def _fake_python(tmp_path: Path) -> tuple[Path, Path]:
+    """A 'python' without torch whose pip fails; it logs the arguments it was called with."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexit 1\n')
+    fake.chmod(0o755)
+    return fake, log
+
+
+def _run(python: Path, *pip_args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    cmd = [sys.executable, str(SCRIPT), "--python", str(python), "--timeout", "1", "--", *pip_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return proc, time.monotonic() - start
+
+
+def test_an_index_that_never_answers_fails_fast_with_the_way_out(tmp_path: Path) -> None:
+    fake, log = _fake_python(tmp_path)
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/whl/cpu"
+        proc, seconds = _run(fake, "torch>=2.4", "--index-url", url)
+    assert proc.returncode == 1 and seconds < 10, (proc.stderr, seconds)
+    assert f"cannot reach {url}" in proc.stderr and 'TORCH_PIP="torch==' in proc.stderr
+    assert "pip" not in log.read_text()  # pip never ran: only the torch check did
+
+
+def test_an_index_without_torch_and_a_failing_pip_both_say_what_to_do(tmp_path: Path, server) -> None:
+    base, _ = server
+    fake, log = _fake_python(tmp_path)
+    proc, _ = _run(fake, "torch", "--index-url", f"{base}/simple")
+    assert proc.returncode == 1 and "HTTP 404" in proc.stderr and "TORCH_PIP=" in proc.stderr
+    (tmp_path / "srv" / "simple" / "torch").mkdir(parents=True)
+    (tmp_path / "srv" / "simple" / "torch" / "index.html").write_text("<a href='torch-9.whl'>torch-9.whl</a>")
+    proc, _ = _run(fake, "torch", "--index-url", f"{base}/simple")
+    assert proc.returncode == 1 and "pip could not install torch" in proc.stderr and "installing torch" in proc.stdout
+    pip = f"-m pip install --retries 2 --timeout 30 --progress-bar on torch --index-url {base}/simple"
+    assert pip in log.read_text()
+
+
+def test_an_environment_with_torch_is_left_alone(tmp_path: Path) -> None:
+    proc, _ = _run(Path(sys.executable), "torch", "--index-url", "http://127.0.0.1:9/none")
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
