@@ -268,3 +268,51 @@ def test_valid_preds_are_captioned(trained_run: Path, prepared: Path) -> None:
     key = picture[strip + height :]
     assert (key.min(2) < 100).mean() > 0.002  # the class names with their IoU
     assert ((key == [255, 0, 160]).all(-1)).sum() > 20  # the person swatch, in the person colour
+
+
+def test_ctrl_c_between_epochs_says_the_resume_command_and_a_finished_run_names_what_comes_next(
+    small: Path, tmp_path: Path, capsys
+) -> None:
+    import shlex
+
+    lines: list[str] = []
+
+    def log_then_stop(line: str) -> None:
+        lines.append(line)
+        if line.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(small, run, imgsz=(56, 56), epochs=2), log=log_then_stop)
+    assert lines[-1] == f"interrupted after epoch 1 of 2 (saved in {run / 'last.pth'}); continue with: " \
+                        f"webdino-seg train --resume {run}"  # fmt: skip
+    capsys.readouterr()
+    assert main(shlex.split(lines[-1].split("continue with: webdino-seg ")[1])) == 0
+    out = capsys.readouterr().out
+    assert metrics_rows(run)[-1]["epoch"] == "2"
+    nexts = [line.split("webdino-seg ", 1)[1] for line in out.splitlines() if "webdino-seg evaluate" in line
+             or "webdino-seg export" in line]  # fmt: skip
+    assert [n.split()[0] for n in nexts] == ["evaluate", "export"] and "--report" in nexts[0]
+    for command in nexts:  # the commands it names work as printed
+        assert main(shlex.split(command)) == 0, command
+    assert (run / "report" / "index.html").exists() and (run / "model.onnx").stat().st_size > 0
+
+
+def test_a_long_job_says_how_long_and_how_to_go_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    from webdino_seg.engine import eta
+
+    clock = iter([0.0, 8.25])  # made at 0 s; the third image done at 8.25 s
+    monkeypatch.setattr(eta.time, "perf_counter", lambda: next(clock))
+    estimate = eta.Estimate("caching train features", 584, "image", torch.device("cpu"), after=3)
+    assert estimate.update() == [] and estimate.update() == []
+    lines = estimate.update()
+    assert lines == ["caching train features: about 27 min on this CPU for 584 images (2.75 s/image, measured on "
+                     "the first 3)", eta.FASTER]  # fmt: skip
+    assert estimate.update() == []  # said once
+    assert [eta.duration(s) for s in (0.2, 59, 600, 9600)] == ["1 s", "59 s", "10 min", "2 h 40 min"]
+    clock = iter([0.0, 4.0, 0.0, 1.0])
+    medium = eta.Estimate("training 4 epoch(s)", 10, "step", torch.device("cpu"), after=1)
+    assert medium.update() == ["training 4 epoch(s): about 40 s on this CPU for 10 steps (4.00 s/step, measured on "
+                               "the first 1)"]  # fmt: skip
+    assert eta.Estimate("short", 10, "step", torch.device("cpu"), after=1).update() == []  # 10 s: not worth saying

@@ -26,6 +26,7 @@ from ..models.segmentation import SegmentationModel
 from ..utils.files import atomic_write
 from ..utils.runtime import autocast
 from . import distributed
+from .eta import Estimate
 
 
 class FeatureCache:
@@ -291,16 +292,25 @@ def _compute(
     workers: int, amp: bool, bar: tqdm,
 ) -> None:  # fmt: skip
     """Run the backbone over the (view, chunk file, image indices, rows) batches in `todo`; each batch goes into
-    the cache and, where it has a chunk file, to disk as well, so an interrupted extraction continues there."""
+    the cache and, where it has a chunk file, to disk as well, so an interrupted extraction continues there.
+    On a CPU the images of a batch go through one at a time (as fast there), so the progress moves per image;
+    once the first images are measured, the time it will take is said."""
     loader = torch.utils.data.DataLoader(  # one loader, its workers kept for every view
         dataset,
         batch_sampler=[[(view, i) for i in index] for view, _, index, _ in todo],
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    for (_, chunk, index, rows), (batch_images, target) in zip(todo, loader, strict=True):
-        with autocast(device, amp):
-            grid = model.features(batch_images.to(device, non_blocking=True))
+    estimate = Estimate(bar.desc, sum(len(index) for _, _, index, _ in todo), "image", device, after=3)
+    for (_, chunk, _, rows), (batch_images, target) in zip(todo, loader, strict=True):
+        grids = []
+        for images in batch_images.split(1 if device.type == "cpu" else len(batch_images)):
+            with autocast(device, amp):
+                grids.append(model.features(images.to(device, non_blocking=True)))
+            bar.update(len(images))
+            for line in estimate.update(len(images)) if not bar.disable else []:
+                bar.write(line)
+        grid = torch.cat(grids)
         part = {"features": grid, "masks": target.to(torch.uint8)}
         if cache.images is not None:  # the augmented image, as the uint8 it was before normalising
             pixels = batch_images * cache.std + cache.mean
@@ -309,7 +319,6 @@ def _compute(
         if chunk is not None:
             part["features"] = grid.to("cpu", cache.features.dtype)
             save_verified(chunk, part | {"rows": rows.tolist()})
-        bar.update(len(index))
 
 
 def chunk_count(chunks: Path | None) -> int:

@@ -33,6 +33,7 @@ from . import distributed
 from .artifacts import finish_run
 from .batches import BatchSource
 from .config import TrainConfig
+from .eta import Estimate
 from .features import chunk_count
 from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
 from .runfolder import LAST, SPLIT, RunFolder
@@ -225,8 +226,8 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
     log(_baseline_line(base, cfg))
     try:
         source = _batch_source(cfg, prepare_model(model, device, cfg.amp), splits, device, identity, run.features)
-    except KeyboardInterrupt:
-        _say_what_was_kept(run, cfg, splits, log)
+    except BaseException as err:
+        _say_what_was_kept(run, cfg, splits, log, err)
         raise
     if source.cached:
         log(source.describe_cache())
@@ -236,12 +237,19 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
         progress = _restore(run, model, optimizer, scheduler)
         log(f"resuming {run.path} after epoch {progress.epoch}")
     meta = _checkpoint_meta(cfg, variant, base, splits, weights)
-    _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights), progress)
+    steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
+    estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3)
+    try:
+        _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate),
+                progress)  # fmt: skip
+    except BaseException as err:
+        log(_how_to_continue(run, progress, cfg.epochs, err))
+        raise
     if rank == 0:
         final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
         finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
     distributed.barrier()
-    _say_where_to_go(run, progress, base, cfg.class_names, log)
+    _say_where_to_go(run, progress, base, cfg, log)
     return run.path
 
 
@@ -259,6 +267,7 @@ class _Loop:
     meta: dict
     log: Callable[[str], None]
     weights: torch.Tensor | None = None  # the cross-entropy's class weights
+    estimate: Estimate | None = None  # said once, from the first steps this process trains
 
 
 def _epochs(loop: _Loop, progress: Progress) -> None:
@@ -344,13 +353,25 @@ def class_weights(cfg: TrainConfig, train_ds: SegmentationDataset, log: Callable
     return weights
 
 
-def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, names: list[str], log) -> None:
+def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainConfig, log) -> None:
     """The last lines: the best score beside the baseline, the run folder, the commands for its best model."""
+    names = cfg.class_names
     log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
         f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
     best = shlex.quote(str(run / "best_model_iou.pth"))
     log(f"next: webdino-seg predict --input IMAGES --model {best} --out {shlex.quote(str(run / 'predict'))}")
     log(f"      webdino-seg video --input VIDEO.mp4 --model {best} --out {shlex.quote(str(run / 'video.mp4'))}")
+    log(f"      webdino-seg evaluate --data {shlex.quote(str(cfg.data))} --model {best} "
+        f"--report {shlex.quote(str(run / 'report'))}")  # fmt: skip
+    log(f"      webdino-seg export --model {best} --out {shlex.quote(str(run / 'model.onnx'))}")
+
+
+def _how_to_continue(run: RunFolder, progress: Progress, epochs: int, err: BaseException) -> str:
+    """After Ctrl-C or an error during the epochs: where the run stopped and the command that continues it."""
+    how = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}"
+    kept = f"after epoch {progress.epoch} of {epochs} (saved in {run / LAST})" if progress.epoch else "in epoch 1"
+    fix = "" if isinstance(err, KeyboardInterrupt) else "once the cause is fixed, "
+    return f"{how} {kept}; {fix}continue with: webdino-seg train --resume {shlex.quote(str(run.path))}"
 
 
 def split_record(splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> dict:
@@ -368,12 +389,14 @@ def _write_split(run: RunFolder, splits: tuple[SegmentationDataset, Segmentation
 
 
 def _say_what_was_kept(
-    run: RunFolder, cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], log
-) -> None:
-    """After Ctrl-C during caching: what was kept and the command that continues."""
+    run: RunFolder, cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], log,
+    err: BaseException,
+) -> None:  # fmt: skip
+    """After Ctrl-C or an error during caching: what was kept and the command that continues."""
     kept = sum(chunk_count(d) for d in run.features.glob("*") if d.is_dir())
     total = cfg.views * len(splits[0]) + len(splits[1])
-    log(f"interrupted while caching features: the features of {kept} of {total} images are kept in {run.features}; "
+    how = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}"
+    log(f"{how} while caching features: the features of {kept} of {total} images are kept in {run.features}; "
         f"continue with: webdino-seg train --resume {shlex.quote(str(run.path))}")  # fmt: skip
 
 
@@ -463,6 +486,8 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
         total_loss += step_loss
         steps += 1
         bar.set_postfix(loss=f"{step_loss:.4f}")
+        for line in loop.estimate.update() if loop.estimate and not quiet else []:
+            bar.write(line)
     bar.close()
     distributed.all_sum(cm.mat)
     return total_loss / max(steps, 1), cm
