@@ -316,3 +316,37 @@ def test_a_long_job_says_how_long_and_how_to_go_faster(monkeypatch: pytest.Monke
     assert medium.update() == ["training 4 epoch(s): about 40 s on this CPU for 10 steps (4.00 s/step, measured on "
                                "the first 1)"]  # fmt: skip
     assert eta.Estimate("short", 10, "step", torch.device("cpu"), after=1).update() == []  # 10 s: not worth saying
+
+
+def test_a_run_folders_config_reproduces_the_run_and_bad_configs_name_the_key(
+    small: Path, tmp_path: Path, capsys
+) -> None:
+    first = tmp_path / "first"
+    assert main(tiny_train_cli(small, first, epochs=2)) == 0
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(first / "config.yaml"), "--out", str(again)]) == 0
+    assert_same_metrics(metrics_rows(again), metrics_rows(first))
+    assert yaml.safe_load((again / "config.yaml").read_text()) == yaml.safe_load(
+        (first / "config.yaml").read_text()) | {"out": str(again)}  # fmt: skip
+    capsys.readouterr()
+    longer = tmp_path / "longer"  # a flag given on the command line wins over the file
+    assert main(["train", "--config", str(first / "config.yaml"), "--out", str(longer), "--epochs", "3"]) == 0
+    assert len(metrics_rows(longer)) == 3
+    assert yaml.safe_load((longer / "config.yaml").read_text()) == yaml.safe_load(
+        (first / "config.yaml").read_text()) | {"out": str(longer), "epochs": 3}  # fmt: skip
+    bad = tmp_path / "bad.yaml"
+    for text, needle in (("data: x\nepoch: 3\n", "unknown setting(s) epoch"), ("epochs: three\n", "epochs is 'three'"),
+                         ("imgsz: 224\n", "imgsz is 224, not list"), ("- a\n", "not a settings file"),
+                         ("lr: [\n", "not valid YAML")):  # fmt: skip
+        bad.write_text(text)
+        cli_error(["train", "--config", str(bad), "--out", str(tmp_path / "never")], capsys, str(bad), needle)
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_example_config_is_a_valid_recipe() -> None:
+    from webdino_seg.engine.config import read_settings
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "pennfudan-webdino300m.yaml"
+    settings = read_settings(example)
+    assert settings["arch"] == "webdino-300m" and settings["imgsz"] == [644, 644] and settings["epochs"] == 60
+    TrainConfig(**settings)  # every value passes the checks a run makes

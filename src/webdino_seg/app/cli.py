@@ -86,16 +86,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from ..engine.config import read_settings
     from ..engine.train import TrainConfig, train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {k: v for k, v in vars(args).items() if k in names}
     settings |= {"cache": not args.no_cache, "amp": not args.no_amp}
+    if args.config:
+        if args.resume:
+            raise ValueError("--config and --resume: a resumed run keeps the settings in its own config.yaml")
+        # the file's settings, then the flags given on the command line over them
+        settings |= read_settings(args.config) | {k: v for k, v in settings.items() if k in args.given}
     if args.resume:
         given = {k: v for k, v in settings.items() if k in args.given}
         train(None, resume=args.resume, changes=given)  # type: ignore[arg-type]
         return
-    if not args.data:
+    if not settings["data"]:
         raise ValueError(
             "--data is required: a folder with train_images/ train_masks/ valid_images/ valid_masks/ "
             "(masks are PNGs of class ids). Try the bundled sample: --data examples/pennfudan-sample, or make "

@@ -174,6 +174,8 @@ def _show_data(sub: argparse._SubParsersAction) -> None:
 def _train(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "train", "train a segmentation head (or fine-tune) on an image/mask dataset")
     g = {"action": _Given}
+    p.add_argument("--config", metavar="FILE.yaml", help="settings from a YAML file with the keys of a run folder's "
+                   "config.yaml (e.g. examples/pennfudan-webdino300m.yaml); flags given here override it")  # fmt: skip
     p.add_argument("--data", help="folder with train_images/ train_masks/ valid_images/ valid_masks/, or images/ + "
                    "masks/ with --valid-fraction", **g)  # fmt: skip
     p.add_argument("--valid-fraction", type=float, help="for images/ + masks/: the seeded share held out for "

@@ -167,22 +167,10 @@ class TrainConfig:
     def from_yaml(cls, path: Path) -> TrainConfig:
         """Read settings written by `to_yaml`: every setting must be there with a value of its kind (settings added
         in later versions take the value older runs had); a missing, unknown or mistyped one is named."""
-        data = yaml.safe_load(path.read_text())
-        if not isinstance(data, dict):
-            raise ResumeError(f"{path}: not a settings file (expected key: value lines)")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        missing = sorted(set(fields) - set(data) - set(ADDED_LATER))
-        unknown = sorted(set(data) - set(fields))
-        if missing or unknown:
-            pairs = (("missing", missing), ("unknown", unknown))
-            what = [f"{kind} {', '.join(names)}" for kind, names in pairs if names]
-            raise ResumeError(f"{path}: {'; '.join(what)}; the run's settings must be as train wrote them")
-        for name, value in data.items():
-            kinds = _kinds(fields[name])
-            if not (value is None and _optional(fields[name])) and not (
-                isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-            ):
-                raise ResumeError(f"{path}: {name} is {value!r}, not {' or '.join(k.__name__ for k in kinds)}")
+        data = read_settings(path, ResumeError)
+        missing = sorted({f.name for f in dataclasses.fields(cls)} - set(data) - set(ADDED_LATER))
+        if missing:
+            raise ResumeError(f"{path}: missing {', '.join(missing)}; the run's settings must be as train wrote them")
         return cls(**data)
 
     def resumed_with(self, changes: dict) -> TrainConfig:
@@ -203,3 +191,29 @@ class TrainConfig:
                 "run (another --out) to change the others"
             )
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in RESUMABLE})
+
+
+def read_settings(path: str | Path, error: type[ValueError] = ValueError) -> dict:
+    """Training settings from a YAML file whose keys are `TrainConfig`'s (as in a run folder's config.yaml; any
+    may be left out); an unknown key or a value of the wrong kind is an `error` naming the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise error(f"{path}: cannot read it ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: not a settings file (expected key: value lines)")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise error(f"{path}: unknown setting(s) {', '.join(map(str, unknown))}; the keys are those of a run "
+                    f"folder's config.yaml: {', '.join(fields)}")  # fmt: skip
+    for name, value in data.items():
+        kinds = _kinds(fields[name])
+        if not (value is None and _optional(fields[name])) and not (
+            isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        ):
+            raise error(f"{path}: {name} is {value!r}, not {' or '.join(k.__name__ for k in kinds)}")
+    return data
