@@ -242,10 +242,12 @@ def test_runs_print_their_baseline_folder_and_next_commands(small: Path, tmp_pat
         assert any(line.startswith("all-background baseline on valid (predicting background everywhere): mIoU")
                    for line in out)  # fmt: skip
         assert any("(IoU background " in line and " person " in line for line in out)  # per-class, every epoch
-        assert f"run folder: {expected}" in out[-3]
+        assert f"run folder: {expected}" in out[-5]
         best = f"{expected}/best_model_iou.pth"
-        assert out[-2] == f"next: webdino-seg predict --input IMAGES --model {best} --out {expected}/predict"
-        assert out[-1].strip().startswith(f"webdino-seg video --input VIDEO.mp4 --model {expected}/best_model_iou.pth")
+        assert out[-4] == f"next: webdino-seg predict --input IMAGES --model {best} --out {expected}/predict"
+        assert out[-3].strip().startswith(f"webdino-seg video --input VIDEO.mp4 --model {expected}/best_model_iou.pth")
+        assert out[-2].strip().startswith(f"webdino-seg evaluate --data {small} --model {best} --report ")
+        assert out[-1].strip() == f"webdino-seg export --model {best} --out {expected}/model.onnx"
     config = (tmp_path / "q" / "config.yaml").read_text()
     assert "# all-background baseline on valid" in config
     ckpt = torch.load(tmp_path / "q" / "best_model_iou.pth", weights_only=True)
@@ -350,3 +352,35 @@ def test_the_example_config_is_a_valid_recipe() -> None:
     settings = read_settings(example)
     assert settings["arch"] == "webdino-300m" and settings["imgsz"] == [644, 644] and settings["epochs"] == 60
     TrainConfig(**settings)  # every value passes the checks a run makes
+
+
+def test_tensorboard_events_hold_every_epochs_scores_and_previews(small: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main(tiny_train_cli(small, run, "--tensorboard", epochs=3)) == 0
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    rows = metrics_rows(run)
+    tags = events.Tags()
+    for key in ("loss", "pixel_acc", "miou"):
+        for split in ("train", "valid"):
+            got = [(e.step, e.value) for e in events.Scalars(f"{key}/{split}")]
+            assert got == [(int(r["epoch"]), pytest.approx(float(r[f"{split}_{key}"]), rel=1e-6)) for r in rows]
+    assert [e.value for e in events.Scalars("valid_iou/person")] == pytest.approx(
+        [float(r["valid_iou_person"]) for r in rows], rel=1e-6)  # fmt: skip
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([float(r["lr"]) for r in rows])
+    previews = [t for t in tags["images"] if t.startswith("valid_preds/")]
+    assert len(previews) == 3 and all(len(events.Images(t)) == 3 for t in previews)
+    picture = events.Images(previews[0])[-1]
+    assert picture.width > 2 * 56 and picture.height > 56  # ground truth | prediction, captioned
+
+
+def test_tensorboard_missing_is_said_before_anything_is_made(small: Path, tmp_path: Path, capsys,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    cli_error(tiny_train_cli(small, tmp_path / "run", "--tensorboard"), capsys, "webdino-seg[tensorboard]")
+    assert not (tmp_path / "run").exists()

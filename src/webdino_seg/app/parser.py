@@ -220,6 +220,8 @@ def _train(sub: argparse._SubParsersAction) -> None:
                    "memory-mapped on disk (default: half the free GPU or CPU memory)", **g)  # fmt: skip
     p.add_argument("--no-amp", action=_GivenTrue, help="no bf16 autocast on GPU")
     p.add_argument("--skip-bad", action=_GivenTrue, help="skip unreadable pairs with a warning instead of failing")
+    p.add_argument("--tensorboard", action=_GivenTrue, help="also write TensorBoard event files (scores, per-class "
+                   "IoU, lr, a few valid predictions per epoch) into the run folder: tensorboard --logdir runs")
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN after its last completed epoch "
                    "(--epochs, --device, --workers may change)")  # fmt: skip
     p.set_defaults(given=set())

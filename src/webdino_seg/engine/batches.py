@@ -186,3 +186,17 @@ class BatchSource:
     def valid_batches(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """(inputs, masks) batches over the validation split."""
         yield from self._batches(self.valid_ds, self.valid_cache, 0, torch.arange(len(self.valid_ds)))
+
+    def valid_sample(self, n: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+        """The first `n` valid images as `net`'s inputs, their masks, and the pictures (uint8) at the masks' size."""
+        index = torch.arange(min(n, len(self.valid_ds)))
+        items = [self.valid_ds[int(i)] for i in index]
+        pixels = torch.stack([image for image, _ in items])
+        mean = torch.tensor(self.valid_ds.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.valid_ds.std).view(1, 3, 1, 1)
+        pictures = ((pixels * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        if self.valid_cache is not None:
+            inputs, masks = self.valid_cache.batch(0, index, self.device)
+        else:
+            inputs, masks = (pixels.to(self.device),), torch.stack([mask for _, mask in items]).to(self.device)
+        return inputs, masks, pictures

@@ -16,6 +16,7 @@ from ..models.heads import HEADS
 from ..models.layers import check_image_size
 from ..models.variants import get_variant
 from ..utils.metrics import VOID
+from .board import check_available
 from .losses import LOSSES, parse_class_weights
 
 
@@ -25,7 +26,7 @@ class ResumeError(ValueError):
 
 # settings newer than some run folders, with the value those runs had: a config.yaml may lack only these
 ADDED_LATER = {"class_colors": None, "ignore_index": VOID, "reduce_labels": False, "class_weights": "none",
-               "init_from": None}  # fmt: skip
+               "init_from": None, "tensorboard": False}  # fmt: skip
 _KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
 
 
@@ -42,7 +43,7 @@ def _kinds(f: dataclasses.Field) -> tuple[type, ...]:
 
 
 # settings a resumed run may change: they do not change what it computes
-RESUMABLE = ("epochs", "device", "workers", "cache_memory_gb", "feature_cache_dir")
+RESUMABLE = ("epochs", "device", "workers", "cache_memory_gb", "feature_cache_dir", "tensorboard")
 
 
 def default_workers() -> int:
@@ -89,6 +90,7 @@ class TrainConfig:
     amp: bool = True
     skip_bad: bool = False
     valid_fraction: float | None = None  # for a flat images/ + masks/ folder: the seeded share used for validation
+    tensorboard: bool = False  # also write TensorBoard event files into the run folder
 
     def __post_init__(self) -> None:
         self.imgsz = tuple(self.imgsz)
@@ -116,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         parse_class_weights(self.class_weights, self.num_classes)
         self.coding()  # the ignore value is checked
+        if self.tensorboard:
+            check_available()
 
     def _resolve_classes(self) -> None:
         """Class count, names and colours from the flags, else the data's classes.json, else two classes."""

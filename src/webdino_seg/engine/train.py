@@ -32,6 +32,7 @@ from ..utils.runtime import amp_dtype, autocast, prepare_model, resolve_device, 
 from . import distributed
 from .artifacts import finish_run
 from .batches import BatchSource
+from .board import PREVIEWS, Board
 from .config import TrainConfig
 from .eta import Estimate
 from .features import chunk_count
@@ -239,12 +240,18 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
     meta = _checkpoint_meta(cfg, variant, base, splits, weights)
     steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
     estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3)
+    board = None
+    if cfg.tensorboard and rank == 0:
+        board = Board(run.path, cfg.class_names, cfg.class_colors, progress.epoch)
     try:
-        _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate),
+        _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate, board),
                 progress)  # fmt: skip
     except BaseException as err:
         log(_how_to_continue(run, progress, cfg.epochs, err))
         raise
+    finally:
+        if board is not None:
+            board.close()
     if rank == 0:
         final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
         finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
@@ -268,6 +275,7 @@ class _Loop:
     log: Callable[[str], None]
     weights: torch.Tensor | None = None  # the cross-entropy's class weights
     estimate: Estimate | None = None  # said once, from the first steps this process trains
+    board: Board | None = None  # TensorBoard event files (rank 0, with --tensorboard)
 
 
 def _epochs(loop: _Loop, progress: Progress) -> None:
@@ -286,6 +294,9 @@ def _epochs(loop: _Loop, progress: Progress) -> None:
         if rank == 0:
             _save_epoch(loop.run, loop.source.model, loop.identity, loop.meta, loop.optimizer, loop.scheduler,
                         progress, progress.history[-1])  # fmt: skip
+            if loop.board is not None:
+                sample = loop.source.valid_sample(PREVIEWS)
+                loop.board.epoch(row, loop.board.previews(loop.source.trainable, *sample, loop.device, cfg.amp))
         distributed.barrier()  # no process runs ahead of what is on disk
         loop.log(_epoch_line(progress.history[-1], cfg.epochs, cfg.class_names))
 
