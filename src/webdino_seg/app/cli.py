@@ -120,7 +120,8 @@ def _predictor(args: argparse.Namespace):
     from ..inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(
-        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta
+        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta,
+        tile=getattr(args, "tile", False),
     )
     if predictor.tta:
         print(predictor.describe_tta(), file=sys.stderr)
@@ -141,8 +142,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..inference.predict import plan_outputs, predict_paths
 
-    plan_outputs(args.input, args.out, args.overwrite, _model_files(args))  # before the model is loaded
-    info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad, args.overwrite)
+    plan_outputs(args.input, args.out, args.overwrite, _model_files(args), args.save_probs)  # before the model loads
+    info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad, args.overwrite,
+                         args.mask_values, args.save_probs)  # fmt: skip
     print(
         f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
     )
@@ -156,7 +158,7 @@ def cmd_video(args: argparse.Namespace) -> None:
     out = plan_video(src, args.out or Path("outputs") / f"{name}_seg.mp4", args.overwrite, _model_files(args))
     predictor = _predictor(args)  # only once the output is known to be safe
     info = run_video(predictor, src, out, batch=args.batch, max_frames=args.max_frames, show=args.show,
-                     overwrite=args.overwrite)  # fmt: skip
+                     overwrite=args.overwrite, fps_label=not args.no_fps_label)  # fmt: skip
     for warning in info["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(

@@ -8,6 +8,7 @@ import argparse
 from .._version import __version__
 from ..data.formats.prepare import FORMATS
 from ..data.images import MASK_MODES
+from ..inference.masks import MASK_VALUES
 
 DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
 
@@ -62,6 +63,12 @@ def _mask_mode(parser: argparse.ArgumentParser, **kw: object) -> None:
         "(class ids, 255 void), binary (0 background, anything else class 1) or instances (instance ids of class 1)",
         **kw,
     )
+
+
+def _tile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tile", action="store_true", help="segment images larger than the model's input in "
+                        "overlapping windows of that size at full resolution, probabilities averaged (sliding "
+                        "window: slower, keeps small detail of big photos)")  # fmt: skip
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -253,6 +260,7 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
     p.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR: scores, confusion matrix, "
                    "curves, every image with ground truth and prediction, worst first")  # fmt: skip
+    _tile(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
                    "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
@@ -262,6 +270,11 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="an image, a folder or a glob")
     _model_args(p)
     p.add_argument("--out", default="outputs/predict", help="folder for <name>_overlay.png and <name>_mask.png")
+    p.add_argument("--mask-values", choices=MASK_VALUES, default="ids", help="what <name>_mask.png holds: ids (class "
+                   "ids 0, 1, ...), 255 (two classes: 0 and 255, viewable), color (each class in its colour, RGB)")
+    p.add_argument("--save-probs", action="store_true", help="also write <name>_probs.npz: per-class probabilities "
+                   "as uint8 (probs/255), shape (classes, H, W), with the class names")  # fmt: skip
+    _tile(p)
     p.add_argument("--batch", type=positive, default=8, help="images per forward pass")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
@@ -277,6 +290,8 @@ def _video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive, default=8, help="frames per forward pass")
     p.add_argument("--max-frames", type=positive, help="stop after this many frames (default: all)")
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
+    p.add_argument("--no-fps-label", action="store_true", help="leave out the frame-rate label in the top-left "
+                   "corner")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
                    "(its own earlier outputs are replaced anyway)")  # fmt: skip
 

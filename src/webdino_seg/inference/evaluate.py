@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def evaluate(
         "images": len(pairs),
         "imgsz": list(predictor.imgsz),
         "tta": predictor.describe_tta() or None,
+        "tile": predictor.tile,
         **cm.summary(names),
         "mask_mode": mask_mode,
         "baseline": {k: v for k, v in cm.baseline().items() if k != "class"} | {"class": names[cm.baseline()["class"]]},
@@ -130,10 +132,13 @@ def _score(
 ) -> tuple[ConfusionMatrix, dict[str, float]]:  # fmt: skip
     """The confusion matrix over every pair at full resolution, and each image's mIoU (and its report card)."""
     names = predictor.class_names
-    cm, per_image = ConfusionMatrix(len(names)), {}
-    for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="img"):
+    cm, per_image, noted = ConfusionMatrix(len(names)), {}, False
+    for image_path, mask_path in (bar := tqdm(pairs, desc="evaluate", unit="img")):
         truth = read_mask(mask_path, mask_mode, len(names), coding)
         image = read_image(image_path)
+        if not noted and (note := predictor.shrink_note(image, str(image_path))):
+            bar.write(f"note: {note}", file=sys.stderr)
+            noted = True
         pred = predictor.predict(image)
         if pred.shape != truth.shape:
             raise ValueError(f"{image_path}: image size {pred.shape} differs from its mask {truth.shape}")

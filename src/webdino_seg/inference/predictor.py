@@ -21,6 +21,8 @@ from ..utils.overlay import inset_legend, overlay
 from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
 
 TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
+TILE_OVERLAP = 1 / 3  # of a window's side shared with the next window (--tile)
+SHRINK_NOTE = 4  # an image shrunk more than this many times per side (without --tile) is noted
 
 
 class Predictor:
@@ -45,9 +47,11 @@ class Predictor:
         tta_scales: tuple[float, ...] = TTA_SCALES,
         tta_flip: bool = True,
         colors: list[list[int]] | None = None,
+        tile: bool = False,
     ) -> None:
         """`device` is where the model is (default: where its parameters are); a model elsewhere is an error.
-        `colors` (one RGB per class) draw overlays; default: the fixed palette."""
+        `colors` (one RGB per class) draw overlays; default: the fixed palette. With `tile`, an image larger than
+        the model's input is segmented in overlapping windows of that size at full resolution (sliding window)."""
         check_image_size(*imgsz, model.backbone.patch_size)
         self.device = _model_device(model, device)
         self.model = model
@@ -62,6 +66,7 @@ class Predictor:
         sizes = dict.fromkeys(tuple(max(p, round(side * s / p) * p) for side in self.imgsz) for s in tta_scales)
         self.tta_sizes = list(sizes) if tta else [self.imgsz]
         self.tta_flips = (False, True) if tta and tta_flip else (False,)
+        self.tile = tile
 
     def describe_tta(self) -> str:
         """What test-time augmentation does, in one line ('' when off)."""
@@ -80,6 +85,7 @@ class Predictor:
         imgsz: tuple[int, int] | None = None,
         weights: str | None = None,
         tta: bool = False,
+        tile: bool = False,
     ) -> Predictor:
         """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
         `imgsz` defaults to the size it was trained (or exported) at."""
@@ -102,11 +108,12 @@ class Predictor:
                 False,
                 tta,
                 tta_scales=(1.0,),  # an exported graph has one input size: flips only
+                tile=tile,
             )
         model, ckpt = load_model(path, weights)
         model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
         return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], tta=tta,
-                   colors=ckpt.get("class_colors"))  # fmt: skip
+                   colors=ckpt.get("class_colors"), tile=tile)  # fmt: skip
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
@@ -130,7 +137,40 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """Per-image class probabilities (classes, H, W) at each image's own size, averaged over the
-        test-time augmentations (flips and sizes) when `tta` is on."""
+        test-time augmentations (flips and sizes) when `tta` is on, and over overlapping windows with `tile`."""
+        if self.tile:
+            return [self._tiled(image) for image in images]
+        return self._whole(images)
+
+    def _tiled(self, image: np.ndarray, batch: int = 8) -> torch.Tensor:
+        """Probabilities of one image from windows of the model's input size at full resolution, overlapping by
+        `TILE_OVERLAP`, the last one in each direction flush with the edge; each pixel averages its windows."""
+        (h, w), (height, width) = self.imgsz, image.shape[:2]
+        if height <= h and width <= w:
+            return self._whole([image])[0]
+        starts = [(y, x) for y in _starts(height, h) for x in _starts(width, w)]
+        total = torch.zeros(len(self.class_names), height, width, device=self.device)
+        count = torch.zeros(1, height, width, device=self.device)
+        for i in range(0, len(starts), batch):
+            group = starts[i : i + batch]
+            crops = [image[y : y + h, x : x + w] for y, x in group]
+            for (y, x), probs in zip(group, self._whole(crops), strict=True):
+                total[:, y : y + probs.shape[1], x : x + probs.shape[2]] += probs
+                count[:, y : y + probs.shape[1], x : x + probs.shape[2]] += 1
+        return total / count
+
+    def shrink_note(self, image: np.ndarray, name: str) -> str | None:
+        """A note where `image` is shrunk more than `SHRINK_NOTE` times per side to the model's input (and
+        --tile is off), else None."""
+        factor = max(image.shape[0] / self.imgsz[0], image.shape[1] / self.imgsz[1])
+        if self.tile or factor <= SHRINK_NOTE:
+            return None
+        return (f"{name} ({image.shape[1]}x{image.shape[0]}) is shrunk {factor:.1f}x to the model's "
+                f"{self.imgsz[1]}x{self.imgsz[0]}, losing small detail: --tile segments it window by window at full "
+                "resolution")  # fmt: skip
+
+    def _whole(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """`probabilities` of each image resized whole to the model's input."""
         total: list[torch.Tensor] | None = None
         for size in self.tta_sizes:
             x = self._prepare(images, size)
@@ -162,7 +202,7 @@ class Predictor:
     def predict_batch(self, images: Iterable[np.ndarray | Image.Image]) -> list[np.ndarray]:
         """Class-id masks (uint8, H x W) for a batch of RGB arrays or PIL images."""
         arrays = [to_rgb(img) if isinstance(img, Image.Image) else _as_rgb(img) for img in images]
-        if self.tta:
+        if self.tta or self.tile:
             return [p.max(0).indices.to(torch.uint8).cpu().numpy() for p in self.probabilities(arrays)]
         if all(a.shape == arrays[0].shape for a in arrays):  # video frames: one upsample, one copy back
             grid = self._grid(self._prepare(arrays))
@@ -183,6 +223,15 @@ class Predictor:
             present = {int(v) for v in np.unique(mask) if v < len(self.class_names)}
             out = inset_legend(out, self.class_names, self.colors, present)
         return out
+
+
+def _starts(length: int, window: int) -> list[int]:
+    """Where windows of `window` pixels start along `length` pixels: `TILE_OVERLAP` apart, the last flush with
+    the end."""
+    if length <= window:
+        return [0]
+    stride = max(1, round(window * (1 - TILE_OVERLAP)))
+    return [*range(0, length - window, stride), length - window]
 
 
 def _as_rgb(img: np.ndarray) -> np.ndarray:

@@ -195,7 +195,7 @@ def _writer(
             index, last, start = 0, -1, None
             while (item := _get(inbox, stop)) is not _END:
                 image, mask, fps, stamp, drawn = item
-                picture = drawn if drawn is not None else draw_fps(draw(image, mask), fps)
+                picture = drawn if drawn is not None else _labelled(draw(image, mask), fps)
                 frame = av.VideoFrame.from_ndarray(_pad_even(picture), format="rgb24")
                 if stamp is not None and start is None:
                     start = stamp
@@ -208,6 +208,11 @@ def _writer(
                 container.mux(stream.encode())
     except BaseException as err:
         _fail(errors, err, stop)
+
+
+def _labelled(frame: np.ndarray, fps: float | None) -> np.ndarray:
+    """The frame with its frame-rate label, or as it is where `fps` is None (--no-fps-label)."""
+    return frame if fps is None else draw_fps(frame, fps)
 
 
 def draw_fps(frame: np.ndarray, fps: float) -> np.ndarray:
@@ -297,8 +302,10 @@ def run_video(
     show: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    fps_label: bool = True,
 ) -> dict:
-    """Segment every frame of `src` (file or camera index) and write an upright overlay MP4 of the same rate.
+    """Segment every frame of `src` (file or camera index) and write an upright overlay MP4 of the same rate,
+    with the end-to-end frame rate in a corner unless `fps_label` is False.
 
     Any failure (reading, the model, writing, Ctrl-C) stops all three stages promptly and removes the
     partial output; nothing is written to `dst` unless every frame was encoded.
@@ -327,7 +334,7 @@ def run_video(
     try:
         reader.start()
         writer.start()
-        done = _segment(predictor, frames_q, encode_q, stop, total, show, progress, start)
+        done = _segment(predictor, frames_q, encode_q, stop, total, show, progress, start, fps_label)
         _put(encode_q, _END, stop)
         writer.join()
         if errors:
@@ -349,7 +356,7 @@ def run_video(
 
 def _segment(
     predictor: Predictor, frames_q: queue.Queue, encode_q: queue.Queue, stop: threading.Event, total: int | None,
-    show: bool, progress: bool, start: float,
+    show: bool, progress: bool, start: float, fps_label: bool = True,
 ) -> int:  # fmt: skip
     """The main thread's stage: batches of (frame, time) in, (frame, mask, FPS so far, time, drawn) out to the
     writer; returns the
@@ -361,11 +368,11 @@ def _segment(
         while (chunk := _get(frames_q, stop)) is not _END:
             masks = predictor.predict_batch([frame for frame, _ in chunk])
             done += len(chunk)
-            fps = done / max(time.perf_counter() - start, 1e-9)  # end to end so far, as the summary
+            fps = done / max(time.perf_counter() - start, 1e-9) if fps_label else None  # end to end so far
             for (frame, at), mask in zip(chunk, masks, strict=True):
                 item = (frame, mask, fps, at, None)
                 if window:
-                    drawn = draw_fps(predictor.draw(frame, mask), fps)
+                    drawn = _labelled(predictor.draw(frame, mask), fps)
                     item, window = (frame, mask, fps, at, drawn), _show(drawn)
                     if not window:
                         bar.write("--show: no window available (headless OpenCV or no display)", file=sys.stderr)

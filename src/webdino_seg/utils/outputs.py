@@ -91,6 +91,11 @@ def is_ours(path: Path) -> bool:
 
             with av.open(str(path)) as container:
                 return container.metadata.get("comment", "").startswith(MARK)
+        if suffix == ".npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as npz:
+                return "software" in npz.files and str(npz["software"]).startswith(MARK)
         if suffix == ".onnx":
             import onnx
 
