@@ -20,6 +20,7 @@ def tiny_data(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_subset(prepared, tmp_path_factory.mktemp("bench") / "data", 6, 2)
 
 
+@pytest.mark.slow  # 10 s: the default run stays under 3 minutes
 def test_benchmark_prints_the_table(tiny_data: Path, test_video: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = ["benchmark", "--arch", "webdino-tiny", "--imgsz", "56", "56", "--device", "cpu", "--quick",

@@ -75,6 +75,7 @@ def _video_cli(ckpt: Path, src: Path, out: Path, *extra: str) -> subprocess.Comp
     return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=120)  # a hang fails, never blocks
 
 
+@pytest.mark.slow  # 6 s
 def test_video_on_a_full_disk_stops_with_a_clear_error(ckpt: Path, tmp_path: Path) -> None:
     with small_disk(tmp_path / "disk", "120k") as disk:
         proc = _video_cli(ckpt, CLIP, disk / "out.mp4")
@@ -270,6 +271,7 @@ def test_video_out_is_checked_before_anything_runs(tmp_path: Path, capsys) -> No
     assert sorted(os.listdir(tmp_path)) == ["afile", "outdir"] and os.listdir(tmp_path / "outdir") == []
 
 
+@pytest.mark.slow  # 4 s
 def test_ctrl_c_during_video_leaves_no_temp_file(ckpt: Path, test_video: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     cmd = [sys.executable, "-m", "webdino_seg", "video", "--input", str(test_video), "--model", str(ckpt),

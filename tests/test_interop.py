@@ -64,7 +64,7 @@ def test_ambiguous_keys_ask_for_arch(tmp_path: Path, monkeypatch: pytest.MonkeyP
 # --- ONNX -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [(112, 112), (84, 140)])
+@pytest.mark.parametrize("size", [(112, 112), pytest.param((84, 140), marks=pytest.mark.slow)])
 def test_onnx_logits_match_pytorch(ckpt: Path, tmp_path: Path, size: tuple[int, int]) -> None:
     import onnxruntime as ort
 

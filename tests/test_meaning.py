@@ -22,8 +22,12 @@ from webdino_seg.app.cli import main
 # --- resume -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("head", "fine_tune"), [("simple", False), ("linear4", False), ("multilayer", False),
-                                                 ("guided", False), ("simple", True)])  # fmt: skip
+SLOW = pytest.mark.slow  # the other heads in the long run: the default run stays under 3 minutes
+
+
+@pytest.mark.parametrize(("head", "fine_tune"), [("simple", False), pytest.param("linear4", False, marks=SLOW),
+                                                 pytest.param("multilayer", False, marks=SLOW),
+                                                 pytest.param("guided", False, marks=SLOW), ("simple", True)])
 def test_resume_equals_uninterrupted_with_every_stateful_option(small: Path, tmp_path: Path, head: str,
                                                                 fine_tune: bool) -> None:  # fmt: skip
     """The lr drops at epoch 3, after the resume point: a scheduler that is not restored trains at the wrong rate;

@@ -90,13 +90,14 @@ def test_a_big_photo_is_noted_once_without_tile(ckpt: Path, pennfudan: Path, tmp
     photo = np.asarray(Image.open(_photos(pennfudan, 1)[0]).convert("RGB"))
     src = tmp_path / "in"
     src.mkdir()
-    big = np.tile(photo, (3, 3, 1))  # about 1000 x 1300 for a 224 x 224 model: shrunk more than 4x
+    big = np.tile(photo, (2, 2, 1))  # about 700 x 900 for the model at 112 x 112: shrunk more than 4x
     for name in ("a.png", "b.png"):
         Image.fromarray(big).save(src / name)
-    assert main(["predict", "--input", str(src), "--model", str(ckpt), "--out", str(tmp_path / "o")]) == 0
+    small = ["--model", str(ckpt), "--imgsz", "112", "112"]
+    assert main(["predict", "--input", str(src), *small, "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert err.count("is shrunk") == 1 and "--tile segments it window by window" in err
-    assert main(["predict", "--input", str(src), "--model", str(ckpt), "--out", str(tmp_path / "t"), "--tile"]) == 0
+    assert main(["predict", "--input", str(src / "a.png"), *small, "--out", str(tmp_path / "t"), "--tile"]) == 0
     assert "is shrunk" not in capsys.readouterr().err
 
 
