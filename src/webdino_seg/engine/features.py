@@ -242,7 +242,7 @@ def extract(
                 else:
                     todo.append((view, chunk, index, rows))
         if todo:
-            _compute(model, dataset, todo, cache, device, workers, amp, bar)
+            _compute(model, dataset, todo, cache, device, workers, amp, bar, desc)
     if world > 1 and cache.features.device.type == "cuda":
         for tensor in (cache.features, cache.masks, cache.images):  # each row was written by one process: exact
             if tensor is not None:
@@ -289,7 +289,7 @@ def _put_rows(cache: FeatureCache, rows: torch.Tensor, part: dict) -> None:
 
 def _compute(
     model: SegmentationModel, dataset: SegmentationDataset, todo: list, cache: FeatureCache, device: torch.device,
-    workers: int, amp: bool, bar: tqdm,
+    workers: int, amp: bool, bar: tqdm, desc: str,
 ) -> None:  # fmt: skip
     """Run the backbone over the (view, chunk file, image indices, rows) batches in `todo`; each batch goes into
     the cache and, where it has a chunk file, to disk as well, so an interrupted extraction continues there.
@@ -301,7 +301,7 @@ def _compute(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    estimate = Estimate(bar.desc, sum(len(index) for _, _, index, _ in todo), "image", device, after=3)
+    estimate = Estimate(desc, sum(len(index) for _, _, index, _ in todo), "image", device, after=3)
     for (_, chunk, _, rows), (batch_images, target) in zip(todo, loader, strict=True):
         grids = []
         for images in batch_images.split(1 if device.type == "cpu" else len(batch_images)):
