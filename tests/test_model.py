@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import FIXTURES, TINY
@@ -56,3 +57,21 @@ def test_info_prints_the_tutorial_counts(capsys) -> None:
 def test_info_rejects_bad_size(capsys) -> None:
     assert main(["info", "--imgsz", "650", "644"]) == 2
     assert "use 644 or 658" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds every variant, the 7B ones included, on the meta device (no memory, ~15 s)
+def test_every_trainable_parameter_of_every_variant_is_reached_by_the_loss() -> None:
+    from webdino_seg.models.builder import create_model
+    from webdino_seg.models.variants import VARIANTS, get_variant
+
+    unreached = {}
+    for arch in VARIANTS:
+        for head in ("simple", "linear4") if arch.endswith("tiny") else ("simple",):
+            with torch.device("meta"):
+                model = create_model(arch, weights="random", fine_tune=True, head=head).train()
+                p = get_variant(arch).patch_size
+                model(torch.zeros(1, 3, 2 * p, 2 * p)).sum().backward()
+            missed = [n for n, q in model.named_parameters() if q.requires_grad and q.grad is None]
+            if missed:
+                unreached[(arch, head)] = missed
+    assert unreached == {}

@@ -9,6 +9,11 @@ from torch import nn
 from .dinov2 import DinoVisionTransformer
 
 
+# parts of a backbone that only its pre-training uses (masked image modelling, local crops): no part in our
+# forward pass, so never trained (a trainable parameter that gets no gradient makes DDP fail)
+PRETRAINING_ONLY = ("mask_token", "local_cls_norm")
+
+
 class SegmentationModel(nn.Module):
     """Backbone + head. A frozen backbone gets no gradients, stays in eval mode and runs in inference mode."""
 
@@ -20,8 +25,11 @@ class SegmentationModel(nn.Module):
         if not fine_tune:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        else:  # only masked-image pre-training uses the mask token: a trainable unused parameter breaks DDP
-            self.backbone.mask_token.requires_grad_(False)
+        else:
+            for name in PRETRAINING_ONLY:
+                part = getattr(self.backbone, name, None)
+                if part is not None:
+                    part.requires_grad_(False)
 
     def train(self, mode: bool = True) -> SegmentationModel:
         """Switch the head (and a fine-tuned backbone) to training mode; a frozen backbone stays in eval."""
