@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,17 +165,34 @@ def allocate(
         os.unlink(name)
 
 
-def _shared_files(store: Path, count: int) -> list[str]:
-    """Names of `count` new files every process can map: made by rank 0, announced to the others."""
-    names = None
-    if distributed.rank() == 0:
+def _node_files(store: Path, count: int) -> list[str]:
+    """Names of `count` new files that the processes of this machine map together: made by the machine's first
+    process, named by a run-wide token and the machine's index (several machines may share `store`)."""
+    token = distributed.broadcast(uuid.uuid4().hex[:12] if distributed.rank() == 0 else None)
+    names = [str(store / f"webdino-seg-{token}-node{distributed.node()}-{i}.bin") for i in range(count)]
+    if distributed.local_rank() == 0:
         store.mkdir(parents=True, exist_ok=True)
-        names = []
-        for _ in range(count):
-            fd, name = tempfile.mkstemp(dir=store, prefix="features-", suffix=".bin")
-            os.close(fd)
-            names.append(name)
-    return distributed.broadcast(names)
+        for name in names:
+            open(name, "xb").close()
+    distributed.barrier()
+    return names
+
+
+def _node_store(need: int, store: torch.device | Path) -> Path:
+    """Where this machine's processes share the cache: /dev/shm where it has the room on every machine (a
+    container's is often 64 MB), else memory-mapped files in `store` (a folder) or the temp folder."""
+    shm = Path("/dev/shm")
+    folder = store if isinstance(store, Path) else Path(tempfile.gettempdir())
+    if isinstance(store, Path):
+        return store
+    free = shutil.disk_usage(shm).free if shm.is_dir() else 0
+    if not distributed.any_true(need > 0.9 * free):
+        return shm
+    if distributed.rank() == 0:
+        print(f"note: /dev/shm has {free / 2**20:.0f} MiB free, the shared feature cache needs {need / 2**20:.0f} "
+              f"MiB: using memory-mapped files in {folder} instead (in Docker, --shm-size raises it)",
+              file=sys.stderr)  # fmt: skip
+    return folder
 
 
 def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int, identity: dict) -> str:
@@ -223,18 +241,23 @@ def extract(
     (CPU memory or disk), or, on GPUs, a tensor summed across processes (zeros elsewhere): no
     process holds more than one copy.
     """
-    rank, world = distributed.rank(), distributed.world_size()
-    mine = list(range(rank, len(dataset), world))
-    if not mine:
+    world = distributed.world_size()
+    store = store or torch.device("cpu")
+    # a cache in memory or files is shared by the processes of each machine, which extract it together; one on
+    # a GPU is each process's own, extracted by all processes together (rows summed across them below)
+    rank, procs = (distributed.local_rank(), distributed.local_world_size()) if _node_shared(world, store) else (
+        distributed.rank(), world)  # fmt: skip
+    mine = list(range(rank, len(dataset), procs))
+    if not len(dataset):
         raise ValueError(f"no images to extract features from in {desc}")
-    cache = _allocate(model, dataset, views, dtype, store or torch.device("cpu"), world)
-    with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=rank > 0) as bar:
+    cache = _allocate(model, dataset, views, dtype, store, world)
+    with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=distributed.rank() > 0) as bar:
         todo = []
         for view in range(views):
             for start in range(0, len(mine), batch):
                 index = mine[start : start + batch]
                 rows = torch.tensor(index) + view * len(dataset)
-                chunk = chunks / f"v{view}_r{rank}of{world}_{start:06d}.pt" if chunks else None
+                chunk = chunks / f"v{view}_r{rank}of{procs}_{start:06d}.pt" if chunks else None
                 saved = _read_verified(chunk, {"rows": rows.tolist()}, bar.write) if chunk is not None else None
                 if saved is not None:
                     _put_rows(cache, rows, saved)
@@ -264,19 +287,25 @@ def _allocate(
     if model.needs_image:
         shapes.append((views * n, 3, h, w))
     names: list[str | None] = [None] * len(shapes)
-    if world > 1 and not (isinstance(store, torch.device) and store.type == "cuda"):
-        shm = Path("/dev/shm")
-        store = store if isinstance(store, Path) else (shm if shm.is_dir() else Path(tempfile.gettempdir()))
-        names = _shared_files(store, len(shapes))
+    if _node_shared(world, store):
+        sizes = [math.prod(s) * (torch.empty(0, dtype=dtype).element_size() if i == 0 else 1)
+                 for i, s in enumerate(shapes)]  # fmt: skip
+        store = _node_store(sum(sizes), store)
+        names = _node_files(store, len(shapes))
     feats = allocate(shapes[0], dtype, store, names[0])
     masks = allocate(shapes[1], torch.uint8, store, names[1])
     images = allocate(shapes[2], torch.uint8, store, names[2]) if model.needs_image else None
     distributed.barrier()
-    if distributed.rank() == 0:
+    if distributed.local_rank() == 0:
         for name in names:
             if name:
-                os.unlink(name)  # every process has it mapped: nothing is left behind
+                os.unlink(name)  # every process of this machine has it mapped: nothing is left behind
     return FeatureCache(feats, masks, views, images, dataset.mean, dataset.std)
+
+
+def _node_shared(world: int, store: torch.device | Path) -> bool:
+    """Whether the processes of each machine share one cache (in memory or files; a GPU cache is per process)."""
+    return world > 1 and not (isinstance(store, torch.device) and store.type == "cuda")
 
 
 def _put_rows(cache: FeatureCache, rows: torch.Tensor, part: dict) -> None:
