@@ -71,6 +71,7 @@ class BatchSource:
         self.trainable = model.head if self.cached else model
         self.net = self.trainable
         if distributed.world_size() > 1:
+            distributed.sync_batchnorm(self.trainable)  # batch statistics of the whole batch, as one process
             ids = [device.index] if device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.trainable, device_ids=ids)
 
