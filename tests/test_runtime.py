@@ -44,6 +44,20 @@ def test_frozen_backbone_is_cast_once_where_autocast_would_run(monkeypatch: pyte
     assert tuned.backbone.patch_embed.proj.weight.dtype == torch.float32  # fine-tuning keeps fp32 weights
 
 
+@pytest.mark.parametrize(("capability", "native"), [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_only_where_the_gpu_has_it_natively(monkeypatch: pytest.MonkeyPatch, capability: tuple, native: bool
+                                                 ) -> None:  # fmt: skip
+    """V100 (7.0) and T4 / RTX 20xx (7.5) emulate bf16, and torch.cuda.is_bf16_supported() says yes for them."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    runtime._bf16_supported.cache_clear()
+    try:
+        assert (runtime.amp_dtype(torch.device("cuda", 0)) == torch.bfloat16) is native
+    finally:
+        runtime._bf16_supported.cache_clear()
+
+
 def test_no_bf16_on_a_gpu_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "_bf16_supported", lambda device: False)
     assert runtime.amp_dtype(torch.device("cuda")) is None  # fp32 rather than a dtype the GPU lacks
@@ -140,12 +154,16 @@ def test_nccl_only_for_cuda_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda index: None)
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: chosen.append(backend))
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, timeout: chosen.append((backend, timeout.total_seconds())))  # fmt: skip
     monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
     monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
     for device in ("cpu", "auto", "cuda"):
         distributed.setup(device)
-    assert chosen == ["gloo", "nccl", "nccl"]
+    assert chosen == [("gloo", 1800), ("nccl", 1800), ("nccl", 1800)]
+    monkeypatch.setenv("WEBDINO_SEG_DIST_TIMEOUT_S", "7200")  # a knob for long rank-0 work on slow disks
+    distributed.setup("cpu")
+    assert chosen[-1] == ("gloo", 7200)
 
 
 @pytest.mark.slow

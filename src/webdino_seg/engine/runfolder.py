@@ -73,7 +73,8 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: str | Path) -> tuple[RunFolder, TrainConfig]:
-        """An existing run to resume, and its settings; half-written temp files of the stopped run are removed.
+        """An existing run to resume, and its settings (its stopped run's half-written temp files are removed by
+        `remove_stale`, once, by one process).
 
         A run stopped before its first epoch ended (e.g. while caching features) has no last.pth and
         starts its first epoch again, reusing the features it kept.
@@ -83,13 +84,16 @@ class RunFolder:
             raise FileNotFoundError(f"--resume {run.path}: no {CONFIG} there; is it a run folder?")
         if not (run / LAST).exists() and (run / PREVIOUS).exists():
             raise ResumeError(f"--resume {run.path}: {LAST} is missing. {run._recovery()}")
-        for stale in run.path.rglob(".*.tmp"):
-            stale.unlink()
         try:
             cfg = TrainConfig.from_yaml(run / CONFIG)
         except (yaml.YAMLError, TypeError, ValueError) as err:
             raise ResumeError(f"{run / CONFIG}: cannot be read as training settings ({err})") from None
         return run, cfg
+
+    def remove_stale(self) -> None:
+        """Remove the half-written temp files a stopped run left."""
+        for stale in self.path.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def split(self) -> dict | None:
         """The split the run recorded for a flat folder (image names per split), or None."""

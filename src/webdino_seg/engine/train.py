@@ -199,6 +199,10 @@ def train(
         cfg = cfg.resumed_with(changes or {})
     check_data(cfg)
     rank, world, local_rank = distributed.setup(cfg.device)
+    if run is not None:
+        if rank == 0:  # one process cleans up before any reads the folder
+            run.remove_stale()
+        distributed.barrier()
     device = _device(cfg.device, world, local_rank)
     with speed_flags(device):
         return _train(cfg, run, device, _quiet if rank > 0 else log)
@@ -208,7 +212,8 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
     """`train` once the settings and the device are known."""
     rank, resuming = distributed.rank(), run is not None
     if device.type == "cuda" and cfg.amp and amp_dtype(device) is None:
-        log(f"{torch.cuda.get_device_name(device)} has no bf16 support: running in float32")
+        log(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
+            f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): running in float32")
     variant = get_variant(cfg.arch)
     cfg, note = resolve_masks(cfg)
     if note:
@@ -252,10 +257,9 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
     finally:
         if board is not None:
             board.close()
-    if rank == 0:
+    if rank == 0:  # the other processes are done: none waits in a collective that could time out meanwhile
         final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
         finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
-    distributed.barrier()
     _say_where_to_go(run, progress, base, cfg, log)
     return run.path
 

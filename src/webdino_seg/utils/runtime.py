@@ -30,7 +30,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """The autocast dtype for `device`: bf16 on a CUDA GPU that supports it, else None (fp32)."""
+    """The autocast dtype for `device`: bf16 on a CUDA GPU with native bf16 (compute capability 8.0 on: A100, H100,
+    RTX 30xx and later), else None (fp32): T4, V100 and RTX 20xx only emulate bf16, slower than fp32."""
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if _bf16_supported(device) else None
@@ -38,8 +39,10 @@ def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
 
 @functools.cache
 def _bf16_supported(device: torch.device) -> bool:
-    with torch.cuda.device(device):
+    """Native bf16: `torch.cuda.is_bf16_supported()` also counts emulation, so the capability decides."""
+    if torch.version.hip:  # ROCm: the question means native there
         return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
