@@ -17,7 +17,7 @@ from ..data.augment import sample_seed
 from ..data.datasets import SegmentationDataset
 from ..models.segmentation import SegmentationModel
 from . import distributed
-from .features import FeatureCache, cache_key, load_or_extract, plan_store
+from .features import FeatureCache, cache_key, free_ram, load_or_extract, plan_store
 
 
 class _Batches:
@@ -31,6 +31,14 @@ class _Batches:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def _least_free(device: torch.device) -> dict[str, int]:
+    """Free GPU memory (this process's GPU) and RAM, the least over all processes: the plan must fit everywhere."""
+    free = torch.tensor([torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0, free_ram()],
+                        dtype=torch.float64)  # fmt: skip
+    cuda, cpu = distributed.all_min(free).tolist()
+    return {"cuda": int(cuda), "cpu": int(cpu)} if device.type == "cuda" else {"cpu": int(cpu)}
 
 
 class BatchSource:
@@ -89,6 +97,7 @@ class BatchSource:
                 memory_gb,
                 extract_batch,
                 cache_dir,
+                free=_least_free(device),
                 extra_per_item=3 * h * w if model.needs_image else 0,
             )
         )

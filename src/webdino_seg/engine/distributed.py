@@ -78,6 +78,18 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def all_min(value: torch.Tensor) -> torch.Tensor:
+    """The element-wise minimum of a CPU tensor over all processes (in place, returned)."""
+    if world_size() > 1:
+        if dist.get_backend() == "nccl":
+            on_gpu = value.cuda()
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.MIN)
+            value.copy_(on_gpu)
+        else:
+            dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
+
+
 def broadcast(obj: object) -> object:
     """Rank 0's value of a picklable object, on every rank."""
     if world_size() == 1:

@@ -8,7 +8,6 @@ from torch import nn
 
 from .dinov2 import DinoVisionTransformer
 
-
 # parts of a backbone that only its pre-training uses (masked image modelling, local crops): no part in our
 # forward pass, so never trained (a trainable parameter that gets no gradient makes DDP fail)
 PRETRAINING_ONLY = ("mask_token", "local_cls_norm")
