@@ -80,3 +80,32 @@ def test_benchmark_quick_table_on_cuda(data: Path, test_video: Path, capsys) -> 
     table = capsys.readouterr().out
     print(table)
     assert "attention: tutorial math" in table and "training, 3 epochs" in table
+
+
+def test_a_training_step_waits_for_the_gpu_at_most_once() -> None:
+    """CUDA's sync debug mode warns at every host-device synchronisation; a step (cached features in, loss value
+    and predictions counted on the GPU) may cause one: the loss value it returns."""
+    import warnings
+
+    from webdino_seg.engine.train import train_step
+    from webdino_seg.models.heads import SimpleDecoder
+    from webdino_seg.utils.metrics import ConfusionMatrix
+
+    device = torch.device("cuda")
+    head = SimpleDecoder(64, 2).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    features = torch.randn(4, 64, 8, 8, device=device)
+    masks = torch.randint(0, 2, (4, 8, 8), device=device)
+    cm = ConfusionMatrix(2, device)
+    train_step(head, optimizer, (features,), masks, device)  # warm-up: lazy initialisations may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, pred = train_step(head, optimizer, (features,), masks, device)
+            cm.update(pred, masks)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) <= 1, [str(w.message) for w in syncs]

@@ -165,13 +165,15 @@ def train_step(
     Returns the step's loss and the predictions, or None when the batch has no labelled pixel.
     Raises `NonFiniteLoss` before any weight is changed when the loss is not finite.
     """
-    valid = distributed.all_sum((masks != VOID).sum())  # over the whole batch, all processes
-    if valid == 0:
-        return None
     with autocast(device, amp):
         logits = net(*inputs)
     loss_sum, pred = segmentation_loss(logits, masks, loss, weight)
-    step_loss = distributed.all_sum(loss_sum.detach() / valid).item()
+    # labelled pixels and summed loss over the whole batch (all processes): the step's one wait for the device
+    totals = torch.stack([(masks != VOID).sum().double(), loss_sum.detach().double()])
+    valid, total = distributed.all_sum(totals).tolist()
+    if valid == 0:
+        return None
+    step_loss = total / valid
     if not math.isfinite(step_loss):
         raise NonFiniteLoss(step_loss)
     optimizer.zero_grad(set_to_none=True)
@@ -476,7 +478,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
     """One pass over the training split; returns the mean step loss and the confusion matrix."""
     source, cfg, run = loop.source, loop.cfg, loop.run
     source.model.train()
-    cm, total_loss, steps = ConfusionMatrix(cfg.num_classes), 0.0, 0
+    cm, total_loss, steps = ConfusionMatrix(cfg.num_classes, loop.device), 0.0, 0  # counted on the device
     bar = tqdm(
         source.train_batches(epoch),
         total=source.steps_per_epoch(),
@@ -505,6 +507,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
             bar.write(line)
     bar.close()
     distributed.all_sum(cm.mat)
+    cm.mat = cm.mat.cpu()
     return total_loss / max(steps, 1), cm
 
 

@@ -10,19 +10,21 @@ VOID = 255  # the mask value for unlabelled pixels: ignored by every metric and 
 class ConfusionMatrix:
     """Rows are true classes, columns predictions; pixels labelled 255 (void) are ignored."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, device: torch.device | str | None = None) -> None:
+        """`device`: where the counts are kept (a GPU run's counts stay on the GPU: updating them never waits)."""
         self.num_classes = num_classes
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of predicted and true class ids (any matching shapes)."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
-        pred, target = pred.reshape(-1), target.reshape(-1)
-        keep = target != VOID
         n = self.num_classes
-        idx = target[keep].to(torch.int64) * n + pred[keep].to(torch.int64)
-        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n).cpu()
+        pred, target = pred.reshape(-1).to(torch.int64), target.reshape(-1).to(torch.int64)
+        # void pixels count in an extra bin that is dropped: no boolean indexing, so no wait for the device
+        idx = torch.where(target != VOID, target * n + pred, n * n)
+        counts = torch.zeros(n * n + 1, dtype=torch.int64, device=idx.device).scatter_add_(0, idx, torch.ones_like(idx))
+        self.mat += counts[: n * n].reshape(n, n).to(self.mat.device)
 
     def merge(self, other: torch.Tensor) -> None:
         """Add another matrix (e.g. reduced from other processes)."""
