@@ -181,20 +181,19 @@ def test_ctrl_c_while_caching_then_resume_matches_uninterrupted(
     small: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = train(tiny_config(small, tmp_path / "whole", epochs=3), log=lambda *_: None)
-    real_write = features_mod.atomic_write
-    saved = {"n": 0}
+    real_batch = features_mod._compute_batch
+    batches = {"n": 0}
 
-    def interrupt_after_two_chunks(path, write, **kw):
-        out = real_write(path, write, **kw)
-        saved["n"] += 1
-        if saved["n"] == 2:
+    def ctrl_c_at_the_third_batch(*args, **kwargs):  # Ctrl-C reaches the main thread while it computes
+        batches["n"] += 1
+        if batches["n"] == 3:
             raise KeyboardInterrupt
-        return out
+        return real_batch(*args, **kwargs)
 
-    monkeypatch.setattr(features_mod, "atomic_write", interrupt_after_two_chunks)
+    monkeypatch.setattr(features_mod, "_compute_batch", ctrl_c_at_the_third_batch)
     run = tmp_path / "stopped"
     assert main(tiny_train_cli(small, run, imgsz=(112, 112), epochs=3)) == 130  # the settings of `whole`
-    monkeypatch.setattr(features_mod, "atomic_write", real_write)
+    monkeypatch.setattr(features_mod, "_compute_batch", real_batch)
     out = capsys.readouterr().out
     assert "interrupted while caching features: the features of 24 of 40 images are kept" in out, out
     assert f"continue with: webdino-seg train --resume {run}" in out

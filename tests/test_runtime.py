@@ -107,6 +107,9 @@ def test_cache_planning_counts_dtype_masks_and_working_memory() -> None:
     disk = plan_store(items, shape, masks, torch.device("cpu"), free={"cpu": 1 * GIB, "disk": 100 * GIB})
     assert disk.kind == "disk" and disk.dtype == torch.bfloat16
     assert plan_store(items, shape, masks, torch.device("cpu"), limit_gb=0.1, free={"cpu": 64 * GIB}).kind == "disk"
+    # a head reading 4 layers caches 4x the width, but extraction's activations are the backbone's own width
+    four = plan_store(items, (4 * 1024, 46, 46), masks, gpu, free={"cuda": 80 * GIB, "cpu": 64 * GIB}, width=1024)
+    assert four.working_bytes == plan.working_bytes and four.nbytes == 4 * features_bf16 + mask_bytes
 
 
 def test_a_disk_cache_that_does_not_fit_is_refused(tmp_path: Path) -> None:

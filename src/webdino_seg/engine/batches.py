@@ -99,6 +99,7 @@ class BatchSource:
                 cache_dir,
                 free=_least_free(device),
                 extra_per_item=3 * h * w if model.needs_image else 0,
+                width=model.backbone.embed_dim,
             )
         )
         store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.plan.kind) or Path(

@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def plan_store(
     disk: Path | None = None,
     free: dict[str, int] | None = None,
     extra_per_item: int = 0,
+    width: int | None = None,
 ) -> CachePlan:
     """Plan a cache of `items` feature grids (dim, h, w) with their uint8 masks (H, W).
 
@@ -109,7 +111,8 @@ def plan_store(
     memory holds it in bf16 on CUDA runs and in float32 on CPU runs (so they equal uncached runs);
     else it is memory-mapped on disk (bf16) at `disk`, which must have the room. It fits when it
     takes at most `limit_gb`, or, without a limit, half of what is free. `free` replaces the
-    measured free bytes per kind (``cuda``, ``cpu``, ``disk``) in tests.
+    measured free bytes per kind (``cuda``, ``cpu``, ``disk``) in tests. `width` is the backbone's token width
+    (default: `dim`, as for a head reading one layer).
     """
     free = free or {}
     limit = None if limit_gb is None else limit_gb * 2**30
@@ -120,7 +123,8 @@ def plan_store(
         return items * dim * h * w * torch.empty(0, dtype=dtype).element_size() + mask_bytes
 
     # extraction on the device: a batch of float32 images plus ~16 bf16 activations of the token sequence
-    working = batch * (3 * mask_shape[0] * mask_shape[1] * 4 + 16 * (h * w + 1) * dim * 2)
+    # (the backbone's activations have its own `width`, whatever number of its layers the head reads)
+    working = batch * (3 * mask_shape[0] * mask_shape[1] * 4 + 16 * (h * w + 1) * (width or dim) * 2)
     if device.type == "cuda":
         room = free.get("cuda") or torch.cuda.mem_get_info(device)[0]
         need = size(torch.bfloat16)
@@ -331,23 +335,37 @@ def _compute(
         pin_memory=device.type == "cuda",
     )
     estimate = Estimate(desc, sum(len(index) for _, _, index, _ in todo), "image", device, after=3)
-    for (_, chunk, _, rows), (batch_images, target) in zip(todo, loader, strict=True):
-        grids = []
-        for images in batch_images.split(1 if device.type == "cpu" else len(batch_images)):
-            with autocast(device, amp):
-                grids.append(model.features(images.to(device, non_blocking=True)))
-            bar.update(len(images))
-            for line in estimate.update(len(images)) if not bar.disable else []:
-                bar.write(line)
-        grid = torch.cat(grids)
-        part = {"features": grid, "masks": target.to(torch.uint8)}
-        if cache.images is not None:  # the augmented image, as the uint8 it was before normalising
-            pixels = batch_images * cache.std + cache.mean
-            part["images"] = (pixels * 255).round_().clamp_(0, 255).to(torch.uint8)
-        _put_rows(cache, rows, part)
-        if chunk is not None:
-            part["features"] = grid.to("cpu", cache.features.dtype)
-            save_verified(chunk, part | {"rows": rows.tolist()})
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as writer:  # writes beside compute
+        pending: list = []
+        for (_, chunk, _, rows), (batch_images, target) in zip(todo, loader, strict=True):
+            part = _compute_batch(model, batch_images, target, cache, device, amp, bar, estimate)
+            _put_rows(cache, rows, part)
+            if chunk is not None:
+                part["features"] = part["features"].to("cpu", cache.features.dtype)
+                pending.append(writer.submit(save_verified, chunk, part | {"rows": rows.tolist()}))
+            while pending and (pending[0].done() or len(pending) > 2):  # at most 2 waiting: memory stays bounded
+                pending.pop(0).result()  # a failed write stops the extraction with its error
+        for future in pending:
+            future.result()
+
+
+def _compute_batch(
+    model: SegmentationModel, batch_images: torch.Tensor, target: torch.Tensor, cache: FeatureCache,
+    device: torch.device, amp: bool, bar: tqdm, estimate: Estimate,
+) -> dict:  # fmt: skip
+    """One batch's features, masks (and images for heads that read them); on a CPU one image at a time."""
+    grids = []
+    for images in batch_images.split(1 if device.type == "cpu" else len(batch_images)):
+        with autocast(device, amp):
+            grids.append(model.features(images.to(device, non_blocking=True)))
+        bar.update(len(images))
+        for line in estimate.update(len(images)) if not bar.disable else []:
+            bar.write(line)
+    part = {"features": torch.cat(grids), "masks": target.to(torch.uint8)}
+    if cache.images is not None:  # the augmented image, as the uint8 it was before normalising
+        pixels = batch_images * cache.std + cache.mean
+        part["images"] = (pixels * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return part
 
 
 def chunk_count(chunks: Path | None) -> int:
