@@ -271,10 +271,26 @@ def test_video_out_is_checked_before_anything_runs(tmp_path: Path, capsys) -> No
     assert sorted(os.listdir(tmp_path)) == ["afile", "outdir"] and os.listdir(tmp_path / "outdir") == []
 
 
+@pytest.fixture(scope="module")
+def long_video(test_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled clip's 60 frames ten times over (600 frames, a minute at 10 fps): long enough to stop midway."""
+    frames = _frames(test_video, 60)
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for frame in frames * 10:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.mark.slow  # 4 s
-def test_ctrl_c_during_video_leaves_no_temp_file(ckpt: Path, test_video: Path, tmp_path: Path) -> None:
+def test_ctrl_c_during_video_leaves_no_temp_file(ckpt: Path, long_video: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
-    cmd = [sys.executable, "-m", "webdino_seg", "video", "--input", str(test_video), "--model", str(ckpt),
+    cmd = [sys.executable, "-m", "webdino_seg", "video", "--input", str(long_video), "--model", str(ckpt),
            "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
