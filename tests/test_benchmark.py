@@ -68,8 +68,48 @@ def test_tutorial_schedule_is_extrapolated_from_its_own_epochs(tmp_path: Path, m
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.csv").write_text("epoch,seconds\n1,2.0\n2,4.0\n")
-    calls = iter([(30.0, run), (10.0, run)] * 3)  # ours, tutorial; three times
+    calls = iter([(999.0, run), (999.0, run)] + [(30.0, run), (10.0, run)] * 3)  # warm-ups, then ours, tutorial x3
     monkeypatch.setattr(bench, "_timed_train", lambda cfg, device, mode: next(calls))
     res = bench.bench_training("d", "webdino-tiny", (56, 56), torch.device("cpu"), 60, 2, 4, 3)
     assert res["ours_train_s"]["median"] == 30.0 and res["tutorial_train_measured_s"]["median"] == 10.0
     assert res["tutorial_train_extrapolated_s"]["runs"] == [10.0 + 58 * 3.0] * 3
+
+
+class _SlowStart(torch.nn.Module):
+    """A stand-in backbone whose first two passes are slow, as first calls are (kernels, thread pools, caches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        self.calls += 1
+        time.sleep(0.3 if self.calls <= 2 else 0.001)
+        return x
+
+
+def test_no_warm_up_lands_inside_a_timed_repetition() -> None:
+    model = _SlowStart()
+    res = bench.bench_backbone(model, (14, 14), torch.device("cpu"), (1,), iters=1, repeats=3, recipe="ours")
+    figure = res["ours_backbone_img_s_b1"]
+    assert model.calls == bench.WARMUP + 3 and len(figure["runs"]) == 3
+    assert figure["min"] > 100, figure  # a slow first pass timed would show as ~3 images/s
+    values = iter([50.0, 40.0, 1.0, 1.1, 1.2])
+    assert bench.repeat(lambda: next(values), 3)["runs"] == [1.0, 1.1, 1.2]
+
+
+def test_a_spread_wider_than_its_median_is_flagged_not_turned_into_a_speed_up() -> None:
+    steady, wild = bench.summarise([3.2, 3.3, 3.1]), bench.summarise([3.2, 55.1, 3.0])
+    assert steady["reliable"] and not wild["reliable"]
+    res = {"runtime": {"device": "cpu", "torch": "x", "cuda": None, "amp_dtype": "None"}, "arch": "webdino-tiny",
+           "imgsz": [112, 112], "sdpa": {"tutorial": "math", "ours": "flash"}, "repeats": 3, "quick": True,
+           "batches": [1, 2], "tutorial_backbone_img_s_b1": wild, "ours_backbone_img_s_b1": steady,
+           "tutorial_backbone_img_s_b2": steady, "ours_backbone_img_s_b2": bench.summarise([6.4, 6.5, 6.6])}
+    table = bench.format_table(res).splitlines()
+    row1 = next(line for line in table if "batch 1" in line)
+    row2 = next(line for line in table if "batch 2" in line)
+    assert row1.rstrip().endswith("unreliable") and "x" not in row1.split("]")[-1]
+    assert row2.rstrip().endswith("2.0x")
+    assert any(line.startswith("unreliable: a spread") for line in table)

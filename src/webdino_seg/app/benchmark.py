@@ -42,13 +42,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+WARMUP = 2  # untimed calls before the timed ones: first calls build kernels, thread pools, caches
+
+
 def summarise(values: list[float]) -> dict:
-    """Median, min, max and every repetition."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+    """Median, min, max and every repetition; `reliable` is False where the spread (max - min) is wider than the
+    median, so no ratio should be read off it."""
+    median = statistics.median(values)
+    return {"median": median, "min": min(values), "max": max(values), "runs": values,
+            "reliable": max(values) - min(values) <= median}  # fmt: skip
 
 
-def repeat(fn: Callable[[], float], repeats: int) -> dict:
-    """Call `fn` (which returns one measurement) `repeats` times; summarise."""
+def repeat(fn: Callable[[], float], repeats: int, warmup: int = WARMUP) -> dict:
+    """Call `fn` (which returns one measurement) `warmup` times untimed, then `repeats` times; summarise those."""
+    for _ in range(warmup):
+        fn()
     return summarise([fn() for _ in range(repeats)])
 
 
@@ -106,12 +114,15 @@ def bench_training(
     """Wall-clock of whole training runs: ours for `epochs`, the tutorial's for `tutorial_epochs`, extrapolated.
 
     The tutorial's full-schedule figure is its measured run plus (epochs - measured) times the mean
-    of its own measured epoch times.
+    of its own measured epoch times. An untimed one-epoch run of each recipe comes first.
     """
     common = {"arch": arch, "weights": "random", "imgsz": imgsz, "batch": batch, "lr": 1e-4, "device": str(device),
               "seed": 0, "cache_views": views}  # fmt: skip
     ours, tutorial, tutorial_full = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
+        # warm-up, untimed: one epoch of each recipe (first-call costs of kernels, loaders and imports)
+        _timed_train(our_config(data, Path(tmp) / "warm-ours", epochs=1, **common), device, contextlib.nullcontext())
+        _timed_train(tutorial_config(data, Path(tmp) / "warm-tut", epochs=1, **common), device, tutorial_mode())
         for i in range(repeats):
             seconds, _ = _timed_train(our_config(data, Path(tmp) / f"ours{i}", epochs=epochs, **common), device,
                                       contextlib.nullcontext())  # fmt: skip
@@ -141,7 +152,6 @@ def bench_backbone(model, imgsz: tuple[int, int], device: torch.device, batches:
 
         def once(x=x) -> float:
             with torch.inference_mode(), mode(), autocast(device, amp):
-                model.features(x)  # warm-up
                 _sync(device)
                 start = time.perf_counter()
                 for _ in range(iters):
@@ -167,8 +177,7 @@ def bench_video(model, imgsz: tuple[int, int], device: torch.device, video: str 
                 info = run_video(predictor, video, Path(tmp) / "v.mp4", batch=batch, max_frames=frames, progress=False)
             return info["fps"]
 
-        once()  # warm-up: kernels, allocator, decoder
-        return {f"{recipe}_video_fps": repeat(once, repeats), "video_frames": frames}
+        return {f"{recipe}_video_fps": repeat(once, repeats, warmup=1), "video_frames": frames}
 
 
 def benchmark(
@@ -240,9 +249,15 @@ def format_table(res: dict) -> str:
     if "ours_video_fps" in res:
         rows.append((f"video end to end, FPS ({res['video_frames']} frames)", res["tutorial_video_fps"],
                      res["ours_video_fps"], False))  # fmt: skip
+    unreliable = False
     for name, tut, ours, lower_is_better in rows:
         ratio = tut["median"] / ours["median"] if lower_is_better else ours["median"] / tut["median"]
-        lines.append(f"{name:<52}{_fmt(tut):>28}{_fmt(ours):>28}{ratio:>9.1f}x")
+        trusted = tut.get("reliable", True) and ours.get("reliable", True)
+        unreliable |= not trusted
+        lines.append(f"{name:<52}{_fmt(tut):>28}{_fmt(ours):>28}{f'{ratio:.1f}x' if trusted else 'unreliable':>10}")
+    if unreliable:
+        lines.append("unreliable: a spread (max - min) wider than its median; no speed-up is read off it. Run again on "
+                     "an idle machine, with more --repeats or without --quick.")
     if "ours_train_s" in res:
         lines.append(
             f"* the tutorial's recipe ran {res['tutorial_epochs_measured']} real epochs "
