@@ -94,8 +94,8 @@ def test_cache_planning_counts_dtype_masks_and_working_memory() -> None:
     gpu = torch.device("cuda")
     plan = plan_store(items, shape, masks, gpu, free={"cuda": 80 * GIB, "cpu": 64 * GIB})
     assert plan.kind == "cuda" and plan.dtype == torch.bfloat16 and plan.nbytes == features_bf16 + mask_bytes
-    # a batch of 32 float32 images and ~16 bf16 activations of the 46x46+1 token sequence, as documented
-    assert plan.working_bytes == 32 * (3 * 644 * 644 * 4 + 16 * (46 * 46 + 1) * 1024 * 2)
+    # a batch of 32 float32 images and ~22 bf16 activations of the 46x46+1 token sequence, as documented
+    assert plan.working_bytes == 32 * (3 * 644 * 644 * 4 + 22 * (46 * 46 + 1) * 1024 * 2)
     # it would fit in half the GPU without the extraction's own memory, but not with it; exactly half fits
     tight = 2 * (plan.nbytes + plan.working_bytes)
     assert plan_store(items, shape, masks, gpu, free={"cuda": tight, "cpu": 64 * GIB}).kind == "cuda"
@@ -107,9 +107,11 @@ def test_cache_planning_counts_dtype_masks_and_working_memory() -> None:
     disk = plan_store(items, shape, masks, torch.device("cpu"), free={"cpu": 1 * GIB, "disk": 100 * GIB})
     assert disk.kind == "disk" and disk.dtype == torch.bfloat16
     assert plan_store(items, shape, masks, torch.device("cpu"), limit_gb=0.1, free={"cpu": 64 * GIB}).kind == "disk"
-    # a head reading 4 layers caches 4x the width, but extraction's activations are the backbone's own width
+    # a head reading 4 layers caches 4x the width; extraction's activations keep the backbone's own width, with
+    # the 4 layers kept and concatenated on top (not 4x everything, as when the cached width was taken)
     four = plan_store(items, (4 * 1024, 46, 46), masks, gpu, free={"cuda": 80 * GIB, "cpu": 64 * GIB}, width=1024)
-    assert four.working_bytes == plan.working_bytes and four.nbytes == 4 * features_bf16 + mask_bytes
+    assert four.working_bytes == 32 * (3 * 644 * 644 * 4 + 28 * (46 * 46 + 1) * 1024 * 2)
+    assert four.nbytes == 4 * features_bf16 + mask_bytes
 
 
 def test_a_disk_cache_that_does_not_fit_is_refused(tmp_path: Path) -> None:
