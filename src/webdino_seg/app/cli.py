@@ -121,10 +121,15 @@ def _predictor(args: argparse.Namespace):
 
     predictor = Predictor.from_checkpoint(
         args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta,
-        tile=getattr(args, "tile", False),
+        tile=getattr(args, "tile", False), precision=args.precision,
     )
     if predictor.tta:
         print(predictor.describe_tta(), file=sys.stderr)
+    if predictor.precision_note:
+        print(predictor.precision_note, file=sys.stderr)
+    if predictor.quantized and getattr(args, "debug", False):
+        print(f"int8: {len(predictor.quantized)} Linear layers quantized: {', '.join(predictor.quantized)}",
+              file=sys.stderr)  # fmt: skip
     return predictor
 
 

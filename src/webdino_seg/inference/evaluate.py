@@ -59,6 +59,7 @@ def evaluate(
         "imgsz": list(predictor.imgsz),
         "tta": predictor.describe_tta() or None,
         "tile": predictor.tile,
+        "precision": predictor.precision,
         **cm.summary(names),
         "mask_mode": mask_mode,
         "baseline": {k: v for k, v in cm.baseline().items() if k != "class"} | {"class": names[cm.baseline()["class"]]},

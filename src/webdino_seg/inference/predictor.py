@@ -19,6 +19,8 @@ from ..models.layers import check_image_size
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.overlay import inset_legend, overlay
 from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
+from .precision import quantize
+from .precision import resolve as resolve_precision
 
 TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
 TILE_OVERLAP = 1 / 3  # of a window's side shared with the next window (--tile)
@@ -48,12 +50,19 @@ class Predictor:
         tta_flip: bool = True,
         colors: list[list[int]] | None = None,
         tile: bool = False,
+        precision: str = "fp32",
     ) -> None:
         """`device` is where the model is (default: where its parameters are); a model elsewhere is an error.
         `colors` (one RGB per class) draw overlays; default: the fixed palette. With `tile`, an image larger than
-        the model's input is segmented in overlapping windows of that size at full resolution (sliding window)."""
+        the model's input is segmented in overlapping windows of that size at full resolution (sliding window).
+        `precision` (CPU): fp32, bf16 (autocast, where the CPU has it natively), int8 (a quantized copy of the
+        model; the given model is untouched) or auto (see `precision.resolve`)."""
         check_image_size(*imgsz, model.backbone.patch_size)
         self.device = _model_device(model, device)
+        self.precision, self.precision_note = resolve_precision(precision, self.device)
+        self.quantized: list[str] = []
+        if self.precision == "int8":
+            model, self.quantized = quantize(model)
         self.model = model
         self.imgsz = tuple(imgsz)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
@@ -86,12 +95,15 @@ class Predictor:
         weights: str | None = None,
         tta: bool = False,
         tile: bool = False,
+        precision: str = "fp32",
     ) -> Predictor:
         """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
         `imgsz` defaults to the size it was trained (or exported) at."""
         if Path(path).suffix.lower() == ".onnx":
             from .onnx import OnnxSegmentationModel
 
+            if precision not in ("auto", "fp32"):
+                raise ValueError(f"--precision {precision}: {path} is an ONNX model, run by onnxruntime in float32")
             onnx_model = OnnxSegmentationModel(path, device)
             fixed = tuple(onnx_model.meta["imgsz"])
             if imgsz is not None and tuple(imgsz) != fixed:
@@ -113,7 +125,7 @@ class Predictor:
         model, ckpt = load_model(path, weights)
         model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
         return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], tta=tta,
-                   colors=ckpt.get("class_colors"), tile=tile)  # fmt: skip
+                   colors=ckpt.get("class_colors"), tile=tile, precision=precision)  # fmt: skip
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
@@ -187,7 +199,8 @@ class Predictor:
         training = self.model.training
         self.model.eval()
         try:
-            with speed_flags(self.device), autocast(self.device, self.amp):
+            cpu_bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else None
+            with speed_flags(self.device), cpu_bf16 or autocast(self.device, self.amp):
                 return self.model(x).float()
         finally:
             self.model.train(training)

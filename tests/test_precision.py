@@ -1,0 +1,92 @@
+"""CPU inference in bf16 and int8: masks that agree with float32, the caller's model untouched, choices said."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import FIXTURES, tiny_config
+from webdino_seg.app.cli import main
+from webdino_seg.data.images import read_image
+from webdino_seg.inference import precision as precision_mod
+from webdino_seg.inference.predictor import Predictor
+
+NEEDS_BF16 = pytest.mark.skipif(not precision_mod.native_bf16(), reason="this CPU has no native bf16")
+
+
+@pytest.fixture(scope="module")
+def real_ckpt(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A head trained on the golden tiny backbone, whose weights are a trained model's (LayerScale near 1): a
+    random backbone's blocks barely move its tokens (LayerScale 1e-5), so quantizing them would change nothing."""
+    from webdino_seg import train
+
+    golden = str(FIXTURES / "tiny_official.pth")
+    cfg = tiny_config(prepared, tmp_path_factory.mktemp("precision") / "run", weights=golden, epochs=8, lr=1e-2, seed=0)
+    return train(cfg, log=lambda *_: None) / "best_model_iou.pth"
+
+
+@pytest.mark.parametrize("precision", ["int8", pytest.param("bf16", marks=NEEDS_BF16)])
+def test_lower_precision_masks_agree_with_float32(real_ckpt: Path, prepared: Path, precision: str) -> None:
+    fp32 = Predictor.from_checkpoint(real_ckpt, device="cpu")
+    other = Predictor.from_checkpoint(real_ckpt, device="cpu", precision=precision)
+    same = total = person = 0
+    largest = 0.0
+    for path in sorted((prepared / "valid_images").iterdir()):
+        image = read_image(path)
+        a, b = fp32.logits([image])[0], other.logits([image])[0]
+        largest = max(largest, float((a - b).abs().max()))
+        same, total = same + int((a.argmax(0) == b.argmax(0)).sum()), total + a[0].numel()
+        person += int(a.argmax(0).sum())
+    print(f"{precision}: {same / total:.4%} of valid pixels as in float32; largest logit change {largest:.4f}")
+    assert person > 0.02 * total  # the masks are not all background: the agreement means something
+    assert largest > 1e-4  # the precision really changed the computation
+    assert same / total >= 0.99
+
+
+def test_int8_quantizes_a_copy_and_lists_what_it_quantized(ckpt: Path) -> None:
+    from webdino_seg.models.checkpoint import load_model
+
+    model, _ = load_model(ckpt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    predictor = Predictor(model, (112, 112), (0.5,) * 3, (0.25,) * 3, ["background", "person"], precision="int8")
+    assert predictor.model is not model and predictor.precision == "int8"
+    linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    assert predictor.quantized == linears and any(".attn.qkv" in n for n in linears)
+    assert all(type(m) is not nn.Linear for n, m in predictor.model.named_modules() if n in linears)
+    assert all(type(dict(model.named_modules())[n]) is nn.Linear for n in linears)  # the caller's model untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_choices_are_said_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert precision_mod.resolve("fp32", cpu) == ("fp32", "")
+    chosen, note = precision_mod.resolve("auto", cpu)
+    assert chosen == "int8" and note.startswith("precision: int8 (auto:")
+    monkeypatch.setattr(precision_mod, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ValueError, match="no native bf16"):
+        precision_mod.resolve("bf16", cpu)
+    with pytest.raises(ValueError, match="is for the CPU"):
+        precision_mod.resolve("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="use one of auto, fp32, bf16, int8"):
+        precision_mod.resolve("fp8", cpu)
+
+
+def test_predict_and_evaluate_with_int8(ckpt: Path, prepared: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    images = prepared / "valid_images"
+    assert main(["predict", "--input", str(images), "--model", str(ckpt), "--out", str(tmp_path / "p"),
+                 "--precision", "auto", "--debug"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "precision: int8 (auto:" in err and "Linear layers quantized: backbone.blocks.0.attn.qkv" in err
+    assert len(list((tmp_path / "p").glob("*_mask.png"))) == len(list(images.iterdir()))
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--data", str(prepared), "--model", str(ckpt), "--out", str(out), "--precision",
+                 "int8"]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["precision"] == "int8" and 0 < report["miou"] < 1
+    assert np.isfinite(report["miou"])
