@@ -51,6 +51,14 @@ def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+def denormalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
+                ) -> torch.Tensor:  # fmt: skip
+    """Normalized (B, 3, H, W) float images back to the uint8 they were before `normalize`."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((images * std + mean) * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def sample_seed(*parts: int) -> int:
     """A 32-bit seed from integers (run seed, epoch or view, index): same inputs, same augmentation."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")

@@ -15,7 +15,7 @@ from ..models.checkpoint import load_model, save_model
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.files import atomic_write, save_png
 from ..utils.metrics import ConfusionMatrix
-from ..utils.overlay import caption, legend, overlay
+from ..utils.overlay import caption, legend, overlay, side_by_side
 from ..utils.runtime import autocast
 from .config import TrainConfig
 from .runfolder import RunFolder
@@ -110,7 +110,7 @@ def write_valid_preds(
         one.update(torch.from_numpy(pred), torch.from_numpy(truth))
         left = caption(overlay(image, truth, colors=colors), f"{image_path.name}: ground truth")
         right = caption(overlay(image, pred, colors=colors), f"prediction: mIoU {one.miou():.3f}")
-        pair = np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], 1)
+        pair = side_by_side(left, right)
         ious = one.iou().tolist()
         names = [f"{n} {iou:.3f}" if iou == iou else n for n, iou in zip(cfg.class_names, ious, strict=True)]
         present = {int(v) for v in np.unique(np.concatenate([truth.ravel(), pred.ravel()])) if v < len(names)}

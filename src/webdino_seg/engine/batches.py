@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.augment import sample_seed
+from ..data.augment import denormalize, sample_seed
 from ..data.datasets import SegmentationDataset
 from ..models.segmentation import SegmentationModel
 from . import distributed
@@ -203,9 +203,7 @@ class BatchSource:
         index = torch.arange(min(n, len(self.valid_ds)))
         items = [self.valid_ds[int(i)] for i in index]
         pixels = torch.stack([image for image, _ in items])
-        mean = torch.tensor(self.valid_ds.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.valid_ds.std).view(1, 3, 1, 1)
-        pictures = ((pixels * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        pictures = denormalize(pixels, self.valid_ds.mean, self.valid_ds.std)
         if self.valid_cache is not None:
             inputs, masks = self.valid_cache.batch(0, index, self.device)
         else:

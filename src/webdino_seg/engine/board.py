@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.overlay import caption, overlay
+from ..utils.overlay import caption, overlay, side_by_side
 from ..utils.runtime import autocast
 
 PREVIEWS = 3  # valid images drawn each epoch
@@ -63,7 +63,7 @@ class Board:
                                       strict=True):  # fmt: skip
             left = caption(overlay(image, truth.astype(np.uint8), colors=self.colors), "ground truth")
             right = caption(overlay(image, pred, colors=self.colors), "prediction")
-            out.append(np.concatenate([left, np.full((left.shape[0], 4, 3), 255, np.uint8), right], 1))
+            out.append(side_by_side(left, right, gap=4))
         return out
 
     def close(self) -> None:

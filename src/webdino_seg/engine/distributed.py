@@ -68,25 +68,24 @@ def shard(items: torch.Tensor) -> torch.Tensor:
 
 def all_sum(value: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes (in place, returned); CPU tensors work under NCCL too."""
-    if world_size() > 1:
-        if dist.get_backend() == "nccl" and value.device.type != "cuda":
-            on_gpu = value.cuda()
-            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
-            value.copy_(on_gpu)
-        else:
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
+    return _all_reduce(value, dist.ReduceOp.SUM)
 
 
 def all_min(value: torch.Tensor) -> torch.Tensor:
-    """The element-wise minimum of a CPU tensor over all processes (in place, returned)."""
+    """The element-wise minimum of a tensor over all processes (in place, returned); CPU tensors work under NCCL
+    too."""
+    return _all_reduce(value, dist.ReduceOp.MIN)
+
+
+def _all_reduce(value: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    """Reduce `value` in place with `op` over all processes; under NCCL a CPU tensor goes through the GPU."""
     if world_size() > 1:
-        if dist.get_backend() == "nccl":
+        if dist.get_backend() == "nccl" and value.device.type != "cuda":
             on_gpu = value.cuda()
-            dist.all_reduce(on_gpu, op=dist.ReduceOp.MIN)
+            dist.all_reduce(on_gpu, op=op)
             value.copy_(on_gpu)
         else:
-            dist.all_reduce(value, op=dist.ReduceOp.MIN)
+            dist.all_reduce(value, op=op)
     return value
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data.augment import denormalize
 from ..data.datasets import SegmentationDataset
 from ..models.segmentation import SegmentationModel
 from ..utils.files import atomic_write
@@ -191,10 +192,9 @@ def _node_files(store: Path, count: int) -> list[str]:
 def _node_store(need: int, store: torch.device | Path) -> Path:
     """Where this machine's processes share the cache: /dev/shm where it has the room on every machine (a
     container's is often 64 MB), else memory-mapped files in `store` (a folder) or the temp folder."""
-    shm = Path("/dev/shm")
-    folder = store if isinstance(store, Path) else Path(tempfile.gettempdir())
     if isinstance(store, Path):
         return store
+    shm, folder = Path("/dev/shm"), Path(tempfile.gettempdir())
     free = shutil.disk_usage(shm).free if shm.is_dir() else 0
     if not distributed.any_true(need > 0.9 * free):
         return shm
@@ -369,8 +369,7 @@ def _compute_batch(
             bar.write(line)
     part = {"features": torch.cat(grids), "masks": target.to(torch.uint8)}
     if cache.images is not None:  # the augmented image, as the uint8 it was before normalising
-        pixels = batch_images * cache.std + cache.mean
-        part["images"] = (pixels * 255).round_().clamp_(0, 255).to(torch.uint8)
+        part["images"] = denormalize(batch_images, cache.mean, cache.std)
     return part
 
 

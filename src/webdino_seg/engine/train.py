@@ -383,9 +383,14 @@ def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainC
     log(f"      webdino-seg export --model {best} --out {shlex.quote(str(run / 'model.onnx'))}")
 
 
+def _stopped_by(err: BaseException) -> str:
+    """'interrupted' for Ctrl-C (or SIGTERM), else 'stopped by' the error's type."""
+    return "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}"
+
+
 def _how_to_continue(run: RunFolder, progress: Progress, epochs: int, err: BaseException) -> str:
     """After Ctrl-C or an error during the epochs: where the run stopped and the command that continues it."""
-    how = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}"
+    how = _stopped_by(err)
     kept = f"after epoch {progress.epoch} of {epochs} (saved in {run / LAST})" if progress.epoch else "in epoch 1"
     fix = "" if isinstance(err, KeyboardInterrupt) else "once the cause is fixed, "
     return f"{how} {kept}; {fix}continue with: webdino-seg train --resume {shlex.quote(str(run.path))}"
@@ -412,9 +417,8 @@ def _say_what_was_kept(
     """After Ctrl-C or an error during caching: what was kept and the command that continues."""
     kept = sum(chunk_count(d) for d in run.features.glob("*") if d.is_dir())
     total = cfg.views * len(splits[0]) + len(splits[1])
-    how = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}"
-    log(f"{how} while caching features: the features of {kept} of {total} images are kept in {run.features}; "
-        f"continue with: webdino-seg train --resume {shlex.quote(str(run.path))}")  # fmt: skip
+    log(f"{_stopped_by(err)} while caching features: the features of {kept} of {total} images are kept in "
+        f"{run.features}; continue with: webdino-seg train --resume {shlex.quote(str(run.path))}")  # fmt: skip
 
 
 def _device(spec: str, world: int, local_rank: int) -> torch.device:

@@ -9,14 +9,12 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 from ..data.images import IMAGE_SUFFIXES, ImageError, read_image
 from ..utils.files import check_output_dir, save_png
 from ..utils.outputs import guard, may_replace
 from .masks import check_mask_values, encode_mask
 from .masks import save_probs as write_probs
-from .predictor import Predictor
+from .predictor import Predictor, class_ids
 
 
 def list_images(spec: str | Path) -> list[Path]:
@@ -96,7 +94,7 @@ def _predict(predictor: Predictor, images: list, with_probs: bool) -> tuple[list
     if not with_probs:
         return predictor.predict_batch(images), [None] * len(images)
     probs = predictor.probabilities(images)
-    return [p.max(0).indices.to(torch.uint8).cpu().numpy() for p in probs], [p.float().cpu().numpy() for p in probs]
+    return [class_ids(p) for p in probs], [p.float().cpu().numpy() for p in probs]
 
 
 def _read_group(group: list[Path], skip_bad: bool, skipped: list[str], bar) -> tuple[list[Path], list]:

@@ -216,13 +216,13 @@ class Predictor:
         """Class-id masks (uint8, H x W) for a batch of RGB arrays or PIL images."""
         arrays = [to_rgb(img) if isinstance(img, Image.Image) else _as_rgb(img) for img in images]
         if self.tta or self.tile:
-            return [p.max(0).indices.to(torch.uint8).cpu().numpy() for p in self.probabilities(arrays)]
+            return [class_ids(p) for p in self.probabilities(arrays)]
         if all(a.shape == arrays[0].shape for a in arrays):  # video frames: one upsample, one copy back
             grid = self._grid(self._prepare(arrays))
             # max(1).indices is argmax (first maximum on ties) without argmax's slow strided path on the CPU
             masks = upsample(grid, arrays[0].shape[:2]).max(1).indices.to(torch.uint8).cpu().numpy()
             return list(masks)
-        return [lg.max(0).indices.to(torch.uint8).cpu().numpy() for lg in self.logits(arrays)]
+        return [class_ids(lg) for lg in self.logits(arrays)]
 
     def predict(self, image: np.ndarray | Image.Image) -> np.ndarray:
         """Class-id mask (uint8) at the input's size."""
@@ -236,6 +236,12 @@ class Predictor:
             present = {int(v) for v in np.unique(mask) if v < len(self.class_names)}
             out = inset_legend(out, self.class_names, self.colors, present)
         return out
+
+
+def class_ids(scores: torch.Tensor) -> np.ndarray:
+    """The (H, W) uint8 class-id mask of (classes, H, W) logits or probabilities: the first maximum per pixel
+    (max(0).indices is argmax without argmax's slow strided path on the CPU)."""
+    return scores.max(0).indices.to(torch.uint8).cpu().numpy()
 
 
 def _starts(length: int, window: int) -> list[int]:

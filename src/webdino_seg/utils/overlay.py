@@ -94,6 +94,11 @@ def inset_legend(
     return out
 
 
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
+    """Two (H, W, 3) uint8 pictures of one height next to each other, `gap` white pixels between them."""
+    return np.concatenate([left, np.full((left.shape[0], gap, 3), 255, np.uint8), right], 1)
+
+
 def caption(image: np.ndarray, text: str) -> np.ndarray:
     """The image with a white strip on top holding `text` in black; the strip's height depends only on the
     image's width, so captioned images of one width line up side by side."""
