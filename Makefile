@@ -11,9 +11,9 @@ BIN := $(VENV)/bin
 #   make quickstart TORCH_PIP="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"
 # Where the index in TORCH_PIP does not answer, tools/ensure_torch.py says so within about 30 s.
 ifeq ($(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),gpu)
-TORCH_PIP ?= torch>=2.4
+TORCH_PIP ?= 'torch>=2.4'
 else
-TORCH_PIP ?= torch>=2.4 --index-url https://download.pytorch.org/whl/cpu
+TORCH_PIP ?= 'torch>=2.4' --index-url https://download.pytorch.org/whl/cpu
 endif
 
 .PHONY: install install-dev quickstart test
