@@ -27,7 +27,9 @@ def test_benchmark_prints_the_table(tiny_data: Path, test_video: Path, tmp_path:
             "--video", str(test_video), "--data", str(tiny_data), "--epochs", "3", "--tutorial-epochs", "1",
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
+    assert "  ours_backbone_img_s_b1: " in captured.err  # each figure is logged as soon as it is measured
     for row in ("training, 3 epochs, seconds (tutorial: extrapolated*)", "backbone images/s, batch 1",
                 "video end to end", "median [min-max] of 3 runs", "attention: tutorial math"):  # fmt: skip
         assert row in table, table

@@ -317,6 +317,9 @@ def test_a_long_job_says_how_long_and_how_to_go_faster(monkeypatch: pytest.Monke
     assert medium.update() == ["training 4 epoch(s): about 40 s on this CPU for 10 steps (4.00 s/step, measured on "
                                "the first 1)"]  # fmt: skip
     assert eta.Estimate("short", 10, "step", torch.device("cpu"), after=1).update() == []  # 10 s: not worth saying
+    clock = iter([0.0, 4.0])
+    gpu = eta.Estimate("training 4 epoch(s)", 10, "step", torch.device("cuda"), after=1).update()
+    assert gpu == ["training 4 epoch(s): about 40 s on this GPU for 10 steps (4.00 s/step, measured on the first 1)"]
 
 
 def test_a_run_folders_config_reproduces_the_run_and_bad_configs_name_the_key(

@@ -206,7 +206,7 @@ def benchmark(
         res["runtime"] = describe(dev)  # the flags as every figure ran
         if data is not None:
             log(f"training end to end: ours {epochs} epochs, the tutorial's {tutorial_epochs} epochs, x{repeats} ...")
-            res |= bench_training(data, arch, imgsz, dev, epochs, tutorial_epochs, views, repeats)
+            res |= _as_measured(bench_training(data, arch, imgsz, dev, epochs, tutorial_epochs, views, repeats), log)
         x = torch.randn(1, 3, h, w, device=dev)
         for recipe in ("tutorial", "ours"):
             if recipe == "ours":  # our recipe keeps the frozen backbone in bf16 on a GPU: cast once, in place
@@ -214,16 +214,24 @@ def benchmark(
             with tutorial_mode() if recipe == "tutorial" else contextlib.nullcontext():
                 res["sdpa"][recipe] = sdpa_kernel_used(model, x, recipe == "ours")
             log(f"backbone throughput, {recipe} ...")
-            res |= bench_backbone(model, imgsz, dev, batches, iters, repeats, recipe)
+            res |= _as_measured(bench_backbone(model, imgsz, dev, batches, iters, repeats, recipe), log)
             if video is not None:
                 frames = 4 if quick and dev.type == "cpu" else (24 if quick else 240)
                 log(f"video, {recipe}: {frames} frames, x{repeats} ...")
-                res |= bench_video(model, imgsz, dev, video, frames, repeats, recipe)
+                res |= _as_measured(bench_video(model, imgsz, dev, video, frames, repeats, recipe), log)
     return res
 
 
 def _fmt(summary: dict) -> str:
     return f"{summary['median']:.4g} [{summary['min']:.4g} - {summary['max']:.4g}]"
+
+
+def _as_measured(figures: dict, log: Callable[[str], None]) -> dict:
+    """Log each new figure as soon as it is measured (a run cut short still leaves them in its log); return them."""
+    for name, value in figures.items():
+        if isinstance(value, dict) and "median" in value:
+            log(f"  {name}: {_fmt(value)}")
+    return figures
 
 
 def format_table(res: dict) -> str:

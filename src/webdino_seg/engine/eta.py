@@ -43,7 +43,7 @@ class Estimate:
         total = rate * self.total
         if total < WORTH_SAYING_S:
             return []
-        where = "this CPU" if self.device.type == "cpu" else f"this {self.device.type.upper()}"
+        where = {"cpu": "this CPU", "cuda": "this GPU"}.get(self.device.type, f"this {self.device.type} device")
         lines = [f"{self.what}: about {duration(total)} on {where} for {self.total} {self.unit}s "
                  f"({rate:.2f} s/{self.unit}, measured on the first {self.done})"]  # fmt: skip
         if self.device.type == "cpu" and total > LONG_ON_CPU_S:
