@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from webdino_seg.utils.metrics import ConfusionMatrix
+from webdino_seg.utils.metrics import VOID, ConfusionMatrix, boundary_band
 
 
 def _reference(preds: list[np.ndarray], targets: list[np.ndarray], n: int) -> tuple[float, float, list[float]]:
@@ -84,3 +85,32 @@ def test_matches_reference_on_random_batches(case) -> None:
     if not np.isnan(acc):
         assert abs(cm.pixel_accuracy() - acc) < 1e-12
         assert abs(cm.miou() - miou) < 1e-12
+
+
+def test_the_boundary_band_keeps_the_pixels_near_a_class_boundary() -> None:
+    mask = torch.zeros(12, 12, dtype=torch.int64)
+    mask[4:8, 4:8] = 1  # a 4x4 square
+    mask[0, :] = VOID  # unlabelled pixels stay void and make no boundary
+    band0 = boundary_band(mask, 0)
+    kept = band0 != VOID
+    assert kept.sum() == 12 + 16  # the square's 12 rim pixels and the 16 outside them across an edge (no diagonals)
+    ring_in = torch.zeros_like(kept)
+    ring_in[4:8, 4:8] = True
+    ring_in[5:7, 5:7] = False
+    assert kept[ring_in].all() and not kept[5:7, 5:7].any()
+    assert (band0[kept] == mask[kept]).all() and not kept[0].any()
+    band2 = boundary_band(mask, 2)
+    assert (band2[5:7, 5:7] == 1).all() and (band2[11, :] == VOID).all() and (band2[2, 4] == 0)
+    # a prediction one pixel off: the mIoU over the whole image barely moves, the band's falls
+    big = torch.zeros(60, 60, dtype=torch.int64)
+    big[15:45, 15:45] = 1
+    pred = torch.roll(big, 1, dims=1)
+    whole, band = ConfusionMatrix(2), ConfusionMatrix(2)
+    whole.update(pred, big)
+    band.update(pred, boundary_band(big, 1))
+    assert whole.miou() > 0.95 and band.miou() < 0.8
+    perfect = ConfusionMatrix(2)
+    perfect.update(mask.clamp(max=1), boundary_band(mask, 1))
+    assert perfect.miou() == 1.0
+    with pytest.raises(ValueError, match="band width"):
+        boundary_band(mask, -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 VOID = 255  # the mask value for unlabelled pixels: ignored by every metric and loss, and kept by the readers
 
@@ -65,3 +66,19 @@ class ConfusionMatrix:
             "pixel_accuracy": self.pixel_accuracy(),
             "iou": {name: float(v) for name, v in zip(names, self.iou().tolist(), strict=True)},
         }
+
+
+def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
+    """`target` (..., H, W) class ids with pixels farther than `width` pixels (chessboard distance) from a boundary
+    between two labelled classes set to void: scored with a ConfusionMatrix, it gives the boundary-band IoU."""
+    if width < 0:
+        raise ValueError(f"band width must be 0 or more pixels, got {width}")
+    t = target.reshape(-1, 1, *target.shape[-2:]).to(torch.int64)
+    edge = torch.zeros_like(t, dtype=torch.bool)
+    for dim in (2, 3):  # a pixel whose right or lower neighbour is another labelled class: both are on the boundary
+        a, b = t.narrow(dim, 0, t.shape[dim] - 1), t.narrow(dim, 1, t.shape[dim] - 1)
+        differ = (a != b) & (a != VOID) & (b != VOID)
+        edge.narrow(dim, 0, t.shape[dim] - 1).logical_or_(differ)
+        edge.narrow(dim, 1, t.shape[dim] - 1).logical_or_(differ)
+    band = F.max_pool2d(edge.float(), 2 * width + 1, stride=1, padding=width) > 0
+    return torch.where(band, t, torch.full_like(t, VOID)).reshape(target.shape).to(target.dtype)
