@@ -22,7 +22,7 @@ from webdino_seg.models.heads import HEADS
 from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
 
 # logits size for a 56x84 input (4x6 token grid)
-SHAPES = {"simple": (4, 6), "linear4": (4, 6), "multilayer": (16, 24), "guided": (14, 21)}
+SHAPES = {"simple": (4, 6), "linear4": (4, 6), "multilayer": (16, 24), "guided": (16, 24)}
 
 
 @pytest.mark.parametrize("name", list(HEADS))
@@ -123,3 +123,29 @@ def test_tta_is_the_average_of_its_parts() -> None:
         parts.append(mirrored.flip(-1))
     torch.testing.assert_close(tta.probabilities([image])[0], torch.stack(parts).mean(0), atol=1e-6, rtol=0)
     assert np.array_equal(tta.predict(image), torch.stack(parts).mean(0).argmax(0).numpy())
+
+
+def test_the_guided_head_takes_its_boundaries_from_the_image() -> None:
+    """Which pixels of a coarse cell take a class comes from the image; how much of the cell stays the coarse
+    prediction's: another image gives another output, a blank image leaves only the bilinear ranking, every cell's
+    mean probability is the coarse one (a head that ignores its image, or that learns a sharper grid upsampling
+    instead, fails here)."""
+    from webdino_seg.models.heads import GuidedDecoder, area_preserving
+
+    torch.manual_seed(0)
+    head = GuidedDecoder(64, 3).eval()
+    features = torch.randn(1, 64, 4, 6)
+    image = torch.randn(1, 3, 56, 84)
+    with torch.no_grad():
+        logits = head.coarse(features)
+        coarse = logits.softmax(1)
+        out = head(features, image).exp()  # (1, 3, 16, 24): 4x4 pixels per cell
+        other = head(features, torch.randn(1, 3, 56, 84)).exp()
+        blank = head(features, torch.zeros(1, 3, 56, 84)).exp()
+        prior = F.interpolate(logits.log_softmax(1), size=(16, 24), mode="bilinear", align_corners=False)
+        bilinear_only = area_preserving(head.upsample.prior * prior, coarse, 4).exp()
+    assert (out - other).abs().max() > 0.1
+    torch.testing.assert_close(F.avg_pool2d(out, 4), coarse, atol=2e-3, rtol=0)
+    torch.testing.assert_close(out.sum(1), torch.ones(1, 16, 24))
+    torch.testing.assert_close(blank, bilinear_only, atol=1e-4, rtol=0)  # nothing from a uniform image
+    assert (out - bilinear_only).abs().max() > 0.1  # the image moved them

@@ -2,7 +2,7 @@
 
 Each head says what it needs from the backbone: ``layers`` (the last layer, or the last 4 layers'
 normed patch tokens concatenated on the channels) and ``needs_image``. Logits come out on the
-token grid (`simple`, `linear4`) or finer (`multilayer` at 4x, `guided` at 1/4 of the image); the
+token grid (`simple`, `linear4`) or finer (`multilayer` at 4x, `guided` at about 1/4 of the image); the
 loss and the Predictor upsample them to the mask or image size.
 """
 
@@ -93,58 +93,96 @@ class MultiLayerDecoder(nn.Module):
         return self.classify(x)
 
 
-class GuidedUpsampler(nn.Module):
-    """Upsample coarse maps (B, C, h, w) to 1/4 of the image's size, guided by the image.
+def _neighbours(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, 9, H, W): each fine pixel's 3x3 coarse neighbourhood (edges replicated)."""
+    b, c, h, w = x.shape
+    cells = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, c * 9, h, w)
+    return F.interpolate(cells, size=size, mode="nearest").view(b, c, 9, *size)
 
-    A few strided convolutions encode the RGB image at 1/4 of its size. Each fine pixel's query
-    attends to the 3x3 coarse cells around it, whose keys come from the image encoding pooled onto
-    the coarse grid plus a learned bias per neighbour, and takes the attention-weighted sum of their
-    values. The output is the bilinear upsampling plus a correction, computed by a small convolution
-    from the image encoding, the bilinear and the attended maps; the correction starts near zero, so
-    training starts from bilinear upsampling and learns where the image says otherwise. A local, light
-    form of the learned, image-guided upsamplers for ViT features (JAFAR, Couairon et al. 2025;
-    LoftUp, Huang et al. 2025; FeatUp's joint bilateral upsampler, Fu et al. 2024).
+
+def _squared_offsets(coarse: tuple[int, int], fine: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(9, H, W): squared distance, in cells, from each fine pixel to the centres of its 3x3 neighbour cells."""
+    (h, w), (big_h, big_w) = coarse, fine
+    ys = torch.arange(big_h, device=device, dtype=torch.float32)
+    xs = torch.arange(big_w, device=device, dtype=torch.float32)
+    step = torch.arange(-1.0, 2.0, device=device)
+    dy = ((ys + 0.5) * h / big_h - 0.5 - torch.floor(ys * h / big_h))[None] - step[:, None]
+    dx = ((xs + 0.5) * w / big_w - 0.5 - torch.floor(xs * w / big_w))[None] - step[:, None]
+    return (dy.square()[:, None, :, None] + dx.square()[None, :, None, :]).reshape(9, big_h, big_w)
+
+
+def area_preserving(scores: torch.Tensor, fractions: torch.Tensor, cell: int, iters: int = 6) -> torch.Tensor:
+    """Log-probabilities (B, C, h*cell, w*cell) that follow `scores` (B, C, same size) inside each coarse cell while
+    every cell's mean keeps its class `fractions` (B, C, h, w): Sinkhorn's balancing between the pixels (each a
+    distribution over classes) and the classes (each the cell's share of its cell*cell pixels)."""
+    b, c, h, w = fractions.shape
+    n = cell * cell
+    z = scores.float().view(b, c, h, cell, w, cell).permute(0, 2, 4, 1, 3, 5).reshape(b, h, w, c, n)
+    mass = fractions.float().clamp_min(1e-6).log().permute(0, 2, 3, 1).unsqueeze(-1) + math.log(n)
+    with torch.no_grad():  # the balancing offsets; gradients flow through the scores
+        v = torch.zeros_like(mass)
+        for _ in range(iters):
+            u = -(z + v).logsumexp(3, keepdim=True)
+            v = mass - (z + u).logsumexp(4, keepdim=True)
+    logq = (z + v).log_softmax(3)
+    return logq.view(b, h, w, c, cell, cell).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * cell, w * cell)
+
+
+class GuidedUpsampler(nn.Module):
+    """Upsample coarse class logits (B, C, h, w) to about 1/4 of the image's size, deciding boundaries from the image.
+
+    A few convolutions (and the colour itself) embed each pixel of the image at 1/4 of its size. Each
+    pixel compares itself with class prototypes of its 3x3 neighbourhood of coarse cells: the cells' mean
+    embeddings, weighted by their class probabilities and by distance (a joint bilateral upsampler whose
+    range term is learned: FeatUp's JBU, Fu et al. 2024; JAFAR, Couairon et al. 2025), plus a small learned
+    weight times the bilinear upsampling of the coarse log-probabilities. Those scores decide *which*
+    pixels of a cell take each class; *how much* of the cell each class takes stays the coarse
+    prediction's (every cell's mean probability is preserved). With a blank or another image, only the
+    weak bilinear term ranks the pixels: measured on the upsampling proxy, that is no better than
+    bilinear upsampling (benchmarks/upsampling_oracle.py).
     """
 
-    def __init__(self, channels: int, guide: int = 48, key: int = 32) -> None:
+    def __init__(self, channels: int, guide: int = 32, embed: int = 16, stride: int = 4) -> None:
         super().__init__()
+        self.stride = stride
+        pad = {"padding": 1, "padding_mode": "replicate"}  # a uniform image embeds uniformly, borders included
         self.encode = nn.Sequential(
-            nn.Conv2d(3, 24, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(24, guide, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(guide, guide, 3, padding=1), nn.GELU(),
+            nn.Conv2d(3, 24, 3, stride=2, **pad), nn.GELU(),
+            nn.Conv2d(24, guide, 3, stride=stride // 2, **pad), nn.GELU(),
+            nn.Conv2d(guide, guide, 3, **pad), nn.GELU(),
+            nn.Conv2d(guide, guide, 3, **pad),
         )  # fmt: skip
-        self.query = nn.Conv2d(guide, key, 1)
-        self.key = nn.Conv2d(guide + channels, key, 1)
-        self.offset_bias = nn.Parameter(torch.zeros(9))
-        self.refine = nn.Sequential(nn.Conv2d(guide + 2 * channels, guide, 3, padding=1), nn.GELU(),
-                                    nn.Conv2d(guide, guide, 3, padding=1), nn.GELU(),
-                                    nn.Conv2d(guide, channels, 3, padding=1))  # fmt: skip
-        nn.init.normal_(self.refine[-1].weight, std=1e-3)  # starts as (almost exactly) bilinear upsampling
-        nn.init.zeros_(self.refine[-1].bias)
-        self.scale = 1 / math.sqrt(key)
-
-    @staticmethod
-    def _neighbours(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, C, h, w) -> (B, C, 9, H, W): each fine pixel's 3x3 coarse neighbourhood (edges replicated)."""
-        b, c, h, w = x.shape
-        cells = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, c * 9, h, w)
-        return F.interpolate(cells, size=size, mode="nearest").view(b, c, 9, *size)
+        self.embed = nn.Conv2d(guide + 3, embed, 1)
+        with torch.no_grad():  # starts as colour similarity, the learned channels small
+            self.embed.weight.zero_()
+            self.embed.bias.zero_()
+            self.embed.weight[:3, guide:, 0, 0] = torch.eye(3)
+            self.embed.weight[3:, :guide].normal_(std=0.1)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
+        self.log_sigma = nn.Parameter(torch.tensor(0.0))  # the spatial reach, in cells
+        self.prior = nn.Parameter(torch.tensor(0.1))  # the weight of the bilinear ranking
 
     def forward(self, coarse: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        guide = self.encode(image)
-        size = guide.shape[-2:]
-        pooled = F.adaptive_avg_pool2d(guide, coarse.shape[-2:])
-        keys = self._neighbours(self.key(torch.cat([pooled, coarse], 1)), size)
-        query = self.query(guide)
-        attention = ((query.unsqueeze(2) * keys).sum(1) * self.scale + self.offset_bias.view(1, 9, 1, 1)).softmax(1)
-        attended = (attention.unsqueeze(1) * self._neighbours(coarse, size)).sum(2)
-        bilinear = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-        return bilinear + self.refine(torch.cat([guide, bilinear, attended], 1))
+        h, w = coarse.shape[-2:]
+        cell = max(1, round(image.shape[-2] / h / self.stride))
+        size = (h * cell, w * cell)
+        pixels = torch.cat([self.encode(image), F.avg_pool2d(image, self.stride)], 1)
+        if pixels.shape[-2:] != size:
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        f = F.normalize(self.embed(pixels), dim=1)
+        cells = _neighbours(F.adaptive_avg_pool2d(f, (h, w)), size)  # (B, E, 9, H, W)
+        near = (-_squared_offsets((h, w), size, coarse.device) / (2 * self.log_sigma.exp() ** 2)).exp()
+        probs = coarse.softmax(1)
+        weights = _neighbours(probs, size) * near  # (B, C, 9, H, W)
+        protos = torch.einsum("bcnhw,benhw->bcehw", weights, cells) / weights.sum(2).unsqueeze(2).clamp_min(1e-6)
+        scores = 2 * (f.unsqueeze(1) * protos).sum(2) - protos.square().sum(2)  # -|f - P_c|^2 up to a constant
+        prior = F.interpolate(coarse.log_softmax(1), size=size, mode="bilinear", align_corners=False)
+        return area_preserving(scores / self.log_temperature.exp() + self.prior * prior, probs, cell)
 
 
 class GuidedDecoder(nn.Module):
     """The tutorial's head on the last layer, its token-grid logits upsampled by a `GuidedUpsampler` that
-    sees the image: logits at 1/4 of the image's size, trained end to end with the head."""
+    sees the image: log-probabilities at about 1/4 of the image's size, trained end to end with the head."""
 
     layers = 1
     needs_image = True
