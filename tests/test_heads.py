@@ -149,3 +149,8 @@ def test_the_guided_head_takes_its_boundaries_from_the_image() -> None:
     torch.testing.assert_close(out.sum(1), torch.ones(1, 16, 24))
     torch.testing.assert_close(blank, bilinear_only, atol=1e-4, rtol=0)  # nothing from a uniform image
     assert (out - bilinear_only).abs().max() > 0.1  # the image moved them
+    small = torch.randn(1, 64, 5, 7)  # a size the encoder's stride does not divide (70 / 4), as CamVid's 224x294
+    with torch.no_grad():
+        odd = head(small, torch.randn(1, 3, 70, 98)).exp()
+        assert odd.shape == (1, 3, 20, 28)
+        torch.testing.assert_close(F.avg_pool2d(odd, 4), head.coarse(small).softmax(1), atol=2e-3, rtol=0)

@@ -166,7 +166,8 @@ class GuidedUpsampler(nn.Module):
         h, w = coarse.shape[-2:]
         cell = max(1, round(image.shape[-2] / h / self.stride))
         size = (h * cell, w * cell)
-        pixels = torch.cat([self.encode(image), F.avg_pool2d(image, self.stride)], 1)
+        encoded = self.encode(image)  # sizes not divisible by the stride round up here
+        pixels = torch.cat([encoded, F.adaptive_avg_pool2d(image, encoded.shape[-2:])], 1)
         if pixels.shape[-2:] != size:
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         f = F.normalize(self.embed(pixels), dim=1)
