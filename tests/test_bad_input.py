@@ -219,3 +219,16 @@ def test_predict_skip_bad(trained_run: Path, pennfudan: Path, tmp_path: Path, ca
     assert main([*argv, str(tmp_path / "b"), "--skip-bad"]) == 0
     assert "skipped" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["good_mask.png", "good_overlay.png"]
+
+
+def test_a_checkpoint_whose_head_no_longer_fits_is_named(ckpt: Path, tmp_path: Path, capsys) -> None:
+    """A head saved by another version (its layers renamed since) fails with the file and the keys, not torch's
+    state-dict dump."""
+    saved = torch.load(ckpt, weights_only=True)
+    saved["head"] = {k.replace("decode.0", "decode.old"): v for k, v in saved["head"].items()}
+    old = tmp_path / "old.pth"
+    torch.save(saved, old)
+    cli_error(["predict", "--input", str(FIXTURES / "pennfudan-mini" / "images"), "--model", str(old), "--out",
+               str(tmp_path / "p")], capsys, f"{old}: its 'simple' head does not fit this version's (missing "
+              "decode.0.bias, decode.0.weight; unexpected decode.old.bias, decode.old.weight)")  # fmt: skip
+    assert not (tmp_path / "p").exists()
