@@ -154,3 +154,17 @@ def test_the_guided_head_takes_its_boundaries_from_the_image() -> None:
         odd = head(small, torch.randn(1, 3, 70, 98)).exp()
         assert odd.shape == (1, 3, 20, 28)
         torch.testing.assert_close(F.avg_pool2d(odd, 4), head.coarse(small).softmax(1), atol=2e-3, rtol=0)
+
+
+def test_the_guided_heads_coarse_shares_are_trained_through_the_upsampler() -> None:
+    """The cell shares the upsampler keeps come from the coarse head, so the loss must reach it through them
+    (not only through the image's ranking): with a uniform image and no bilinear ranking that is the only path."""
+    from webdino_seg.models.heads import GuidedDecoder
+
+    torch.manual_seed(0)
+    head = GuidedDecoder(64, 3)
+    with torch.no_grad():
+        head.upsample.prior.zero_()
+    out = head(torch.randn(2, 64, 4, 6), torch.zeros(2, 3, 56, 84))
+    F.nll_loss(out, torch.randint(0, 3, (2, 16, 24))).backward()
+    assert head.coarse.decode[2].weight.grad.norm() > 1e-2, head.coarse.decode[2].weight.grad.norm()

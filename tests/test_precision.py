@@ -90,3 +90,35 @@ def test_predict_and_evaluate_with_int8(ckpt: Path, prepared: Path, tmp_path: Pa
     report = json.loads(out.read_text())
     assert report["precision"] == "int8" and 0 < report["miou"] < 1
     assert np.isfinite(report["miou"])
+
+
+def test_threads_are_set_once_for_the_model_and_the_codecs(ckpt: Path, prepared: Path, test_video: Path,
+                                                           tmp_path: Path, capsys, monkeypatch) -> None:  # fmt: skip
+    import av
+
+    from webdino_seg.utils import runtime
+
+    before = torch.get_num_threads()
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before anything is made
+        main(["predict", "--input", str(prepared / "valid_images"), "--model", str(ckpt), "--out",
+              str(tmp_path / "bad"), "--threads", "0"])  # fmt: skip
+    assert exit_info.value.code == 2 and "--threads" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    streams: list = []
+    real_add_stream = av.container.OutputContainer.add_stream
+
+    def add_stream(self, *args, **kwargs):
+        streams.append(real_add_stream(self, *args, **kwargs))
+        return streams[-1]
+
+    monkeypatch.setattr(av.container.OutputContainer, "add_stream", add_stream)
+    try:
+        assert main(["video", "--input", str(test_video), "--model", str(ckpt), "--out", str(tmp_path / "v.mp4"),
+                     "--max-frames", "4", "--threads", "1"]) == 0  # fmt: skip
+        assert torch.get_num_threads() == 1 and [s.codec_context.thread_count for s in streams] == [1]
+        assert main(["predict", "--input", str(prepared / "valid_images"), "--model", str(ckpt), "--out",
+                     str(tmp_path / "p"), "--threads", "2"]) == 0  # fmt: skip
+        assert torch.get_num_threads() == 2 and len(list((tmp_path / "p").glob("*_mask.png"))) > 0
+    finally:
+        torch.set_num_threads(before)
+    assert runtime.codec_threads(1) == runtime.codec_threads(2) == 1 and runtime.codec_threads(16) == 4
+    assert runtime.usable_cores() >= 1

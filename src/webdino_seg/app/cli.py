@@ -118,7 +118,9 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, ...]:
 def _predictor(args: argparse.Namespace):
     """The Predictor for a command's --model, --device, --imgsz and --weights."""
     from ..inference.predictor import Predictor
+    from ..utils.runtime import set_threads
 
+    set_threads(args.threads)
     predictor = Predictor.from_checkpoint(
         args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta,
         tile=getattr(args, "tile", False), precision=args.precision,

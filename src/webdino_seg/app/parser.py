@@ -85,6 +85,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="on the CPU: fp32, bf16 (where the "
                         "CPU has native bf16), int8 (dynamic int8 Linears, ~2.5x faster at 448x448 on 2 AVX-512 "
                         "cores) or auto (int8); a GPU runs bf16 where it has it natively")  # fmt: skip
+    parser.add_argument("--threads", type=positive, help="CPU threads for the model (video decoding and encoding get a "
+                        "quarter of them each, at least 1); default: the cores this process may use")  # fmt: skip
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):

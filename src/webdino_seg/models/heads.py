@@ -119,11 +119,12 @@ def area_preserving(scores: torch.Tensor, fractions: torch.Tensor, cell: int, it
     n = cell * cell
     z = scores.float().view(b, c, h, cell, w, cell).permute(0, 2, 4, 1, 3, 5).reshape(b, h, w, c, n)
     mass = fractions.float().clamp_min(1e-6).log().permute(0, 2, 3, 1).unsqueeze(-1) + math.log(n)
-    with torch.no_grad():  # the balancing offsets; gradients flow through the scores
+    with torch.no_grad():  # the balancing offsets, found without building a graph
         v = torch.zeros_like(mass)
         for _ in range(iters):
             u = -(z + v).logsumexp(3, keepdim=True)
             v = mass - (z + u).logsumexp(4, keepdim=True)
+    v = v + (mass - mass.detach())  # the same values; a class's share of a cell raises its pixels' logits in training
     logq = (z + v).log_softmax(3)
     return logq.view(b, h, w, c, cell, cell).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * cell, w * cell)
 

@@ -10,9 +10,33 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 
 import torch
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Use `threads` threads (default: the usable cores) for PyTorch's work inside each operation; returns it."""
+    count = usable_cores() if threads is None else threads
+    if count < 1:
+        raise ValueError(f"--threads must be at least 1, got {count}")
+    torch.set_num_threads(count)
+    return count
+
+
+def codec_threads(threads: int) -> int:
+    """Threads for each of video decoding and encoding beside `threads` for the model: a quarter, at least 1, so
+    the three stages, which run at once, do not fight over the cores."""
+    return max(1, threads // 4)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
