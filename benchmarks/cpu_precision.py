@@ -6,6 +6,7 @@ weights have LayerScale 1e-5, which makes every block nearly the identity and an
 LayerScale factors are set to 1 (as trained models have them near) before anything is measured.
 
     python benchmarks/cpu_precision.py [--arch webdino-300m] [--sizes 448 644] [--batches 1 4] [--repeats 3]
+    python benchmarks/cpu_precision.py --sizes 448 --batches 1 --threads 1 2   # what --threads changes
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from webdino_seg.app.benchmark import repeat
 from webdino_seg.inference.precision import native_bf16, quantize
 from webdino_seg.models.builder import create_backbone
+from webdino_seg.utils.runtime import set_threads
 
 
 def _speed(forward, x: torch.Tensor, repeats: int) -> dict:
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[448, 644])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[None], help="CPU thread counts to run with "
+                        "(default: the usable cores)")  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     model = create_backbone(args.arch, weights="random").eval()
@@ -52,23 +56,28 @@ def main() -> None:
                 return model.forward_features(x)
 
         runs["bf16"] = bf16
-    print(f"{args.arch} backbone on {torch.get_num_threads()} CPU threads, torch {torch.__version__}; images/s, "
-          f"median [min - max] of {args.repeats} after a warm-up")  # fmt: skip
-    print(f"{'size':>6}{'batch':>7}{'precision':>11}{'images/s':>26}{'speed-up':>12}{'min cosine':>12}")
-    for size in args.sizes:
-        for b in args.batches:
+    print(f"{args.arch} backbone, torch {torch.__version__}; images/s, median [min - max] of {args.repeats} after a "
+          "warm-up; speed-up against float32 at the same size, batch and threads")  # fmt: skip
+    print(f"{'threads':>8}{'size':>6}{'batch':>7}{'precision':>11}{'images/s':>26}{'speed-up':>12}{'min cosine':>12}")
+    for threads in args.threads:
+        _rows(runs, model, args.sizes, args.batches, args.repeats, set_threads(threads))
+
+
+def _rows(runs: dict, model, sizes: list[int], batches: list[int], repeats: int, threads: int) -> None:
+    for size in sizes:
+        for b in batches:
             x = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(b))
             with torch.inference_mode():
                 ref = model.forward_features(x)["x_norm_patchtokens"]
                 base = None
                 for name, forward in runs.items():
-                    speed = _speed(forward, x, args.repeats)
+                    speed = _speed(forward, x, repeats)
                     tokens = forward(x)["x_norm_patchtokens"].float()
                     cosine = F.cosine_similarity(ref.flatten(0, 1), tokens.flatten(0, 1), dim=-1).min().item()
                     base = base or speed["median"]
                     shown = f"{speed['median']:.3g} [{speed['min']:.3g} - {speed['max']:.3g}]"
                     ratio = f"{speed['median'] / base:.2f}x" if speed["reliable"] else "unreliable"
-                    print(f"{size:>6}{b:>7}{name:>11}{shown:>26}{ratio:>12}{cosine:>12.6f}", flush=True)
+                    print(f"{threads:>8}{size:>6}{b:>7}{name:>11}{shown:>26}{ratio:>12}{cosine:>12.6f}", flush=True)
 
 
 if __name__ == "__main__":
