@@ -260,7 +260,7 @@ def _source(src: str | int | Path, threads: int = 1) -> tuple[dict, Iterator[np.
     warnings: list[str] = []
     if is_camera(src):
         index = int(str(src).removeprefix("camera:"))
-        return _camera_info(index), _camera_frames(index), warnings
+        return _camera_info(index) | {"codec_threads": threads}, _camera_frames(index), warnings
     path = Path(src)
     if not path.exists():
         raise VideoError(f"{src}: video {why_missing(path)}")
@@ -272,7 +272,7 @@ def _source(src: str | int | Path, threads: int = 1) -> tuple[dict, Iterator[np.
     if info["width"] % 2 or info["height"] % 2:
         w, h = even_size(info["width"], info["height"])
         warnings.append(f"{src}: {info['width']}x{info['height']} is odd-sized; the output is padded to {w}x{h}")
-    return info, _file_frames(path, warnings, threads), warnings
+    return info | {"codec_threads": threads}, _file_frames(path, warnings, threads), warnings
 
 
 def _write_error(err: BaseException, dst: Path, src: object) -> BaseException:
@@ -312,19 +312,16 @@ def run_video(
 ) -> dict:
     """Segment every frame of `src` (file or camera index) and write an upright overlay MP4 of the same rate,
     with the end-to-end frame rate in a corner unless `fps_label` is False. Decoding and encoding use
-    `codec_threads` threads each (default: a quarter of the model's, at least 1).
-
-    Any failure (reading, the model, writing, Ctrl-C) stops all three stages promptly and removes the
-    partial output; nothing is written to `dst` unless every frame was encoded.
-    """
+    `codec_threads` threads each (default: a quarter of the model's, at least 1). Any failure (reading, the
+    model, writing, Ctrl-C) stops all three stages promptly and removes the partial output; nothing is written to
+    `dst` unless every frame was encoded."""
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
     dst = plan_video(src, dst, overwrite)  # before anything is decoded
-    codec_threads = codec_threads or runtime.codec_threads(torch.get_num_threads())
-    info, frames_iter, warnings = _source(src, codec_threads)
-    info["suffix"], info["codec_threads"] = dst.suffix.lower(), codec_threads
+    info, frames_iter, warnings = _source(src, codec_threads or runtime.codec_threads(torch.get_num_threads()))
+    info["suffix"] = dst.suffix.lower()
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
     os.close(fd)
