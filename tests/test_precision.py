@@ -84,6 +84,10 @@ def test_predict_and_evaluate_with_int8(ckpt: Path, prepared: Path, tmp_path: Pa
     err = capsys.readouterr().err
     assert "precision: int8 (auto:" in err and "Linear layers quantized: backbone.blocks.0.attn.qkv" in err
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == len(list(images.iterdir()))
+    from PIL import Image
+
+    for png in (tmp_path / "p").glob("*.png"):  # masks and overlays say the precision they were computed in
+        assert Image.open(png).text["Precision"] == "int8", png
     out = tmp_path / "e.json"
     assert main(["evaluate", "--data", str(prepared), "--model", str(ckpt), "--out", str(out), "--precision",
                  "int8"]) == 0  # fmt: skip
@@ -115,6 +119,8 @@ def test_threads_are_set_once_for_the_model_and_the_codecs(ckpt: Path, prepared:
         assert main(["video", "--input", str(test_video), "--model", str(ckpt), "--out", str(tmp_path / "v.mp4"),
                      "--max-frames", "4", "--threads", "1"]) == 0  # fmt: skip
         assert torch.get_num_threads() == 1 and [s.codec_context.thread_count for s in streams] == [1]
+        with av.open(str(tmp_path / "v.mp4")) as video:
+            assert video.metadata["comment"] == "webdino-seg video; precision fp32"
         assert main(["predict", "--input", str(prepared / "valid_images"), "--model", str(ckpt), "--out",
                      str(tmp_path / "p"), "--threads", "2"]) == 0  # fmt: skip
         assert torch.get_num_threads() == 2 and len(list((tmp_path / "p").glob("*_mask.png"))) > 0

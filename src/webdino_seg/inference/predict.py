@@ -79,8 +79,9 @@ def predict_paths(
             if images:
                 for path, image, mask, probs in zip(names, images, *_predict(predictor, images, save_probs),
                                                     strict=True):  # fmt: skip
-                    save_png(out / f"{path.stem}_overlay.png", predictor.draw(image, mask))
-                    save_png(out / f"{path.stem}_mask.png", encode_mask(mask, mask_values, predictor.colors))
+                    notes = {"Precision": predictor.precision}  # what the masks were computed in
+                    save_png(out / f"{path.stem}_overlay.png", predictor.draw(image, mask), notes)
+                    save_png(out / f"{path.stem}_mask.png", encode_mask(mask, mask_values, predictor.colors), notes)
                     if probs is not None:
                         write_probs(out / f"{path.stem}_probs.npz", probs, predictor.class_names)
                     done += 1

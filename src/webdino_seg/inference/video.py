@@ -190,7 +190,8 @@ def _writer(
     placed at the input's frame rate."""
     try:
         with av.open(str(path), mode="w", format=CONTAINERS[info.get("suffix", ".mp4")]) as container:
-            container.metadata["comment"] = f"{MARK} video"  # says whose output this is (see utils.outputs)
+            # says whose output this is (see utils.outputs) and the precision the masks were computed in
+            container.metadata["comment"] = f"{MARK} video; precision {info.get('precision', 'fp32')}"
             stream = container.add_stream("libx264", rate=info["rate"])
             stream.width, stream.height = even_size(info["width"], info["height"])
             stream.pix_fmt = "yuv420p"  # plays everywhere (odd sizes are padded by a pixel)
@@ -321,7 +322,7 @@ def run_video(
         raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
     dst = plan_video(src, dst, overwrite)  # before anything is decoded
     info, frames_iter, warnings = _source(src, codec_threads or runtime.codec_threads(torch.get_num_threads()))
-    info["suffix"] = dst.suffix.lower()
+    info["suffix"], info["precision"] = dst.suffix.lower(), predictor.precision
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
     os.close(fd)

@@ -146,10 +146,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def save_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write an (H, W) or (H, W, 3) uint8 array as PNG atomically, marked as webdino-seg's (see `outputs.MARK`)."""
+def save_png(path: str | Path, array: np.ndarray, notes: dict[str, str] | None = None) -> Path:
+    """Write an (H, W) or (H, W, 3) uint8 array as PNG atomically, marked as webdino-seg's (see `outputs.MARK`),
+    with `notes` as further text entries (e.g. the precision it was computed in)."""
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", "webdino-seg")
+    for key, value in (notes or {}).items():
+        info.add_text(key, value)
     return atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=1, pnginfo=info))
