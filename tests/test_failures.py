@@ -292,7 +292,9 @@ def test_ctrl_c_during_video_leaves_no_temp_file(ckpt: Path, long_video: Path, t
     out = tmp_path / "out.mp4"
     cmd = [sys.executable, "-m", "webdino_seg", "video", "--input", str(long_video), "--model", str(ckpt),
            "--out", str(out)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (`cmd &`) starts with SIGINT ignored, and a program keeps it so: restore the default
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
