@@ -5,7 +5,7 @@ what does it cost), not a ranking of the heads on a real backbone. `--classes` a
 IoU per class at its best epoch, e.g. CamVid's thin classes beside its frequent ones:
 
     python benchmarks/heads.py --data data/pennfudan [--arch webdino-tiny --imgsz 224 224 --epochs 8]
-    python benchmarks/heads.py --data data/camvid --imgsz 252 336 --class-weights median-freq \
+    python benchmarks/heads.py --data data/camvid --imgsz 224 294 --epochs 6 --class-weights median-freq \
         --classes Pole SignSymbol Fence Pedestrian Bicyclist Road Sky Building Car
 """
 
@@ -44,9 +44,9 @@ def main() -> None:
             run = train(cfg, log=lambda *_: None)
             with open(run / "metrics.csv") as f:
                 history = list(csv.DictReader(f))
-            head = torch.load(run / "final_model.pth", weights_only=True)["head"]
-            params = sum(v.numel() for k, v in head.items() if "running_" not in k and "num_batches" not in k)
-            baseline = torch.load(run / "final_model.pth", weights_only=True)["baseline"]
+            final = torch.load(run / "final_model.pth", weights_only=True)
+            params = sum(v.numel() for k, v in final["head"].items() if "running_" not in k and "num_batches" not in k)
+            baseline = final["baseline"]
             best = max(history, key=lambda r: float(r["valid_miou"]))
             missing = [c for c in args.classes if f"valid_iou_{c}" not in best]
             if missing:

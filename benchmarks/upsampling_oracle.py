@@ -72,8 +72,8 @@ def fitted_grid(split: SegmentationDataset, size: tuple[int, int], steps: int = 
     def predict(image: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
         full = torch.from_numpy(read_mask(split.pairs[i][1], split.mask_mode)).float()[None, None]
         with torch.enable_grad():
-            logit = coarse_input(oracle_grid(mask))[:, 1:] - coarse_input(oracle_grid(mask))[:, :1]
-            logit = logit.clone().requires_grad_(True)
+            coarse = coarse_input(oracle_grid(mask))
+            logit = (coarse[:, 1:] - coarse[:, :1]).requires_grad_(True)
             optimizer = torch.optim.Adam([logit], lr=0.1)
             for _ in range(steps):
                 up = F.interpolate(logit, size=full.shape[-2:], mode="bilinear", align_corners=False)

@@ -69,6 +69,7 @@ def predict_paths(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, start, noted = 0, [], time.perf_counter(), False
+    notes = {"Precision": predictor.precision}  # each PNG says what its mask was computed in
     with tqdm(total=len(files), unit="img", desc="predict") as bar:
         for group in _chunks(files, batch):
             names, images = _read_group(group, skip_bad, skipped, bar)
@@ -79,7 +80,6 @@ def predict_paths(
             if images:
                 for path, image, mask, probs in zip(names, images, *_predict(predictor, images, save_probs),
                                                     strict=True):  # fmt: skip
-                    notes = {"Precision": predictor.precision}  # what the masks were computed in
                     save_png(out / f"{path.stem}_overlay.png", predictor.draw(image, mask), notes)
                     save_png(out / f"{path.stem}_mask.png", encode_mask(mask, mask_values, predictor.colors), notes)
                     if probs is not None:

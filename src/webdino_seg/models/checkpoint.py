@@ -101,15 +101,14 @@ def load_model(
     else:
         backbone = _frozen_backbone(path, cfg, ident, weights)
     head = create_head(ckpt["head_name"], backbone.embed_dim, len(ckpt["class_names"]))
-    saved, expected = set(ckpt["head"]), set(head.state_dict())
-    if saved != expected:  # e.g. a head whose design changed since the checkpoint was written
-        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    fit = head.load_state_dict(ckpt["head"], strict=False)  # shapes are still checked; keys are named below
+    if fit.missing_keys or fit.unexpected_keys:  # e.g. a head whose design changed since the checkpoint was written
+        missing, unexpected = sorted(fit.missing_keys), sorted(fit.unexpected_keys)
         raise WeightsError(
             f"{path}: its {ckpt['head_name']!r} head does not fit this version's (missing {', '.join(missing) or '-'}; "
             f"unexpected {', '.join(unexpected) or '-'}): it was written by another version of webdino-seg; train "
             "the head again (the features cache makes that quick)"
         )
-    head.load_state_dict(ckpt["head"], strict=True)
     model = SegmentationModel(backbone, head, fine_tune=ckpt["fine_tune"]).eval()
     return model, ckpt
 
