@@ -105,3 +105,29 @@ def test_predict_with_onnx_equals_the_pth_path(ckpt: Path, tmp_path: Path, capsy
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     cli_error(["predict", "--input", images, "--model", str(tmp_path / "junk.onnx")], capsys, "junk.onnx",
               "not an ONNX model")  # fmt: skip
+
+
+def test_export_int8_quantizes_the_matmuls_and_predict_says_so(ckpt: Path, tmp_path: Path, capsys) -> None:
+    import onnx
+
+    onnx_path = tmp_path / "int8.onnx"
+    assert main(["export", "--model", str(ckpt), "--out", str(onnx_path), "--int8"]) == 0
+    said = capsys.readouterr().out
+    assert "int8 MatMuls" in said and "max abs logit difference" in said
+    graph = onnx.load(str(onnx_path))
+    ops = {node.op_type for node in graph.graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, sorted(ops)
+    assert {p.key: p.value for p in graph.metadata_props}["precision"] == "int8"
+    assert [p.name for p in tmp_path.iterdir()] == ["int8.onnx"]  # the float graph it was made from is gone
+    images = str(SAMPLE / "valid_images")
+    assert main(["predict", "--input", images, "--model", str(ckpt), "--out", str(tmp_path / "pth")]) == 0
+    assert main(["predict", "--input", images, "--model", str(onnx_path), "--out", str(tmp_path / "onnx")]) == 0
+    assert "precision: int8 by onnxruntime" in capsys.readouterr().err
+    same = total = 0
+    for mask in sorted((tmp_path / "pth").glob("*_mask.png")):
+        a, b = np.asarray(Image.open(mask)), Image.open(tmp_path / "onnx" / mask.name)
+        assert (b.text["Precision"], b.text["Engine"]) == ("int8", "onnxruntime")
+        same, total = same + int((a == np.asarray(b)).sum()), total + a.size
+    assert total and same / total >= 0.99
+    cli_error(["predict", "--input", images, "--model", str(onnx_path), "--precision", "bf16"], capsys,
+              "computing in int8")  # fmt: skip

@@ -123,15 +123,16 @@ def _predictor(args: argparse.Namespace):
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(
         args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta,
-        tile=getattr(args, "tile", False), precision=args.precision,
+        tile=getattr(args, "tile", False), precision=args.precision, engine=args.engine,
     )
     if predictor.tta:
         print(predictor.describe_tta(), file=sys.stderr)
     if predictor.precision_note:
-        print(predictor.precision_note, file=sys.stderr)
+        built = getattr(predictor.model, "build_seconds", None)  # OpenVINO's: exported and compiled once
+        print(predictor.precision_note + (f"; built in {built:.1f}s" if built else ""), file=sys.stderr)
     if predictor.quantized and getattr(args, "debug", False):
-        print(f"int8: {len(predictor.quantized)} Linear layers quantized: {', '.join(predictor.quantized)}",
-              file=sys.stderr)  # fmt: skip
+        print(f"int8 ({predictor.engine}): {len(predictor.quantized)} Linear layers quantized: "
+              f"{', '.join(predictor.quantized)}", file=sys.stderr)  # fmt: skip
     return predictor
 
 
@@ -184,7 +185,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ..inference.onnx import export_onnx
 
     export_onnx(args.model, args.out, tuple(args.imgsz) if args.imgsz else None, args.dynamic, args.weights,
-                overwrite=args.overwrite)  # fmt: skip
+                overwrite=args.overwrite, int8=args.int8)  # fmt: skip
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ from .._version import __version__
 from ..data.formats.prepare import FORMATS
 from ..data.images import MASK_MODES
 from ..inference.masks import MASK_VALUES
-from ..inference.precision import PRECISIONS
+from ..inference.precision import ENGINES, PRECISIONS
 
 DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
 
@@ -82,9 +82,11 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip and sizes "
                         "0.75/1/1.25 of --imgsz, probabilities averaged (6x slower)")  # fmt: skip
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="on the CPU: fp32, bf16 (where the "
-                        "CPU has native bf16), int8 (dynamic int8 Linears, ~2.5x faster at 448x448 on 2 AVX-512 "
-                        "cores) or auto (int8); a GPU runs bf16 where it has it natively")  # fmt: skip
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="on the CPU: fp32, bf16 (where "
+                        "the CPU has native bf16), int8 (int8 Linears: 3.1x float32 by OpenVINO, 2.6x by PyTorch at "
+                        "448x448 on 2 AVX-512 cores) or auto (int8); a GPU runs bf16 where native")  # fmt: skip
+    parser.add_argument("--engine", choices=ENGINES, default="auto", help="what runs bf16 and int8 on the "
+                        "CPU: openvino (the openvino extra), torch, or auto (OpenVINO where installed)")  # fmt: skip
     parser.add_argument("--threads", type=positive, help="CPU threads for the model (video decoding and encoding get a "
                         "quarter of them each, at least 1); default: the cores this process may use")  # fmt: skip
 
@@ -317,6 +319,8 @@ def _export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     _imgsz(p, None)
     p.add_argument("--dynamic", action="store_true", help="any batch size (the image size stays --imgsz)")
+    p.add_argument("--int8", action="store_true", help="int8 MatMuls (onnxruntime's dynamic quantization: "
+                   "2.6x float32 for Web-DINO 300M at 448x448 on 2 AVX-512 cores)")  # fmt: skip
     p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
                    "(its own earlier outputs are replaced anyway)")  # fmt: skip

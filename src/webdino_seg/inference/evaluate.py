@@ -60,6 +60,7 @@ def evaluate(
         "tta": predictor.describe_tta() or None,
         "tile": predictor.tile,
         "precision": predictor.precision,
+        "engine": predictor.engine,
         **cm.summary(names),
         "mask_mode": mask_mode,
         "baseline": {k: v for k, v in cm.baseline().items() if k != "class"} | {"class": names[cm.baseline()["class"]]},

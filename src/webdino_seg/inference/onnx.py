@@ -60,11 +60,13 @@ def export_onnx(
     weights: str | None = None,
     log=print,
     overwrite: bool = False,
+    int8: bool = False,
 ) -> dict:
     """Export a trained checkpoint to ONNX at `imgsz` (default: its training size), checked with onnxruntime.
 
-    `dynamic` makes the batch size free (the image size stays the exported one). Returns what was
-    written and the largest logit difference between onnxruntime and PyTorch on a test input.
+    `dynamic` makes the batch size free (the image size stays the exported one); `int8` quantizes every MatMul
+    with onnxruntime's dynamic quantization (per-channel int8 weights, activations quantized at run time).
+    Returns what was written and the largest logit difference between onnxruntime and PyTorch on a test input.
     """
     _require_onnx()
     import onnx
@@ -85,31 +87,53 @@ def export_onnx(
                                         output_names=["logits", "grid_logits", "class_ids"], dynamic_shapes=dims,
                                         verbose=False)  # fmt: skip
         proto = program.model_proto
-        meta = {
-            "format": FORMAT,
-            "class_names": json.dumps(ckpt["class_names"]),
-            "mean": json.dumps(ckpt["mean"]),
-            "std": json.dumps(ckpt["std"]),
-            "imgsz": json.dumps(list(size)),
-            "patch_size": str(model.backbone.patch_size),
-            "backbone": model.backbone.cfg.name,
-            "head": ckpt["head_name"],
-            "dynamic_batch": str(dynamic).lower(),
-            "source": str(model_path),
-        }
-        for key, value in meta.items():
+        for key, value in _metadata(ckpt, model, size, dynamic, model_path, int8).items():
             proto.metadata_props.add(key=key, value=value)
         big = proto.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit: weights go beside it
-        onnx.save_model(proto, tmp, save_as_external_data=big, location=f"{out.name}.data" if big else None)
+        if int8:
+            _save_int8(proto, tmp, big)
+        else:
+            onnx.save_model(proto, tmp, save_as_external_data=big, location=f"{out.name}.data" if big else None)
         publish(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     diff = verify(out, graph, size)
     batch = "any batch" if dynamic else "batch 1"
+    batch += ", int8 MatMuls" if int8 else ""
     log(f"exported {model_path} -> {out} ({out.stat().st_size / 2**20:.1f} MiB, {size[0]}x{size[1]}, {batch}); "
         f"onnxruntime vs PyTorch: max abs logit difference {diff:.2e}")  # fmt: skip
     return {"out": str(out), "imgsz": list(size), "bytes": out.stat().st_size, "max_abs_diff": diff}
+
+
+def _metadata(ckpt: dict, model: SegmentationModel, size: tuple[int, int], dynamic: bool, source: str | Path,
+              int8: bool) -> dict[str, str]:  # fmt: skip
+    """What the graph says about itself: the classes, normalisation, size, backbone, head, precision, source."""
+    return {
+        "format": FORMAT,
+        "class_names": json.dumps(ckpt["class_names"]),
+        "mean": json.dumps(ckpt["mean"]),
+        "std": json.dumps(ckpt["std"]),
+        "imgsz": json.dumps(list(size)),
+        "patch_size": str(model.backbone.patch_size),
+        "backbone": model.backbone.cfg.name,
+        "head": ckpt["head_name"],
+        "dynamic_batch": str(dynamic).lower(),
+        "source": str(source),
+        "precision": "int8" if int8 else "fp32",
+    }
+
+
+def _save_int8(proto, path: str, big: bool) -> None:
+    """Write `proto` to `path` with its MatMuls dynamically quantized to int8 (the float graph goes to a temporary
+    folder beside `path`, removed whatever happens)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=".int8-") as work:
+        fp32 = Path(work) / "fp32.onnx"
+        onnx.save_model(proto, fp32, save_as_external_data=big, location="fp32.onnx.data" if big else None)
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
 
 
 def plan_export(model_path: str | Path, out: str | Path, weights: str | None, overwrite: bool) -> Path:
@@ -169,6 +193,7 @@ class OnnxSegmentationModel(nn.Module):
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not an ONNX model exported by webdino-seg (no {FORMAT!r} metadata)")
         self.meta = {key: json.loads(meta[key]) for key in ("class_names", "mean", "std", "imgsz")}
+        self.meta["precision"] = meta.get("precision", "fp32")  # what the graph computes in (export --int8)
         self.dynamic = meta.get("dynamic_batch") == "true"
         self.backbone = _Geometry(int(meta["patch_size"]))
         self.providers = self.session.get_providers()

@@ -69,7 +69,7 @@ def predict_paths(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, start, noted = 0, [], time.perf_counter(), False
-    notes = {"Precision": predictor.precision}  # each PNG says what its mask was computed in
+    notes = {"Precision": predictor.precision, "Engine": predictor.engine}  # what each PNG's mask was computed in
     with tqdm(total=len(files), unit="img", desc="predict") as bar:
         for group in _chunks(files, batch):
             names, images = _read_group(group, skip_bad, skipped, bar)

@@ -19,7 +19,7 @@ from ..models.layers import check_image_size
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.overlay import inset_legend, overlay
 from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
-from .precision import quantize
+from .precision import native_bf16, quantize
 from .precision import resolve as resolve_precision
 
 TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
@@ -51,20 +51,18 @@ class Predictor:
         colors: list[list[int]] | None = None,
         tile: bool = False,
         precision: str = "fp32",
+        engine: str = "auto",
     ) -> None:
         """`device` is where the model is (default: where its parameters are); a model elsewhere is an error.
         `colors` (one RGB per class) draw overlays; default: the fixed palette. With `tile`, an image larger than
         the model's input is segmented in overlapping windows of that size at full resolution (sliding window).
-        `precision` (CPU): fp32, bf16 (autocast, where the CPU has it natively), int8 (a quantized copy of the
-        model; the given model is untouched) or auto (see `precision.resolve`)."""
+        `precision` (CPU): fp32, bf16 (where the CPU has it natively), int8 (a quantized copy of the model; the given
+        model is untouched) or auto; `engine` runs bf16 and int8: openvino, torch or auto (see `precision.resolve`)."""
         check_image_size(*imgsz, model.backbone.patch_size)
         self.device = _model_device(model, device)
-        self.precision, self.precision_note = resolve_precision(precision, self.device)
-        self.quantized: list[str] = []
-        if self.precision == "int8":
-            model, self.quantized = quantize(model)
-        self.model = model
+        self.precision, self.engine, self.precision_note = resolve_precision(precision, self.device, engine)
         self.imgsz = tuple(imgsz)
+        self.model, self.quantized = self._lower(model)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.class_names = class_names
@@ -76,6 +74,19 @@ class Predictor:
         self.tta_sizes = list(sizes) if tta else [self.imgsz]
         self.tta_flips = (False, True) if tta and tta_flip else (False,)
         self.tile = tile
+
+    def _lower(self, model: SegmentationModel) -> tuple[torch.nn.Module, list[str]]:
+        """The model that runs at this precision on this engine (built now, so that a model that cannot be built
+        fails here, not on the first image), and the Linear layers quantized."""
+        if self.precision == "fp32":
+            return model, []
+        if self.engine == "openvino":
+            from .openvino import OpenVinoModel
+
+            lowered = OpenVinoModel(model, self.precision, native_bf16())
+            lowered.compile_for(self.imgsz)
+            return lowered, lowered.quantized
+        return quantize(model) if self.precision == "int8" else (model, [])
 
     def describe_tta(self) -> str:
         """What test-time augmentation does, in one line ('' when off)."""
@@ -96,21 +107,24 @@ class Predictor:
         tta: bool = False,
         tile: bool = False,
         precision: str = "fp32",
+        engine: str = "auto",
     ) -> Predictor:
         """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
         `imgsz` defaults to the size it was trained (or exported) at."""
         if Path(path).suffix.lower() == ".onnx":
             from .onnx import OnnxSegmentationModel
 
-            if precision not in ("auto", "fp32"):
-                raise ValueError(f"--precision {precision}: {path} is an ONNX model, run by onnxruntime in float32")
             onnx_model = OnnxSegmentationModel(path, device)
+            graph_precision = onnx_model.meta["precision"]
+            if precision not in ("auto", "fp32", graph_precision):  # fp32, the default, takes the graph as it is
+                raise ValueError(f"--precision {precision}: {path} is an ONNX model computing in {graph_precision} "
+                                 "(export --int8 makes an int8 one)")  # fmt: skip
             fixed = tuple(onnx_model.meta["imgsz"])
             if imgsz is not None and tuple(imgsz) != fixed:
                 raise ValueError(f"--imgsz {imgsz[0]} {imgsz[1]}: {path} was exported at {fixed[0]}x{fixed[1]}; "
                                  "export it again with --imgsz to use another size")  # fmt: skip
             # the graph normalises itself: it takes RGB in [0, 1]
-            return cls(
+            predictor = cls(
                 onnx_model,
                 fixed,
                 (0.0, 0.0, 0.0),
@@ -122,10 +136,14 @@ class Predictor:
                 tta_scales=(1.0,),  # an exported graph has one input size: flips only
                 tile=tile,
             )
+            predictor.precision, predictor.engine = graph_precision, "onnxruntime"
+            if graph_precision != "fp32":
+                predictor.precision_note = f"precision: {graph_precision} by onnxruntime (the exported graph's own)"
+            return predictor
         model, ckpt = load_model(path, weights)
         model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
         return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], tta=tta,
-                   colors=ckpt.get("class_colors"), tile=tile, precision=precision)  # fmt: skip
+                   colors=ckpt.get("class_colors"), tile=tile, precision=precision, engine=engine)  # fmt: skip
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
@@ -199,7 +217,8 @@ class Predictor:
         training = self.model.training
         self.model.eval()
         try:
-            cpu_bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else None
+            torch_bf16 = self.precision == "bf16" and self.engine == "torch"
+            cpu_bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if torch_bf16 else None
             with speed_flags(self.device), cpu_bf16 or autocast(self.device, self.amp):
                 return self.model(x).float()
         finally:

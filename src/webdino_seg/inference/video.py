@@ -322,7 +322,8 @@ def run_video(
         raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
     dst = plan_video(src, dst, overwrite)  # before anything is decoded
     info, frames_iter, warnings = _source(src, codec_threads or runtime.codec_threads(torch.get_num_threads()))
-    info["suffix"], info["precision"] = dst.suffix.lower(), predictor.precision
+    said = predictor.precision if predictor.precision == "fp32" else f"{predictor.precision} by {predictor.engine}"
+    info["suffix"], info["precision"] = dst.suffix.lower(), said
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
     os.close(fd)
