@@ -196,3 +196,26 @@ def test_threads_are_set_once_for_the_model_and_the_codecs(ckpt: Path, prepared:
         torch.set_num_threads(before)
     assert runtime.codec_threads(1) == runtime.codec_threads(2) == 1 and runtime.codec_threads(16) == 4
     assert runtime.usable_cores() >= 1
+
+
+@NEEDS_OPENVINO
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["linear4", "multilayer", "guided"])
+def test_openvino_int8_runs_every_head(head: str) -> None:
+    """The heads that read 4 layers or the image export and agree with float32 too (simple: the tests above)."""
+    from webdino_seg.models.builder import create_backbone
+    from webdino_seg.models.heads import create_head
+    from webdino_seg.models.segmentation import SegmentationModel
+
+    torch.manual_seed(0)
+    backbone = create_backbone("webdino-tiny", weights="random").eval()
+    with torch.no_grad():  # trained-like LayerScale, so that quantizing the blocks changes something
+        for name, param in backbone.named_parameters():
+            if name.endswith(".gamma"):
+                param.fill_(1.0)
+    model = SegmentationModel(backbone, create_head(head, backbone.embed_dim, 3)).eval()
+    x = torch.randn(2, 3, 112, 140, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref, out = model(x), ov_engine.OpenVinoModel(model, "int8", precision_mod.native_bf16())(x)
+    assert out.shape == ref.shape and float((out - ref).abs().max()) > 1e-4
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.98

@@ -99,12 +99,13 @@ class OpenVinoModel(nn.Module):
             raise ValueError(f"OpenVINO runs int8, bf16 or fp32 here, not {precision!r}")
         self.precision = precision
         self.quantized: list[str] = []
-        if precision == "int8":
-            group = group_size(model)
-            graph, self.quantized = int8_copy(model, group)
-            self.config = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group}
-        else:
-            graph, self.config = copy.deepcopy(model).cpu().float().eval(), {}
+        with torch.inference_mode(False):  # the copy holds normal tensors, even when made in inference mode
+            if precision == "int8":
+                group = group_size(model)
+                graph, self.quantized = int8_copy(model, group)
+                self.config = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group}
+            else:
+                graph, self.config = copy.deepcopy(model).cpu().float().eval(), {}
         hint = "bf16" if bf16 and precision != "fp32" else "f32"
         self.config |= {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                         "INFERENCE_NUM_THREADS": torch.get_num_threads()}  # fmt: skip
