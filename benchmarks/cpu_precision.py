@@ -5,8 +5,8 @@ activations quantized per token at run time), each where it is installed.
 Speed: images/s, median [min - max] of --repeats timed runs after an untimed warm-up (the same input for every
 engine; a figure spread wider than its median is "unreliable", not a speed-up). Accuracy: the patch tokens' cosine
 similarity to float32 eager (the lowest over tokens and images). Random weights have LayerScale 1e-5, which makes
-every block nearly the identity and any precision look exact, so the LayerScale factors are set to 1 (as trained
-models have them near) before anything is measured. Building (export, quantization, compilation) is not timed.
+every block nearly the identity and any precision look exact, so the backbone is built with LayerScale 1 (as
+trained models have them near). Building (export, quantization, compilation) is not timed.
 
     python benchmarks/cpu_precision.py [--arch webdino-300m] [--sizes 448 644] [--batches 1 4] [--repeats 3]
     python benchmarks/cpu_precision.py --sizes 448 --batches 1 --threads 1 2   # what --threads changes
@@ -62,7 +62,7 @@ def torch_runs(model: Tokens) -> dict[str, Forward]:
 def openvino_runs(model: Tokens) -> dict[str, Forward]:
     """OpenVINO in float32, bf16 (native bf16 only) and int8, as `--engine openvino` runs them."""
     precisions = ["fp32", "int8"] + (["bf16"] if native_bf16() else [])
-    return {f"openvino {p}": ov_engine.OpenVinoModel(model, p, native_bf16()) for p in precisions}
+    return {f"openvino {p}": ov_engine.OpenVinoModel(model, p) for p in precisions}
 
 
 def onnxruntime_runs(model: Tokens, x: torch.Tensor, folder: Path) -> dict[str, Forward]:
@@ -107,15 +107,11 @@ def main() -> None:
                         "(default: the usable cores)")  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
-    backbone = create_backbone(args.arch, weights="random").eval()
-    with torch.no_grad():
-        for name, param in backbone.named_parameters():
-            if name.endswith(".gamma"):
-                param.fill_(1.0)
+    backbone = create_backbone(args.arch, weights="random", layerscale_init=1.0).eval()
     model = Tokens(backbone).eval()
     print(f"{args.arch} backbone, torch {torch.__version__}; images/s, median [min - max] of {args.repeats} after a "
           "warm-up; speed-up against torch fp32 at the same size, batch and threads")  # fmt: skip
-    print(f"{'threads':>8}{'size':>6}{'batch':>7}{'engine':>18}{'images/s':>28}{'speed-up':>12}{'min cosine':>12}")
+    print(f"{'threads':>8}{'size':>6}{'batch':>7}{'engine':>18} {'images/s':>28}{'speed-up':>12}{'min cosine':>12}")
     with tempfile.TemporaryDirectory() as folder:
         for threads in args.threads:
             threads = set_threads(threads)
@@ -141,7 +137,7 @@ def _rows(runs: dict[str, Forward], model: Tokens, x: torch.Tensor, repeats: int
             shown = f"{speed['median']:.3g} [{speed['min']:.3g} - {speed['max']:.3g}]"
             ratio = f"{speed['median'] / base:.2f}x" if speed["reliable"] else "unreliable"
             size, b = x.shape[-1], len(x)
-            print(f"{threads:>8}{size:>6}{b:>7}{name:>18}{shown:>28}{ratio:>12}{cosine:>12.6f}", flush=True)
+            print(f"{threads:>8}{size:>6}{b:>7}{name:>18} {shown:>28}{ratio:>12}{cosine:>12.6f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,7 @@ RUNS = [("fp32", "torch"), ("int8", "openvino"), ("bf16", "openvino"), ("int8", 
 def fitted_model(data: Path, imgsz: tuple[int, int], fit: int, steps: int) -> SegmentationModel:
     """Web-DINO 300M (random, LayerScale 1) with the simple head fitted on `fit` training images."""
     torch.manual_seed(0)
-    backbone = create_backbone("webdino-300m", weights="random").eval()
-    with torch.no_grad():
-        for name, param in backbone.named_parameters():
-            if name.endswith(".gamma"):
-                param.fill_(1.0)
+    backbone = create_backbone("webdino-300m", weights="random", layerscale_init=1.0).eval()
     model = SegmentationModel(backbone, create_head("simple", backbone.embed_dim, 2), fine_tune=True)
     mean, std = torch.tensor(backbone.cfg.mean).view(1, 3, 1, 1), torch.tensor(backbone.cfg.std).view(1, 3, 1, 1)
     feats, masks = [], []
