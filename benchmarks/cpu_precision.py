@@ -62,7 +62,7 @@ def torch_runs(model: Tokens) -> dict[str, Forward]:
 def openvino_runs(model: Tokens) -> dict[str, Forward]:
     """OpenVINO in float32, bf16 (native bf16 only) and int8, as `--engine openvino` runs them."""
     precisions = ["fp32", "int8"] + (["bf16"] if native_bf16() else [])
-    return {f"openvino {p}": ov_engine.OpenVinoModel(model, p) for p in precisions}
+    return {f"openvino {p}": ov_engine.OpenVinoModel(model, p, native_bf16()) for p in precisions}
 
 
 def onnxruntime_runs(model: Tokens, x: torch.Tensor, folder: Path) -> dict[str, Forward]:

@@ -213,6 +213,6 @@ def test_openvino_int8_runs_every_head(head: str) -> None:
     model = SegmentationModel(backbone, create_head(head, backbone.embed_dim, 3)).eval()
     x = torch.randn(2, 3, 112, 140, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        ref, out = model(x), ov_engine.OpenVinoModel(model, "int8")(x)
+        ref, out = model(x), ov_engine.OpenVinoModel(model, "int8", precision_mod.native_bf16())(x)
     assert out.shape == ref.shape and float((out - ref).abs().max()) > 1e-4
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.98

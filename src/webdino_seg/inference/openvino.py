@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.segmentation import SegmentationModel
-from .precision import native_bf16
 
 MAX_GROUP = 1024  # channels per dynamic-quantization group: wider groups ran faster on Web-DINO 300M
 
@@ -90,8 +89,9 @@ class _Graph(nn.Module):
 class OpenVinoModel(nn.Module):
     """A SegmentationModel compiled by OpenVINO for the CPU, called like one: normalised images in, logits out."""
 
-    def __init__(self, model: nn.Module, precision: str) -> None:
-        """`precision`: int8, bf16 or fp32 (beside int8, the rest runs in bf16 where the CPU has it natively).
+    def __init__(self, model: nn.Module, precision: str, bf16: bool) -> None:
+        """`precision`: int8, bf16 or fp32; `bf16`: whether the CPU computes bf16 natively (what runs beside int8;
+        `precision.native_bf16()`, which this module cannot import: precision.py imports it to choose the engine).
         `model` is a SegmentationModel, or any module with a `backbone` whose forward takes one image batch."""
         super().__init__()
         import openvino as ov
@@ -107,7 +107,7 @@ class OpenVinoModel(nn.Module):
                 self.config = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group}
             else:
                 graph, self.config = copy.deepcopy(model).cpu().float().eval(), {}
-        hint = "bf16" if native_bf16() and precision != "fp32" else "f32"
+        hint = "bf16" if bf16 and precision != "fp32" else "f32"
         self.config |= {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                         "INFERENCE_NUM_THREADS": torch.get_num_threads()}  # fmt: skip
         self.graph = (_Graph(graph) if isinstance(graph, SegmentationModel) else graph).eval()

@@ -19,7 +19,7 @@ from ..models.layers import check_image_size
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.overlay import inset_legend, overlay
 from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
-from .precision import quantize
+from .precision import native_bf16, quantize
 from .precision import resolve as resolve_precision
 
 TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
@@ -83,7 +83,7 @@ class Predictor:
         if self.engine == "openvino":
             from .openvino import OpenVinoModel
 
-            lowered = OpenVinoModel(model, self.precision)
+            lowered = OpenVinoModel(model, self.precision, native_bf16())
             lowered.compile_for(self.imgsz)
             return lowered, lowered.quantized
         return quantize(model) if self.precision == "int8" else (model, [])
