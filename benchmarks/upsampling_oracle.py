@@ -13,7 +13,10 @@ at their full resolution as `predict` would, beside the controls (without it, th
 - area-preserving bilinear: the guided head's own way of filling a cell (each class keeps its share of
   the cell) ranked by the bilinear upsampling instead of the image: what that rule gives with no image;
 - fitted grid: a logit grid of the token grid's size fitted to each scored mask, then bilinear (an
-  upper bound for any head that only upsamples a token grid, learned or not).
+  upper bound for any head that only upsamples a token grid, learned or not);
+- true mask at the output size: the upsampler's output size (1/4 of the input) filled from the true mask,
+  each output pixel decided (0/1) or as its person fraction (soft): what a perfect ranking of the pixels
+  reaches at that size, and what calibrated sub-pixel fractions would add.
 
 Each with mIoU over all pixels and over the boundary band (pixels within --band pixels of a true
 person/background boundary at full resolution), where a 14-pixel grid is coarse.
@@ -99,6 +102,21 @@ def area_preserving_bilinear(stride: int = 4) -> Predict:
     return predict
 
 
+def true_output(stride: int = 4, hard: bool = False) -> Predict:
+    """The true mask at the upsampler's output size (area fractions per output pixel, or 0/1 with `hard`): what a
+    perfect upsampler of that size reaches, soft or with every output pixel decided."""
+
+    def predict(image: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
+        h, w = mask.shape[-2] // PATCH, mask.shape[-1] // PATCH
+        cell = max(1, round(image.shape[-2] / h / stride))
+        person = F.adaptive_avg_pool2d((mask == 1).float().unsqueeze(1), (h * cell, w * cell))
+        if hard:
+            person = (person > 0.5).float()
+        return coarse_input(torch.cat([1 - person, person], 1))
+
+    return predict
+
+
 def split_design(train: SegmentationDataset, design: int, seed: int) -> list:
     """Hold `design` training pairs out (seeded): returns them; `train` keeps the rest."""
     order = list(range(len(train.pairs)))
@@ -172,6 +190,8 @@ def main() -> None:
         ),
         "area-preserving bilinear (no image)": area_preserving_bilinear(upsampler.stride),
         "fitted grid + bilinear (bound)": fitted_grid(scored, size),
+        "true mask at the output size, 0/1": true_output(upsampler.stride, hard=True),
+        "true mask at the output size, soft": true_output(upsampler.stride),
     }
     results = {name: score(fn, scored, args.band) for name, fn in rows.items()}
     which = "valid split, scored once" if args.final else "design split (--final scores the valid split)"
