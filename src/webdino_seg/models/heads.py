@@ -93,11 +93,26 @@ class MultiLayerDecoder(nn.Module):
         return self.classify(x)
 
 
-def _neighbours(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, 9, H, W): each fine pixel's 3x3 coarse neighbourhood (edges replicated)."""
-    b, c, h, w = x.shape
-    cells = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, c * 9, h, w)
-    return F.interpolate(cells, size=size, mode="nearest").view(b, c, 9, *size)
+def _cells3(x: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) -> (B, K, 9, h, w): each coarse cell's 3x3 neighbourhood (edges replicated)."""
+    b, k, h, w = x.shape
+    return F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, k, 9, h, w)
+
+
+def _prototype_scores(f: torch.Tensor, probs: torch.Tensor, near: torch.Tensor, cell: int) -> torch.Tensor:
+    """-|f - P_c|^2 up to a per-pixel constant, (B, C, H, W): each pixel's embedding `f` (B, E, H, W) against class
+    prototypes P_c, the mean embeddings of its 3x3 neighbour cells weighted by their class `probs` (B, C, h, w) and
+    by distance `near` (9, H, W). Computed cell by cell, so backward keeps only the inputs and the cells' sums."""
+    (b, e, big_h, big_w), c = f.shape, probs.shape[1]
+    h, w = big_h // cell, big_w // cell
+    sums = _cells3((probs.unsqueeze(2) * F.adaptive_avg_pool2d(f, (h, w)).unsqueeze(1)).flatten(1, 2))
+    sums = sums.view(b, c, e, 9, h, w)  # each neighbour cell: its share of the class times its mean embedding
+    near = near.view(9, h, cell, w, cell)
+    total = torch.einsum("bcnhw,nhpwq->bchpwq", _cells3(probs), near).clamp_min(1e-6)
+    dots = torch.einsum("bkhpwq,bcknhw->bcnhpwq", f.view(b, e, h, cell, w, cell), sums)
+    gram = torch.einsum("bcknhw,bckmhw->bcnmhw", sums, sums)
+    square = (torch.einsum("bcnmhw,mhpwq->bcnhpwq", gram, near) * near).sum(2)  # |sum_n near_n sums_n|^2
+    return (2 * (dots * near).sum(2) / total - square / total.square()).reshape(b, c, big_h, big_w)
 
 
 def _squared_offsets(coarse: tuple[int, int], fine: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -172,12 +187,9 @@ class GuidedUpsampler(nn.Module):
         if pixels.shape[-2:] != size:
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         f = F.normalize(self.embed(pixels), dim=1)
-        cells = _neighbours(F.adaptive_avg_pool2d(f, (h, w)), size)  # (B, E, 9, H, W)
         near = (-_squared_offsets((h, w), size, coarse.device) / (2 * self.log_sigma.exp() ** 2)).exp()
         probs = coarse.softmax(1)
-        weights = _neighbours(probs, size) * near  # (B, C, 9, H, W)
-        protos = torch.einsum("bcnhw,benhw->bcehw", weights, cells) / weights.sum(2).unsqueeze(2).clamp_min(1e-6)
-        scores = 2 * (f.unsqueeze(1) * protos).sum(2) - protos.square().sum(2)  # -|f - P_c|^2 up to a constant
+        scores = _prototype_scores(f, probs, near, cell)
         prior = F.interpolate(coarse.log_softmax(1), size=size, mode="bilinear", align_corners=False)
         return area_preserving(scores / self.log_temperature.exp() + self.prior * prior, probs, cell)
 
