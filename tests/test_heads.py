@@ -156,6 +156,32 @@ def test_the_guided_head_takes_its_boundaries_from_the_image() -> None:
         torch.testing.assert_close(F.avg_pool2d(odd, 4), head.coarse(small).softmax(1), atol=2e-3, rtol=0)
 
 
+def test_the_guided_heads_prototype_scores_match_a_pixel_by_pixel_reference() -> None:
+    """Each pixel's score for a class is -|f - P_c|^2 (up to |f|^2), P_c the mean embeddings of the pixel's 3x3
+    neighbour cells (edge cells repeated) weighted by the cells' class probabilities and by distance: the cell-by-cell
+    computation equals that definition written out one pixel at a time."""
+    from webdino_seg.models.heads import _prototype_scores, _squared_offsets
+
+    torch.manual_seed(0)
+    (h, w), cell, e, c = (3, 4), 3, 5, 3
+    f = torch.randn(1, e, h * cell, w * cell, dtype=torch.float64)
+    probs = torch.randn(1, c, h, w, dtype=torch.float64).softmax(1)
+    near = (-_squared_offsets((h, w), (h * cell, w * cell), f.device) / 2).exp().double()
+    means = F.avg_pool2d(f, cell)[0]  # (E, h, w)
+    expected = torch.empty(1, c, h * cell, w * cell, dtype=torch.float64)
+    for y in range(h * cell):
+        for x in range(w * cell):
+            for k in range(c):
+                total, weight = torch.zeros(e, dtype=torch.float64), 0.0
+                for n, (dy, dx) in enumerate((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)):
+                    i, j = min(max(y // cell + dy, 0), h - 1), min(max(x // cell + dx, 0), w - 1)
+                    wt = near[n, y, x] * probs[0, k, i, j]
+                    total, weight = total + wt * means[:, i, j], weight + wt
+                proto = total / weight
+                expected[0, k, y, x] = 2 * f[0, :, y, x] @ proto - proto @ proto
+    torch.testing.assert_close(_prototype_scores(f, probs, near, cell), expected)
+
+
 def test_the_guided_heads_coarse_shares_are_trained_through_the_upsampler() -> None:
     """The cell shares the upsampler keeps come from the coarse head, so the loss must reach it through them
     (not only through the image's ranking): with a uniform image and no bilinear ranking that is the only path."""
