@@ -89,12 +89,12 @@ def fitted_grid(split: SegmentationDataset, size: tuple[int, int], steps: int = 
     return predict
 
 
-def area_preserving_bilinear(stride: int = 4) -> Predict:
+def area_preserving_bilinear(upsampler: GuidedUpsampler) -> Predict:
     """The upsampler's cell-filling rule with the bilinear upsampling of the logits as the only ranking."""
 
     def predict(image: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
         coarse = coarse_input(oracle_grid(mask))
-        cell = max(1, round(image.shape[-2] / coarse.shape[-2] / stride))
+        cell = upsampler.cell(image.shape[-2], coarse.shape[-2])
         size = (coarse.shape[-2] * cell, coarse.shape[-1] * cell)
         ranking = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
         return area_preserving(ranking, coarse.softmax(1), cell)
@@ -102,13 +102,13 @@ def area_preserving_bilinear(stride: int = 4) -> Predict:
     return predict
 
 
-def true_output(stride: int = 4, hard: bool = False) -> Predict:
+def true_output(upsampler: GuidedUpsampler, hard: bool = False) -> Predict:
     """The true mask at the upsampler's output size (area fractions per output pixel, or 0/1 with `hard`): what a
     perfect upsampler of that size reaches, soft or with every output pixel decided."""
 
     def predict(image: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
         h, w = mask.shape[-2] // PATCH, mask.shape[-1] // PATCH
-        cell = max(1, round(image.shape[-2] / h / stride))
+        cell = upsampler.cell(image.shape[-2], h)
         person = F.adaptive_avg_pool2d((mask == 1).float().unsqueeze(1), (h * cell, w * cell))
         if hard:
             person = (person > 0.5).float()
@@ -188,10 +188,10 @@ def main() -> None:
         "guided, shuffled guide": lambda image, mask, i: upsampler(
             coarse_input(oracle_grid(mask)), images[(i + 1) % len(images)]
         ),
-        "area-preserving bilinear (no image)": area_preserving_bilinear(upsampler.stride),
+        "area-preserving bilinear (no image)": area_preserving_bilinear(upsampler),
         "fitted grid + bilinear (bound)": fitted_grid(scored, size),
-        "true mask at the output size, 0/1": true_output(upsampler.stride, hard=True),
-        "true mask at the output size, soft": true_output(upsampler.stride),
+        "true mask at the output size, 0/1": true_output(upsampler, hard=True),
+        "true mask at the output size, soft": true_output(upsampler),
     }
     results = {name: score(fn, scored, args.band) for name, fn in rows.items()}
     which = "valid split, scored once" if args.final else "design split (--final scores the valid split)"

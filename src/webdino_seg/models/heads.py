@@ -178,9 +178,13 @@ class GuidedUpsampler(nn.Module):
         self.log_sigma = nn.Parameter(torch.tensor(0.0))  # the spatial reach, in cells
         self.prior = nn.Parameter(torch.tensor(0.1))  # the weight of the bilinear ranking
 
+    def cell(self, image_height: int, grid_height: int) -> int:
+        """Output pixels per token cell side: the grid's cells split to about `stride` image pixels each."""
+        return max(1, round(image_height / grid_height / self.stride))
+
     def forward(self, coarse: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         h, w = coarse.shape[-2:]
-        cell = max(1, round(image.shape[-2] / h / self.stride))
+        cell = self.cell(image.shape[-2], h)
         size = (h * cell, w * cell)
         encoded = self.encode(image)  # sizes not divisible by the stride round up here
         pixels = torch.cat([encoded, F.adaptive_avg_pool2d(image, encoded.shape[-2:])], 1)
