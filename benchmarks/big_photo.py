@@ -45,7 +45,7 @@ def mosaic(release: Path, width: int, height: int, row: int) -> tuple[np.ndarray
             mask = read_mask(release / "PedMasks" / f"{path.stem}_mask.png", "binary")
             w = round(photo.shape[1] * row / photo.shape[0])
             photo = cv2.resize(photo, (w, row), interpolation=cv2.INTER_AREA)
-            mask = cv2.resize(mask, (w, row), interpolation=cv2.INTER_NEAREST)
+            mask = cv2.resize(mask, (w, row), interpolation=cv2.INTER_NEAREST_EXACT)  # by pixel centre, as the photo
             h, w = min(row, height - y), min(w, width - x)
             image[y : y + h, x : x + w], truth[y : y + h, x : x + w] = photo[:h, :w], mask[:h, :w]
             x += w

@@ -44,7 +44,7 @@ def fitted_model(data: Path, imgsz: tuple[int, int], fit: int, steps: int) -> Se
         with torch.inference_mode():
             feats.append(model.features(model_input(image, imgsz, mean, std)).clone())
         mask = torch.from_numpy(read_mask(data / "train_masks" / f"{path.stem}.png").astype(np.int64))[None, None]
-        masks.append(F.interpolate(mask.float(), size=imgsz, mode="nearest").long()[:, 0])
+        masks.append(F.interpolate(mask.float(), size=imgsz, mode="nearest-exact").long()[:, 0])
     x, y = torch.cat(feats), torch.cat(masks)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-3)
     for _ in range(steps):

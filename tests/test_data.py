@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import make_subset
 from webdino_seg.app.cli import main
+from webdino_seg.data.augment import eval_transform, train_transform
 from webdino_seg.data.datasets import DataError, SegmentationDataset
 from webdino_seg.data.images import ImageError, read_mask
 from webdino_seg.data.pennfudan import prepare_pennfudan
@@ -101,6 +102,21 @@ def test_flip_moves_image_and_mask_together(prepared: Path, tmp_path: Path) -> N
         if torch.equal(y, y0.flip(-1)) and torch.allclose(x, x0.flip(-1), atol=1e-6):
             return
     pytest.fail("no pure horizontal flip in 40 seeded draws; image and mask may not be transformed together")
+
+
+def test_resized_masks_stay_aligned_with_their_images() -> None:
+    """The mask is resized by pixel centres as the image is: an image painted from its own mask, resized with it
+    to a size the original does not divide, still agrees with the mask (cv2's plain INTER_NEAREST shifts the mask
+    by up to half a pixel: 7-8% of these pixels disagree; by centre: under 0.5%, the bilinear image's own
+    rounding). Training resizes the same way before its random steps."""
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        blocks = (rng.random((9, 13)) > 0.5).astype(np.uint8)
+        mask = np.kron(blocks, np.ones((4, 4), np.uint8))[:37, :50]  # 37x50 -> 56x84: scales 1.51 and 1.68
+        out = eval_transform((56, 84))(image=np.repeat(mask[..., None] * 255, 3, 2), mask=mask)
+        disagree = ((out["image"][..., 0] > 127) != (out["mask"] == 1)).mean()
+        assert disagree < 0.005, disagree
+    assert repr(train_transform((56, 84)).transforms[0]) == repr(eval_transform((56, 84)).transforms[0])
 
 
 def test_image_without_mask(prepared: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import os
 
+import cv2
 import numpy as np
 import torch
 
@@ -28,11 +29,17 @@ def _albumentations():
 A = _albumentations()
 
 
+def _resize(imgsz: tuple[int, int]) -> A.Resize:
+    """Bilinear for the image; for the mask, the nearest pixel by centre (cv2's INTER_NEAREST picks
+    floor(x * scale) instead, which shifts the mask against the image by up to half a pixel)."""
+    return A.Resize(*imgsz, mask_interpolation=cv2.INTER_NEAREST_EXACT)
+
+
 def train_transform(imgsz: tuple[int, int]) -> A.Compose:
     """The tutorial's training augmentation: resize, horizontal flip, brightness/contrast, rotation."""
     return A.Compose(
         [
-            A.Resize(*imgsz),
+            _resize(imgsz),
             A.HorizontalFlip(p=0.5),
             A.RandomBrightnessContrast(p=0.2),
             A.Rotate(limit=25, p=0.5, fill=0, fill_mask=0),
@@ -42,7 +49,7 @@ def train_transform(imgsz: tuple[int, int]) -> A.Compose:
 
 def eval_transform(imgsz: tuple[int, int]) -> A.Compose:
     """Resize only (bilinear for the image, nearest for the mask)."""
-    return A.Compose([A.Resize(*imgsz)])
+    return A.Compose([_resize(imgsz)])
 
 
 def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
