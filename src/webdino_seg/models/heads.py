@@ -99,14 +99,16 @@ def _cells3(x: torch.Tensor) -> torch.Tensor:
     return F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, k, 9, h, w)
 
 
-def _prototype_scores(f: torch.Tensor, probs: torch.Tensor, near: torch.Tensor, cell: int) -> torch.Tensor:
+def _prototype_scores(f: torch.Tensor, held: torch.Tensor, probs: torch.Tensor, near: torch.Tensor, cell: int
+                      ) -> torch.Tensor:  # fmt: skip
     """-|f - P_c|^2 up to a per-pixel constant, (B, C, H, W): each pixel's embedding `f` (B, E, H, W) against class
-    prototypes P_c, the mean embeddings of its 3x3 neighbour cells weighted by their class `probs` (B, C, h, w) and
-    by distance `near` (9, H, W). Computed cell by cell, so backward keeps only the inputs and the cells' sums."""
+    prototypes P_c, the embeddings each class holds in the pixel's 3x3 neighbour cells (`held`, (B, C, E, h, w): per
+    cell, the mean of the class's share times the embedding) over the shares they hold there (`probs`, (B, C, h, w)),
+    weighted by distance `near` (9, H, W). Computed cell by cell, so backward keeps only the inputs and the cells'
+    sums."""
     (b, e, big_h, big_w), c = f.shape, probs.shape[1]
     h, w = big_h // cell, big_w // cell
-    sums = _cells3((probs.unsqueeze(2) * F.adaptive_avg_pool2d(f, (h, w)).unsqueeze(1)).flatten(1, 2))
-    sums = sums.view(b, c, e, 9, h, w)  # each neighbour cell: its share of the class times its mean embedding
+    sums = _cells3(held.flatten(1, 2)).view(b, c, e, 9, h, w)
     near = near.view(9, h, cell, w, cell)
     total = torch.einsum("bcnhw,nhpwq->bchpwq", _cells3(probs), near).clamp_min(1e-6)
     dots = torch.einsum("bkhpwq,bcknhw->bcnhpwq", f.view(b, e, h, cell, w, cell), sums)
@@ -126,7 +128,7 @@ def _squared_offsets(coarse: tuple[int, int], fine: tuple[int, int], device: tor
     return (dy.square()[:, None, :, None] + dx.square()[None, :, None, :]).reshape(9, big_h, big_w)
 
 
-def area_preserving(scores: torch.Tensor, fractions: torch.Tensor, cell: int, iters: int = 6) -> torch.Tensor:
+def area_preserving(scores: torch.Tensor, fractions: torch.Tensor, cell: int, iters: int = 20) -> torch.Tensor:
     """Log-probabilities (B, C, h*cell, w*cell) that follow `scores` (B, C, same size) inside each coarse cell while
     every cell's mean keeps its class `fractions` (B, C, h, w): Sinkhorn's balancing between the pixels (each a
     distribution over classes) and the classes (each the cell's share of its cell*cell pixels)."""
@@ -153,14 +155,15 @@ class GuidedUpsampler(nn.Module):
     range term is learned: FeatUp's JBU, Fu et al. 2024; JAFAR, Couairon et al. 2025), plus a small learned
     weight times the bilinear upsampling of the coarse log-probabilities. Those scores decide *which*
     pixels of a cell take each class; *how much* of the cell each class takes stays the coarse
-    prediction's (every cell's mean probability is preserved). With a blank or another image, only the
-    weak bilinear term ranks the pixels: measured on the upsampling proxy, that is no better than
-    bilinear upsampling (benchmarks/upsampling_oracle.py).
+    prediction's (every cell's mean probability is kept, up to the balancing's iterations). Then, `rounds`
+    times, each class's prototypes are re-estimated from the pixels it was given (an EM step) and the pixels
+    decided again. With a blank or another image, only the weak bilinear term ranks the pixels: measured on
+    the upsampling proxy, that is no better than bilinear upsampling (benchmarks/upsampling_oracle.py).
     """
 
-    def __init__(self, channels: int, guide: int = 32, embed: int = 16, stride: int = 4) -> None:
+    def __init__(self, channels: int, guide: int = 32, embed: int = 16, stride: int = 4, rounds: int = 2) -> None:
         super().__init__()
-        self.stride = stride
+        self.stride, self.rounds = stride, rounds
         pad = {"padding": 1, "padding_mode": "replicate"}  # a uniform image embeds uniformly, borders included
         self.encode = nn.Sequential(
             nn.Conv2d(3, 24, 3, stride=2, **pad), nn.GELU(),
@@ -193,9 +196,15 @@ class GuidedUpsampler(nn.Module):
         f = F.normalize(self.embed(pixels), dim=1)
         near = (-_squared_offsets((h, w), size, coarse.device) / (2 * self.log_sigma.exp() ** 2)).exp()
         probs = coarse.softmax(1)
-        scores = _prototype_scores(f, probs, near, cell)
         prior = F.interpolate(coarse.log_softmax(1), size=size, mode="bilinear", align_corners=False)
-        return area_preserving(scores / self.log_temperature.exp() + self.prior * prior, probs, cell)
+        (b, c), e = probs.shape[:2], f.shape[1]
+        held = probs.unsqueeze(2) * F.adaptive_avg_pool2d(f, (h, w)).unsqueeze(1)  # first: a cell's pixels alike
+        for step in range(1 + self.rounds):
+            scores = _prototype_scores(f, held, probs, near, cell)
+            logq = area_preserving(scores / self.log_temperature.exp() + self.prior * prior, probs, cell)
+            if step < self.rounds:  # each class's prototype from the pixels it now holds (EM)
+                held = F.avg_pool2d((logq.exp().unsqueeze(2) * f.unsqueeze(1)).flatten(1, 2), cell).view(b, c, e, h, w)
+        return logq
 
 
 class GuidedDecoder(nn.Module):
