@@ -48,7 +48,7 @@ def train_transform(imgsz: tuple[int, int]) -> A.Compose:
 
 
 def eval_transform(imgsz: tuple[int, int]) -> A.Compose:
-    """Resize only (bilinear for the image, nearest for the mask)."""
+    """Resize only (bilinear for the image, nearest by pixel centre for the mask)."""
     return A.Compose([_resize(imgsz)])
 
 
