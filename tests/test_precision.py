@@ -79,7 +79,9 @@ def test_choices_are_said_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ov_engine, "available", lambda: True)
     chosen, engine, note = precision_mod.resolve("auto", cpu)
     assert (chosen, engine) == ("int8", "openvino") and note.startswith("precision: int8 by OpenVINO (auto:")
-    assert precision_mod.resolve("bf16", cpu, "torch")[:2] == ("bf16", "torch")
+    with monkeypatch.context() as m:  # as on a CPU with native bf16, whatever this one has
+        m.setattr(precision_mod, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+        assert precision_mod.resolve("bf16", cpu, "torch")[:2] == ("bf16", "torch")
     with pytest.raises(ValueError, match="float32 runs in PyTorch"):
         precision_mod.resolve("fp32", cpu, "openvino")
     monkeypatch.setattr(ov_engine, "available", lambda: False)
@@ -135,7 +137,10 @@ def test_openvino_int8_quantizes_a_copy_and_runs_every_size(ckpt: Path) -> None:
     x = torch.randn(2, 3, 112, 112)
     with torch.inference_mode():
         ref, out = model.eval()(x), lowered(x)
-    assert out.shape == ref.shape and 1e-4 < float((out - ref).abs().max()) < 0.5 * float(ref.abs().max())
+    assert out.shape == ref.shape and float((out - ref).abs().max()) < 0.5 * float(ref.abs().max())
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & precision_mod.cpu_flags():
+        assert float((out - ref).abs().max()) > 1e-4  # int8 arithmetic really ran: not float32's result
+    # else OpenVINO computes these layers in float32 on this CPU (no VNNI: an AVX2-only AMD EPYC gave 3e-7 off)
 
 
 def test_predict_and_evaluate_with_int8(ckpt: Path, prepared: Path, tmp_path: Path, capsys) -> None:
