@@ -218,6 +218,11 @@ def test_openvino_int8_runs_every_head(head: str) -> None:
     model = SegmentationModel(backbone, create_head(head, backbone.embed_dim, 3)).eval()
     x = torch.randn(2, 3, 112, 140, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        ref, out = model(x), ov_engine.OpenVinoModel(model, "int8", precision_mod.native_bf16())(x)
-    assert out.shape == ref.shape and float((out - ref).abs().max()) > 1e-4
+        ref = model(x)
+        out = ov_engine.OpenVinoModel(model, "int8", precision_mod.native_bf16())(x)
+        fp32 = ov_engine.OpenVinoModel(model, "fp32", False)(x)
+    # int8 really ran: far further from PyTorch than OpenVINO's own float32 is (a fixed bound fails where the head's
+    # logits are small: multilayer gave 6.7e-5 on one CI machine)
+    off, float_off = float((out - ref).abs().max()), float((fp32 - ref).abs().max())
+    assert out.shape == ref.shape and off > 10 * float_off, (off, float_off)
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.98
