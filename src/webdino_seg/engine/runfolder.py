@@ -1,7 +1,9 @@
 """The run folder: claiming a new one, resuming one, and the files it holds.
 
-A run folder has config.yaml, metrics.csv, last.pth (resume state), best_model_iou.pth,
-best_model_loss.pth, final_model.pth, the curves and valid_preds/. Every file is written atomically.
+A run folder has config.yaml, run.json (the run's id and the settings it started with), metrics.csv, last.pth
+(resume state), best_model_iou.pth, best_model_loss.pth, final_model.pth, the curves and valid_preds/. Every file
+is written atomically. The run id is in every checkpoint and resume state the run writes, so `--resume` and
+`evaluate` can tell the run's own files from a copy of another run's.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import csv
 import io
 import json
 import os
+import uuid
 from pathlib import Path
 
 import torch
 import yaml
 
-from ..models.checkpoint import save_model
+from ..models.checkpoint import RUN_RECORD, save_model
 from ..models.segmentation import SegmentationModel
 from ..models.weights.errors import WeightsError
 from ..models.weights.reader import safe_torch_load
 from ..utils.files import atomic_write, atomic_write_text
-from .config import ResumeError, TrainConfig
+from ..utils.safetext import command, cut
+from .config import RESUMABLE, ResumeError, TrainConfig
 
 LAST = "last.pth"
 PREVIOUS = "last.prev.pth"
@@ -49,11 +53,60 @@ def new_run_dir(out: str | Path) -> Path:
         candidate = base.with_name(f"{base.name}-{n}")
 
 
+def fixed_settings(cfg: TrainConfig) -> dict:
+    """The settings that decide what a run computes: all but those `--resume` may change."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE}
+
+
+def differences(recorded: dict, now: dict) -> list[str]:
+    """``key: now (recorded was)`` for every setting that differs, values cut short."""
+    keys = sorted(set(recorded) | set(now))
+    return [f"{k} {cut(now.get(k))} (the run started with {cut(recorded.get(k))})" for k in keys
+            if recorded.get(k) != now.get(k)]  # fmt: skip
+
+
 class RunFolder:
     """One training run's folder and the files in it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.record: dict | None = None  # run.json: the run id and the settings it started with
+
+    @property
+    def run_id(self) -> str | None:
+        """The id every checkpoint and resume state of this run carries (None for a folder from before ids)."""
+        return self.record["run_id"] if self.record else None
+
+    def write_record(self, cfg: TrainConfig) -> None:
+        """run.json: a new run id and the settings `cfg` fixes (also for an older folder adopted by --resume)."""
+        record = {"format": "webdino-seg/run", "run_id": uuid.uuid4().hex, "settings": fixed_settings(cfg)}
+        atomic_write_text(self / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+        self.record = record
+
+    def _read_record(self) -> dict | None:
+        path = self / RUN_RECORD
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ResumeError(f"{path}: not the run's record ({err})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("run_id"), str)
+                and isinstance(record.get("settings"), dict)):  # fmt: skip
+            raise ResumeError(f"{path}: not the run's record (needs a \"run_id\" and its \"settings\")")
+        return record
+
+    def check_settings(self, cfg: TrainConfig) -> None:
+        """Refuse a config.yaml whose settings differ from those the run started with, naming each."""
+        if self.record is None:
+            return
+        changed = differences(self.record["settings"], fixed_settings(cfg))
+        if changed:
+            raise ResumeError(
+                f"{self / CONFIG} differs from the settings the run started with ({self / RUN_RECORD}): "
+                f"{'; '.join(changed)}. Its checkpoints were computed with those; put config.yaml back, or start "
+                "a new run (another --out) with the new settings"
+            )
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -69,6 +122,7 @@ class RunFolder:
         run = cls(new_run_dir(cfg.out))
         comments = "".join(f"# {line}\n" for note in notes for line in note.splitlines())
         atomic_write_text(run / CONFIG, cfg.to_yaml() + comments)
+        run.write_record(cfg)
         return run
 
     @classmethod
@@ -86,8 +140,12 @@ class RunFolder:
             raise ResumeError(f"--resume {run.path}: {LAST} is missing. {run._recovery()}")
         try:
             cfg = TrainConfig.from_yaml(run / CONFIG)
+        except ResumeError:
+            raise
         except (yaml.YAMLError, TypeError, ValueError) as err:
             raise ResumeError(f"{run / CONFIG}: cannot be read as training settings ({err})") from None
+        run.record = run._read_record()
+        run.check_settings(cfg)
         return run, cfg
 
     def remove_stale(self) -> None:
@@ -115,23 +173,46 @@ class RunFolder:
     def save_last(self, state: dict) -> None:
         """Write the resume state (epoch, head, optimizer, scheduler, history, best); the one it replaces
         is kept as last.prev.pth."""
-        payload = {"format": "webdino-seg/last", **state}
+        settings = self.record["settings"] if self.record else None
+        payload = {"format": "webdino-seg/last", "run_id": self.run_id, "settings": settings, **state}
         atomic_write(self / LAST, lambda f: torch.save(payload, f), keep_previous=self / PREVIOUS)
 
     def load_last(self) -> dict:
-        """Read the resume state written by `save_last`; a damaged file is a `ResumeError` that says what to do."""
+        """Read the resume state written by `save_last` and check it is this run's, whole and of its settings; a
+        damaged or foreign file is a `ResumeError` that says what to do."""
         path = self / LAST
         try:
             state = self._read_state(path)
+            self._check_owner(path, state)
         except WeightsError as err:
             raise ResumeError(f"{err}. {self._recovery()}") from None
         return state
+
+    def _check_owner(self, path: Path, state: dict) -> None:
+        """The state must carry this run's id and settings (a folder from before run ids: no id at all)."""
+        theirs = state.get("run_id")
+        if theirs != self.run_id:
+            whose = f"run {theirs}" if theirs else "a run folder from before run ids"
+            mine = f"run {self.run_id} ({self / RUN_RECORD})" if self.run_id else "a run folder without run.json"
+            raise WeightsError(f"{path}: the resume state of {whose}, not of this folder's {mine}; it was copied "
+                               "from another run")  # fmt: skip
+        if self.record is not None:
+            changed = differences(self.record["settings"], state.get("settings") or {})
+            if changed:
+                raise WeightsError(f"{path}: written with other settings than {self / RUN_RECORD}: "
+                                   f"{'; '.join(changed[:4])}")  # fmt: skip
 
     @staticmethod
     def _read_state(path: Path) -> dict:
         state = safe_torch_load(path, what="resume state")
         if not isinstance(state, dict) or state.get("format") != "webdino-seg/last":
             raise WeightsError(f"{path}: not a webdino-seg resume state")
+        kinds = {"epoch": int, "head": dict, "optimizer": dict, "history": list, "best": dict}
+        wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool)]
+        if wrong:
+            raise WeightsError(f"{path}: a damaged resume state ({', '.join(wrong)} missing or of the wrong kind)")
+        if state["epoch"] < 0 or not all(isinstance(row, dict) for row in state["history"]):
+            raise WeightsError(f"{path}: a damaged resume state (epoch {state['epoch']}, history not rows)")
         return state
 
     def _recovery(self) -> str:
@@ -140,10 +221,13 @@ class RunFolder:
         previous = self / PREVIOUS
         if previous.exists():
             try:
-                epoch = self._read_state(previous)["epoch"]
+                state = self._read_state(previous)
+                self._check_owner(previous, state)
+                epoch = state["epoch"]
+                again = command("webdino-seg", "train", "--resume", self.path)
                 options.append(
                     f"The state after epoch {epoch} is intact in {previous}: continue from it with "
-                    f"`mv {previous} {self / LAST} && webdino-seg train --resume {self.path}`"
+                    f"`{command('mv', previous, self / LAST)} && {again}`"
                 )
             except WeightsError:
                 pass

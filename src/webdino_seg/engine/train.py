@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +28,12 @@ from ..models.variants import BackboneConfig, get_variant
 from ..utils.files import atomic_write_text, check_writable
 from ..utils.metrics import VOID, ConfusionMatrix
 from ..utils.runtime import amp_dtype, autocast, prepare_model, resolve_device, speed_flags
+from ..utils.safetext import command
 from . import distributed
 from .artifacts import finish_run
 from .batches import BatchSource
 from .board import PREVIEWS, Board
-from .config import TrainConfig
+from .config import ResumeError, TrainConfig
 from .eta import Estimate
 from .features import chunk_count
 from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
@@ -195,23 +195,29 @@ def train(
     Every setting is checked before the folder is made; the folder is made before anything slow starts.
     On a GPU the CUDA speed flags are on while it trains and as they were afterwards.
     """
-    run = None
+    run, state = None, None
     if resume is not None:
         run, cfg = RunFolder.open(resume)
         cfg = cfg.resumed_with(changes or {})
+        state = run.load_last() if run.has_state() else None  # a damaged or foreign state stops it now, not later
     check_data(cfg)
     rank, world, local_rank = distributed.setup(cfg.device)
     if run is not None:
         if rank == 0:  # one process cleans up before any reads the folder
             run.remove_stale()
+            if run.record is None:  # a folder from before run ids: it gets one from now on
+                run.write_record(cfg)
         distributed.barrier()
+        run.record = run.record or run._read_record()
     device = _device(cfg.device, world, local_rank)
     with speed_flags(device):
-        return _train(cfg, run, device, _quiet if rank > 0 else log)
+        return _train(cfg, run, device, _quiet if rank > 0 else log, state)
 
 
-def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None]) -> Path:
-    """`train` once the settings and the device are known."""
+def _train(
+    cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None], state: dict | None
+) -> Path:
+    """`train` once the settings, the device and (resuming) the checked resume state are known."""
     rank, resuming = distributed.rank(), run is not None
     if device.type == "cuda" and cfg.amp and amp_dtype(device) is None:
         log(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
@@ -224,6 +230,8 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
     base = baseline(splits[1])
     weights = class_weights(cfg, splits[0], log)
     model, identity = build_model(cfg, variant, log)
+    if state is not None:  # before any feature is extracted
+        check_identity(run, state, identity)
     if cfg.init_from:
         log(warm_start(model, identity, cfg))
     if run is None:
@@ -241,10 +249,10 @@ def _train(cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: C
         log(source.describe_cache())
     optimizer, scheduler = _optimizer(model, cfg)
     progress = Progress()
-    if resuming and run.has_state():
-        progress = _restore(run, model, optimizer, scheduler)
+    if resuming and state is not None:
+        progress = _restore(state, model, optimizer, scheduler)
         log(f"resuming {run.path} after epoch {progress.epoch}")
-    meta = _checkpoint_meta(cfg, variant, base, splits, weights)
+    meta = _checkpoint_meta(cfg, variant, base, splits, weights) | {"run_id": run.run_id}
     steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
     estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3)
     board = None
@@ -375,12 +383,11 @@ def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainC
     names = cfg.class_names
     log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
         f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
-    best = shlex.quote(str(run / "best_model_iou.pth"))
-    log(f"next: webdino-seg predict --input IMAGES --model {best} --out {shlex.quote(str(run / 'predict'))}")
-    log(f"      webdino-seg video --input VIDEO.mp4 --model {best} --out {shlex.quote(str(run / 'video.mp4'))}")
-    log(f"      webdino-seg evaluate --data {shlex.quote(str(cfg.data))} --model {best} "
-        f"--report {shlex.quote(str(run / 'report'))}")  # fmt: skip
-    log(f"      webdino-seg export --model {best} --out {shlex.quote(str(run / 'model.onnx'))}")
+    best, ws = run / "best_model_iou.pth", "webdino-seg"
+    log("next: " + command(ws, "predict", "--input", "IMAGES", "--model", best, "--out", run / "predict"))
+    log("      " + command(ws, "video", "--input", "VIDEO.mp4", "--model", best, "--out", run / "video.mp4"))
+    log("      " + command(ws, "evaluate", "--data", cfg.data, "--model", best, "--report", run / "report"))
+    log("      " + command(ws, "export", "--model", best, "--out", run / "model.onnx"))
 
 
 def _stopped_by(err: BaseException) -> str:
@@ -393,7 +400,7 @@ def _how_to_continue(run: RunFolder, progress: Progress, epochs: int, err: BaseE
     how = _stopped_by(err)
     kept = f"after epoch {progress.epoch} of {epochs} (saved in {run / LAST})" if progress.epoch else "in epoch 1"
     fix = "" if isinstance(err, KeyboardInterrupt) else "once the cause is fixed, "
-    return f"{how} {kept}; {fix}continue with: webdino-seg train --resume {shlex.quote(str(run.path))}"
+    return f"{how} {kept}; {fix}continue with: {command('webdino-seg', 'train', '--resume', run.path)}"
 
 
 def split_record(splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> dict:
@@ -418,7 +425,7 @@ def _say_what_was_kept(
     kept = sum(chunk_count(d) for d in run.features.glob("*") if d.is_dir())
     total = cfg.views * len(splits[0]) + len(splits[1])
     log(f"{_stopped_by(err)} while caching features: the features of {kept} of {total} images are kept in "
-        f"{run.features}; continue with: webdino-seg train --resume {shlex.quote(str(run.path))}")  # fmt: skip
+        f"{run.features}; continue with: {command('webdino-seg', 'train', '--resume', run.path)}")  # fmt: skip
 
 
 def _device(spec: str, world: int, local_rank: int) -> torch.device:
@@ -543,14 +550,30 @@ def _save_epoch(
             "scheduler": scheduler.state_dict() if scheduler else None,
             "history": progress.history,
             "best": best,
+            "identity": {k: identity.get(k) for k in IDENTITY_KEYS},
         }
     )
     run.write_metrics(progress.history)
 
 
-def _restore(run: RunFolder, model: SegmentationModel, optimizer, scheduler) -> Progress:
-    """Load last.pth into the model, optimizer and scheduler; return the progress it records."""
-    state = run.load_last()
+IDENTITY_KEYS = ("arch", "weights", "seed", "sha256", "fingerprint")
+
+
+def check_identity(run: RunFolder, state: dict, identity: dict) -> None:
+    """Refuse a resume state whose backbone (variant, weights source and hash, or random seed and fingerprint)
+    is not the one this run built, naming what differs."""
+    recorded = state.get("identity")
+    if recorded is None:  # a state from before identities were recorded
+        return
+    changed = [f"{k} {recorded.get(k)!r} -> {identity.get(k)!r}" for k in IDENTITY_KEYS
+               if recorded.get(k) != identity.get(k)]  # fmt: skip
+    if changed:
+        raise ResumeError(f"{run / LAST}: trained on another backbone than this run builds now: {'; '.join(changed)}. "
+                          "Resume with the weights the run started with, or start a new run")  # fmt: skip
+
+
+def _restore(state: dict, model: SegmentationModel, optimizer, scheduler) -> Progress:
+    """Load the resume state into the model, optimizer and scheduler; return the progress it records."""
     model.head.load_state_dict(state["head"])
     if state["backbone"] is not None:
         model.backbone.load_state_dict(state["backbone"])

@@ -23,6 +23,19 @@ from .weights.errors import WeightsError
 from .weights.reader import resolve_weights, safe_torch_load
 
 FORMAT = "webdino-seg/1"
+RUN_RECORD = "run.json"  # in a run folder: its run id (which every checkpoint it writes carries) and settings
+
+
+def run_id_of(folder: str | Path) -> str | None:
+    """The run id recorded in `folder`'s run.json, or None where there is none (not a run folder, or older)."""
+    import json
+
+    try:
+        record = json.loads((Path(folder) / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    run_id = record.get("run_id") if isinstance(record, dict) else None
+    return run_id if isinstance(run_id, str) else None
 
 
 def fingerprint(module: torch.nn.Module) -> float:
