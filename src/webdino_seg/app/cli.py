@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..utils.safetext import command
 from .parser import build_parser
 
 
@@ -55,15 +56,17 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 
     info = prepare_dataset(args.format, args.source, args.out, args.valid_fraction, args.seed, args.class_names,
                            args.ignore_index, args.reduce_labels, args.images)  # fmt: skip
+    nxt = command("webdino-seg", "show-data", info["out"])
     print(f"wrote {info['train']} train and {info['valid']} valid pairs of {info['classes']} classes to {info['out']} "
-          f"(classes in {info['classes_file']}, split in split.json); next: webdino-seg show-data {info['out']}")
+          f"(classes in {info['classes_file']}, split in split.json); next: {nxt}")
 
 
 def cmd_download_data(args: argparse.Namespace) -> None:
     from ..data.pennfudan import PENNFUDAN_URL, download_pennfudan
 
     path = download_pennfudan(args.out, args.url or PENNFUDAN_URL, args.sha256)
-    print(f"downloaded {path}; next: webdino-seg prepare-data --source {path} --out data/pennfudan")
+    nxt = command("webdino-seg", "prepare-data", "--source", path, "--out", "data/pennfudan")
+    print(f"downloaded {path}; next: {nxt}")
 
 
 def cmd_show_data(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ for the life of the server.
 
 from __future__ import annotations
 
-import html
+import asyncio
 import io
 import tempfile
 import time
@@ -20,9 +20,18 @@ import numpy as np
 from ..data.images import MAX_PIXELS, ImageError, to_rgb
 from ..inference.predictor import Predictor
 from ..utils.files import save_png
+from ..utils.safetext import escape
 
 VIDEO_TYPES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 MAX_VIDEO_FRAMES = 300
+BODY_TIMEOUT = 30.0  # seconds a request may go without sending any of the body it declared
+# every response: nothing but this server's own files, no script at all, no framing, no sniffing
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 
 
 def _page(body: str = "", status: str = "") -> str:
@@ -49,14 +58,22 @@ class _TooLarge(Exception):
     """The request body grew past the upload limit while it was being read."""
 
 
-def _limited(receive, max_bytes: int):
+class _TooSlow(Exception):
+    """The client stopped sending the body it declared."""
+
+
+def _limited(receive, max_bytes: int, timeout: float = BODY_TIMEOUT):
     """An ASGI receive that counts the body as it arrives and stops past `max_bytes`, however it is sent
-    (with a Content-Length or chunked): nothing larger is ever held in memory."""
+    (with a Content-Length or chunked): nothing larger is ever held in memory; a client that sends nothing for
+    `timeout` seconds is cut off."""
     seen = 0
 
     async def limited() -> dict:
         nonlocal seen
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
+            raise _TooSlow from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > max_bytes:
@@ -70,10 +87,10 @@ class _Demo:
     """The demo's request handlers and what they share: the model (one upload at a time), the limits, the
     results folder."""
 
-    def __init__(self, predictor: Predictor, max_bytes: int, results: Path, max_waiting: int) -> None:
-        import asyncio
-
+    def __init__(self, predictor: Predictor, max_bytes: int, results: Path, max_waiting: int,
+                 body_timeout: float = BODY_TIMEOUT) -> None:  # fmt: skip
         self.predictor, self.max_bytes, self.results, self.max_waiting = predictor, max_bytes, results, max_waiting
+        self.body_timeout = body_timeout
         self.limit_text = f"{max_bytes / 2**20:.0f} MB"
         self.model_lock, self.waiting = asyncio.Lock(), 0
 
@@ -81,7 +98,7 @@ class _Demo:
     def error(text: str, code: int):
         from starlette.responses import HTMLResponse
 
-        return HTMLResponse(_page(f'<p class="error">{html.escape(text)}</p>'), status_code=code)
+        return HTMLResponse(_page(f'<p class="error">{escape(text)}</p>'), status_code=code)
 
     async def read_upload(self, request) -> tuple[bytes, str] | object:
         """The uploaded file's bytes and name, or the error response to send."""
@@ -91,10 +108,12 @@ class _Demo:
         if int(request.headers.get("content-length") or 0) > self.max_bytes:
             return self.error(too_large, 413)
         try:
-            limited = Request(request.scope, _limited(request.receive, self.max_bytes))
+            limited = Request(request.scope, _limited(request.receive, self.max_bytes, self.body_timeout))
             form = await limited.form(max_files=1, max_fields=4)
         except _TooLarge:
             return self.error(too_large, 413)
+        except _TooSlow:
+            return self.error(f"The upload stalled: nothing arrived for {self.body_timeout:g} s.", 408)
         except Exception:  # a body that is not multipart form data
             return self.error("The upload could not be read as a form with a file.", 400)
         file = form.get("file")
@@ -106,7 +125,7 @@ class _Demo:
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import HTMLResponse
 
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # HEAD: the same headers, no body (Starlette drops it)
             return HTMLResponse(_page(status=f"Upload an image or a short video (at most {self.limit_text})."))
         upload = await self.read_upload(request)
         if not isinstance(upload, tuple):
@@ -138,12 +157,14 @@ class _Demo:
 
 
 def create_app(
-    predictor: Predictor, max_bytes: int = 20 * 2**20, workdir: str | Path | None = None, max_waiting: int = 4
-):
+    predictor: Predictor, max_bytes: int = 20 * 2**20, workdir: str | Path | None = None, max_waiting: int = 4,
+    *, body_timeout: float = BODY_TIMEOUT,
+):  # fmt: skip
     """The demo's ASGI app around `predictor`: uploads over `max_bytes` (or `MAX_PIXELS` once decoded) are refused,
     one upload is segmented at a time off the event loop (other requests, /health among them, are served
     meanwhile), at most `max_waiting` more wait (the rest get 503), and the results folder is removed at
-    shutdown unless it is the given `workdir`."""
+    shutdown unless it is the given `workdir`. A client that stops sending its upload for `body_timeout` seconds
+    gets 408; every response carries `SECURITY_HEADERS` (a Content-Security-Policy that allows no script)."""
     import contextlib
     import shutil
 
@@ -152,7 +173,7 @@ def create_app(
 
     results = Path(workdir or tempfile.mkdtemp(prefix="webdino-seg-demo-"))
     results.mkdir(parents=True, exist_ok=True)
-    demo = _Demo(predictor, max_bytes, results, max_waiting)
+    demo = _Demo(predictor, max_bytes, results, max_waiting, body_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):
@@ -162,9 +183,29 @@ def create_app(
 
     routes = [Route("/", demo.index, methods=["GET", "POST"]), Route("/results/{name}", demo.result),
               Route("/health", demo.health)]  # fmt: skip
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[_security_headers()])
     app.state.results = results
     return app
+
+
+def _security_headers():
+    """Middleware adding `SECURITY_HEADERS` to every response."""
+    from starlette.middleware import Middleware
+
+    class Headers:
+        def __init__(self, app) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send) -> None:
+            async def send_with_headers(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                    message = message | {"headers": [*message.get("headers", []), *extra]}
+                await send(message)
+
+            await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+    return Middleware(Headers)
 
 
 def _segment(predictor: Predictor, data: bytes, name: str, results: Path) -> str:
@@ -196,19 +237,19 @@ def _image(predictor: Predictor, data: bytes, filename: str, results: Path) -> s
     key = uuid.uuid4().hex[:12]
     save_png(results / f"{key}_overlay.png", predictor.draw(image, mask))
     save_png(results / f"{key}_mask.png", mask)
-    share = ", ".join(f"{name} {np.mean(mask == i) * 100:.1f}%" for i, name in enumerate(predictor.class_names))
+    share = ", ".join(f"{escape(name)} {np.mean(mask == i) * 100:.1f}%" for i, name in enumerate(predictor.class_names))
     ids = ", ".join(f"{i} {name}" for i, name in enumerate(predictor.class_names))
     swatches = "".join(
         f'<span class="swatch"><i style="background: rgb{tuple(int(v) for v in predictor.colors[i])}"></i>'
-        f"{html.escape(name)}{' (not drawn)' if not predictor.colors[i].any() else ''}</span>"
+        f"{escape(name)}{' (not drawn)' if not predictor.colors[i].any() else ''}</span>"
         for i, name in enumerate(predictor.class_names)
     )
     return (
-        f'<div class="result"><p id="timing">{html.escape(filename)}: {image.shape[1]}x{image.shape[0]}, '
+        f'<div class="result"><p id="timing">{escape(filename)}: {image.shape[1]}x{image.shape[0]}, '
         f"segmented in {seconds * 1000:.0f} ms ({share})</p>"
         f'<p id="legend">{swatches}</p><img id="overlay" src="/results/{key}_overlay.png" alt="overlay">'
-        f'<p><a id="mask" href="/results/{key}_mask.png" download="{html.escape(Path(filename).stem)}_mask.png">'
-        f"download the mask</a> (PNG of class ids: {html.escape(ids)})</p></div>"
+        f'<p><a id="mask" href="/results/{key}_mask.png" download="{escape(Path(filename).stem + "_mask.png")}">'
+        f"download the mask</a> (PNG of class ids: {escape(ids)})</p></div>"
     )
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..data.datasets import is_flat, split_pairs
 from ..data.images import read_image, read_mask, resolve_mask_mode
 from ..data.labels import Coding
-from ..models.checkpoint import read_checkpoint
+from ..models.checkpoint import read_checkpoint, run_id_of
 from ..utils.files import atomic_write_text, check_output_dir, check_output_file
 from ..utils.metrics import VOID, ConfusionMatrix
 from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace
@@ -42,6 +42,19 @@ def evaluate(
     """
     out = plan_evaluate(model, data, out, report_dir, overwrite)  # before anything is written
     writer = ReportWriter(report_dir, predictor.colors) if report_dir is not None else None
+    try:
+        return _evaluate(predictor, model, data, split, mask_mode, out, log, writer)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+
+
+def _evaluate(
+    predictor: Predictor, model: str | Path, data: str | Path, split: str, mask_mode: str, out: Path, log,
+    writer: ReportWriter | None,
+) -> dict:  # fmt: skip
+    """`evaluate` once its outputs are planned."""
     names = predictor.class_names
     meta = _checkpoint(model)
     coding = Coding.from_dict(meta.get("labels"))
@@ -71,7 +84,7 @@ def evaluate(
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(out)
     if writer is not None:
-        page = writer.write(report, cm.mat.numpy(), model_info(model), Path(model).parent)
+        page = writer.write(report, cm.mat.numpy(), model_info(model), curves_folder(model, meta))
         report["html_report"] = str(page)
     return report
 
@@ -97,6 +110,13 @@ def plan_evaluate(
         if folder.exists() and any(folder.iterdir()):
             may_replace(folder, overwrite, "--report")
     return out
+
+
+def curves_folder(model: str | Path, ckpt: dict) -> Path | None:
+    """The model's folder when it is the run that wrote the model (its run.json has the checkpoint's run id),
+    else None: the curves of some other run are never shown as this model's."""
+    folder = Path(model).parent
+    return folder if ckpt.get("run_id") and run_id_of(folder) == ckpt["run_id"] else None
 
 
 def _checkpoint(model: str | Path) -> dict:

@@ -3,41 +3,46 @@ curves and a gallery of every image, worst first. Opens from disk; nothing is fe
 
 from __future__ import annotations
 
-import html
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..utils.files import atomic_write, atomic_write_text, check_output_dir
+from ..utils.files import atomic_write, atomic_write_text, check_output_dir, publish
 from ..utils.overlay import overlay, palette
+from ..utils.safetext import escape, url
 
 THUMB_WIDTH = 300
 CURVES = ("miou.png", "loss.png", "accuracy.png")
 
 
 class ReportWriter:
-    """Collects each evaluated image's overlays as files in `folder`, then writes ``index.html``."""
+    """Collects each evaluated image's overlays, then writes ``index.html``: everything is written into a temp
+    folder beside `folder` and renamed into place by `write`; `discard` (or an error) leaves nothing behind."""
 
     def __init__(self, folder: str | Path, colors: np.ndarray | None = None) -> None:
         """`colors`: one RGB row per class for the overlays and the legend (default: the fixed palette)."""
         self.folder = check_output_dir(folder, "--report")
         self.colors = colors
-        (self.folder / "images").mkdir(parents=True, exist_ok=True)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(dir=self.folder.parent, prefix=f".{self.folder.name}.", suffix=".tmp"))
+        (self.staging / "images").mkdir()
         self.items: list[dict] = []
 
     def _jpeg(self, array: np.ndarray, name: str, width: int | None = None) -> str:
         img = Image.fromarray(array)
         if width and img.width > width:
             img = img.resize((width, round(img.height * width / img.width)), Image.Resampling.LANCZOS)
-        atomic_write(self.folder / "images" / name, lambda f: img.save(f, format="JPEG", quality=88))
+        atomic_write(self.staging / "images" / name, lambda f: img.save(f, format="JPEG", quality=88))
         return f"images/{name}"
 
     def add(self, name: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, scores: dict) -> None:
         """One image: ground truth and prediction overlays (thumbnail and full size) and its scores."""
-        stem = Path(name).stem
+        stem = f"{len(self.items):05d}_{Path(name).stem}"  # numbered: a.jpg and a.png keep their own files
         gt, pr = overlay(image, truth, colors=self.colors), overlay(image, pred, colors=self.colors)
         self.items.append({
             "name": name,
@@ -47,6 +52,10 @@ class ReportWriter:
             "gt_full": self._jpeg(gt, f"{stem}_gt.jpg"),
             "pred_full": self._jpeg(pr, f"{stem}_pred.jpg"),
         })  # fmt: skip
+
+    def discard(self) -> None:
+        """Remove what was written so far (the report folder itself is left as it was)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     def _confusion(self, matrix: np.ndarray, names: list[str]) -> str:
         from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
@@ -69,31 +78,55 @@ class ReportWriter:
         ax.set_ylabel("true")
         ax.set_title("confusion matrix (share of each true class)")
         fig.tight_layout()
-        atomic_write(self.folder / "confusion.png", lambda f: fig.savefig(f, format="png", dpi=100))
+        atomic_write(self.staging / "confusion.png", lambda f: fig.savefig(f, format="png", dpi=100))
         return "confusion.png"
 
-    def write(self, report: dict, matrix: np.ndarray, model_info: dict, run_folder: Path | None) -> Path:
-        """``index.html`` (and the confusion matrix, and the run's curves when they are there)."""
-        names = list(report["iou"])
-        confusion = self._confusion(matrix, names)
-        curves = []
-        for name in CURVES:
-            if run_folder is not None and (run_folder / name).exists():
-                shutil.copyfile(run_folder / name, self.folder / name)
-                curves.append(name)
-        colors = self.colors if self.colors is not None else palette(len(names))
-        page = _page(report, self.items, confusion, curves, model_info, _legend(names, colors))
-        atomic_write_text(self.folder / "report.json", json.dumps(report, indent=2) + "\n")
-        return atomic_write_text(self.folder / "index.html", page)
+    def write(self, report: dict, matrix: np.ndarray, model_info: dict, curves_from: Path | None) -> Path:
+        """``index.html`` (and the confusion matrix, and the curves in `curves_from`, the folder of the run that
+        wrote the model), then the whole report renamed into place; returns the page's path."""
+        try:
+            names = list(report["iou"])
+            confusion = self._confusion(matrix, names)
+            curves = []
+            for name in CURVES:
+                if curves_from is not None and (curves_from / name).is_file():
+                    data = (curves_from / name).read_bytes()
+                    atomic_write(self.staging / name, lambda f, data=data: f.write(data))
+                    curves.append(name)
+            colors = self.colors if self.colors is not None else palette(len(names))
+            page = _page(report, self.items, confusion, curves, model_info, _legend(names, colors))
+            atomic_write_text(self.staging / "report.json", json.dumps(report, indent=2) + "\n")
+            atomic_write_text(self.staging / "index.html", page)
+            self._publish()
+        except BaseException:
+            self.discard()
+            raise
+        return self.folder / "index.html"
+
+    def _publish(self) -> None:
+        """Rename the finished report over `folder` (an earlier report there is moved aside, then removed)."""
+        old = None
+        if self.folder.exists():
+            old = Path(tempfile.mkdtemp(dir=self.folder.parent, prefix=f".{self.folder.name}.old.", suffix=".tmp"))
+            os.replace(self.folder, old / "report")
+        try:
+            publish(self.staging, self.folder, directory=True)
+        except OSError as err:
+            if old is not None:
+                os.replace(old / "report", self.folder)
+            raise OSError(err.errno, f"cannot write {self.folder}: {err.strerror or err}") from err
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _row(label: str, value: str) -> str:
-    return f"<tr><th>{html.escape(label)}</th><td>{value}</td></tr>"
+    return f"<tr><th>{escape(label)}</th><td>{value}</td></tr>"
 
 
 def _summary(report: dict, info: dict) -> str:
     """The summary table's rows: scores, the baseline, what was scored and the model's identity."""
-    e = html.escape
+    e = escape
     base = report["baseline"]
     rows = [
         _row("mIoU", f"<b>{report['miou']:.4f}</b>"),
@@ -115,7 +148,7 @@ def _summary(report: dict, info: dict) -> str:
 
 def _scope(report: dict) -> str:
     """Which images were scored, in words."""
-    e = html.escape
+    e = escape
     if report["split"] == "all":
         return f"every image of {e(report['data'])}"
     return f"{e(report['split'])} split of {e(report['data'])}"
@@ -123,15 +156,15 @@ def _scope(report: dict) -> str:
 
 def _cards(items: list[dict]) -> str:
     """One figure per image, worst mIoU first: both overlays as thumbnails linking to full size."""
-    e = html.escape
+    e = escape
     ordered = sorted(items, key=lambda item: (np.nan_to_num(item["miou"], nan=2.0), item["name"]))
     return "\n".join(
         f'<figure class="card" data-name="{e(item["name"].lower())}" data-miou="{item["miou"]:.6f}">'
         f"<figcaption><b>{e(item['name'])}</b> mIoU {item['miou']:.3f}"
         + "".join(f" · {e(k.removeprefix('iou_'))} {v:.3f}" for k, v in item.items() if k.startswith("iou_"))
         + "</figcaption>"
-        f'<div class="pair"><a href="{item["gt_full"]}"><img src="{item["gt_thumb"]}" alt="ground truth"></a>'
-        f'<a href="{item["pred_full"]}"><img src="{item["pred_thumb"]}" alt="prediction"></a></div>'
+        f'<div class="pair"><a href="{url(item["gt_full"])}"><img src="{url(item["gt_thumb"])}" alt="ground truth">'
+        f'</a><a href="{url(item["pred_full"])}"><img src="{url(item["pred_thumb"])}" alt="prediction"></a></div>'
         '<div class="legend"><span>ground truth</span><span>prediction</span></div></figure>'
         for item in ordered
     )
@@ -179,15 +212,16 @@ apply();
 def _legend(names: list[str], colors: np.ndarray) -> str:
     """Each class's overlay colour and name (void is grey)."""
     swatch = '<span class="swatch"><i style="background: rgb({}, {}, {})"></i>{}</span>'
-    label = [html.escape(name) + ("" if colors[i].any() else " (not drawn)") for i, name in enumerate(names)]
+    label = [escape(name) + ("" if colors[i].any() else " (not drawn)") for i, name in enumerate(names)]
     spans = [swatch.format(*(int(v) for v in colors[i]), label[i]) for i in range(len(names))]
     return "".join(spans) + swatch.format(128, 128, 128, "ignored (void)")
 
 
 def _page(report: dict, items: list[dict], confusion: str, curves: list[str], info: dict, legend: str = "") -> str:
-    e = html.escape
+    e = escape
     curve_html = (
-        "".join(f'<img class="curve" src="{c}" alt="{c}">' for c in curves) or "<p>no run folder beside the model</p>"
+        "".join(f'<img class="curve" src="{url(c)}" alt="{escape(c)}">' for c in curves)
+        or "<p>no curves: the model's folder is not the run that wrote it</p>"
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>webdino-seg report: {e(report["model"])}</title>
@@ -196,7 +230,7 @@ def _page(report: dict, items: list[dict], confusion: str, curves: list[str], in
 {STYLE}</style></head><body>
 <h1>Evaluation of {e(report["model"])}</h1>
 <div class="top"><table id="summary">{_summary(report, info)}</table>
-<img id="confusion" src="{confusion}" alt="confusion matrix"></div>
+<img id="confusion" src="{url(confusion)}" alt="confusion matrix"></div>
 <h2>Training curves</h2><div id="curves">{curve_html}</div>
 <h2>Every image, worst first</h2>
 <p id="legend">{legend}</p>
