@@ -15,7 +15,7 @@ from webdino_seg import WeightsError, convert_weights, create_backbone
 from webdino_seg.models.variants import get_variant
 from webdino_seg.models.weights.dinov2 import chunk_keys, official_to_hf
 from webdino_seg.models.weights.formats import to_official
-from webdino_seg.utils.download import download_url, sha256_file
+from webdino_seg.utils.download import cache_path, download_url, sha256_file
 
 OFFICIAL = FIXTURES / "tiny_official.pth"
 
@@ -196,7 +196,8 @@ def test_url_downloads_once_into_cache(tmp_path: Path, server, monkeypatch: pyte
     (tmp_path / "srv" / "tiny.pth").write_bytes(OFFICIAL.read_bytes())
     monkeypatch.setenv("WEBDINO_SEG_CACHE", str(tmp_path / "cache"))
     model = create_backbone("webdino-300m", weights=f"{base}/tiny.pth", **TINY)
-    cached = tmp_path / "cache" / "downloads" / "tiny.pth"
+    cached = cache_path(f"{base}/tiny.pth")
+    assert cached.parent == tmp_path / "cache" / "downloads" and cached.name.endswith("-tiny.pth")
     assert cached.exists() and sha256_file(cached) == sha256_file(OFFICIAL)
     _assert_same_weights(model, create_backbone("webdino-300m", weights=OFFICIAL, **TINY))
     (tmp_path / "srv" / "tiny.pth").unlink()  # second use is served from the cache
@@ -209,7 +210,8 @@ def test_interrupted_download_resumes_and_is_checked(tmp_path: Path, server) -> 
     handler.cut_after = 1000
     with pytest.raises(ConnectionError, match="run again to resume"):
         download_url(f"{base}/tiny.pth", tmp_path / "dl", progress=False)
-    assert (tmp_path / "dl" / "tiny.pth.part").stat().st_size == 1000
+    (part,) = (tmp_path / "dl").glob(".tiny.pth.*.part")
+    assert part.stat().st_size == 1000
     assert not (tmp_path / "dl" / "tiny.pth").exists()
     handler.cut_after = None
     with pytest.raises(ValueError, match="checksum mismatch"):

@@ -69,15 +69,16 @@ def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24
 
 def download_pennfudan(out: str | Path, url: str = PENNFUDAN_URL, sha256: str | None = None) -> Path:
     """Download the official Penn-Fudan zip (resumable, checked) and check it holds the release layout."""
-    from ..utils.download import download_url
+    from ..utils.download import download_url, quarantine
 
     path = download_url(url, Path(out), sha256=sha256)
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
     except zipfile.BadZipFile:
-        path.unlink()
-        raise DataError(f"{url}: the downloaded file is not a zip; removed it") from None
+        bad = quarantine(path)
+        raise DataError(f"{path} (downloaded from {url}): not a zip file; moved it aside to {bad}, the next try "
+                        "downloads it again") from None
     if not any("PNGImages/" in n for n in names) or not any("PedMasks/" in n for n in names):
         raise DataError(f"{path}: zip does not hold PNGImages/ and PedMasks/")
     return path

@@ -11,7 +11,7 @@ from torch import nn
 from . import dinov3
 from .errors import StateDict, WeightsError, few
 from .formats import guess_variant, to_official
-from .reader import read_state_dict, resolve_weights
+from .reader import read_weights
 
 
 def check_state_dict(model: nn.Module, sd: StateDict, fmt: str, source: str) -> None:
@@ -63,8 +63,8 @@ def check_dtypes(model: nn.Module, sd: StateDict, source: str) -> None:
 
 def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:
     """Load weights from any supported source into `model` strictly; return what was loaded from where."""
-    path = resolve_weights(source)
-    sd, fmt = to_official(read_state_dict(path))
+    path, raw = read_weights(source)
+    sd, fmt = to_official(raw)
     if getattr(getattr(model, "cfg", None), "family", "") == "dinov3":
         sd = dinov3.complete(sd, model.cfg)
     if all(v.is_floating_point() for v in sd.values()):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ...utils.download import download_url
+from ...utils.download import download_url, quarantine
 from .errors import StateDict, WeightsError, few
 
 WRAPPERS = ("model", "state_dict", "teacher", "module")
@@ -46,6 +46,20 @@ def read_state_dict(path: str | Path) -> StateDict:
         except (SafetensorError, OSError) as err:
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
     return unwrap(safe_torch_load(path), source=str(path))
+
+
+def read_weights(source: str | Path) -> tuple[Path, StateDict]:
+    """`resolve_weights` then `read_state_dict`; a downloaded file that cannot be read is moved aside (the next
+    try downloads it again) and the error names the URL it came from."""
+    path = resolve_weights(source)
+    try:
+        return path, read_state_dict(path)
+    except WeightsError as err:
+        if not str(source).startswith(("http://", "https://")):
+            raise
+        bad = quarantine(path)
+        raise WeightsError(f"{err} (downloaded from {source}; moved aside to {bad}: the next try downloads it "
+                           "again)") from None  # fmt: skip
 
 
 def _shards(index: Path) -> list[str]:
