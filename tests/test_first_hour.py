@@ -340,7 +340,8 @@ def test_a_run_folders_config_reproduces_the_run_and_bad_configs_name_the_key(
         (first / "config.yaml").read_text()) | {"out": str(longer), "epochs": 3}  # fmt: skip
     bad = tmp_path / "bad.yaml"
     for text, needle in (("data: x\nepoch: 3\n", "unknown setting(s) epoch"), ("epochs: three\n", "epochs is 'three'"),
-                         ("imgsz: 224\n", "imgsz is 224, not list"), ("- a\n", "not a settings file"),
+                         ("imgsz: 224\n", "imgsz is 224; it must be a list of 2 values, each an integer"),
+                         ("- a\n", "not a settings file"),
                          ("lr: [\n", "not valid YAML")):  # fmt: skip
         bad.write_text(text)
         cli_error(["train", "--config", str(bad), "--out", str(tmp_path / "never")], capsys, str(bad), needle)

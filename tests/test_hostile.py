@@ -4,7 +4,6 @@ run before any work. Each test plays a hostile (or careless) user and can fail: 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import html
 import html.parser
@@ -266,7 +265,8 @@ class _LyingHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(206 if rng else 200)
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Type", "text/html; charset=utf-8" if cls.mode == "html" else "application/octet-stream")
+        kind = "text/html; charset=utf-8" if cls.mode == "html" else "application/octet-stream"
+        self.send_header("Content-Type", kind)
         if cls.mode == "short":
             self.send_header("Content-Length", str(len(body) // 2))
         elif cls.mode != "nolength":
@@ -443,3 +443,43 @@ def test_the_report_shows_only_the_curves_of_the_run_that_wrote_the_model(two_ru
     stranger = _copy(theirs, tmp_path) / "best_model_iou.pth"
     shutil.copy(model, stranger)
     assert curves_folder(stranger, read_checkpoint(stranger)) is None
+
+
+# --- 7. configs ------------------------------------------------------------------------------------------------
+
+BAD_CONFIGS = {  # a settings file's text -> what the one-line error must say
+    "imgsz: [112.0, 112]\n": "imgsz is [112.0, 112]; it must be a list of 2 values, each an integer",
+    "class_names: [1, 2]\n": "class_names is [1, 2]; it must be a list of values, each a string (or null)",
+    "class_names: [[bg], person]\n": "class_names is [['bg'], 'person']",
+    "class_colors: [[0, 0, 0], [300, 0, 0]]\n": "class colour [300, 0, 0]: a colour is three integers 0-255",
+    "scheduler_epochs: [ten]\n": "scheduler_epochs is ['ten']; it must be a list of values, each an integer",
+    "lr: 1e-3\nlr: 2e-3\n": "key 'lr' on line 2 is given again (first on line 1)",
+    "head: " + "x" * 20_000_000 + "\n": "(20000002 characters)",
+}
+
+
+@pytest.mark.parametrize("text", BAD_CONFIGS, ids=["float-size", "number-names", "nested-names", "colour",
+                                                   "epochs", "duplicate", "huge"])  # fmt: skip
+def test_a_bad_config_is_one_short_line_and_makes_no_run_folder(text: str, tmp_path: Path, capsys) -> None:
+    """Fails if a config with a mistyped element, a key given twice or a huge value gives a traceback, prints the
+    value whole, or leaves a run folder behind."""
+    from webdino_seg.app.cli import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    out = tmp_path / "runs" / "x"
+    args = ["train", "--data", str(SAMPLE), "--arch", "webdino-tiny", "--weights", "random",
+            "--epochs", "1", "--out", str(out), "--config", str(config)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert BAD_CONFIGS[text] in err and "Traceback" not in err and len(err) < 2000, err[:3000]
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_config_reads_numbers_as_yaml_1_2_does(tmp_path: Path) -> None:
+    """Fails if ``lr: 1e-3`` is read as a string (YAML 1.1) and refused, or a quoted number is read as one."""
+    from webdino_seg.engine.config import read_settings
+
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 1e-3\ncache_memory_gb: 2E1\nclass_weights: '1e-3'\n")
+    assert read_settings(config) == {"lr": 0.001, "cache_memory_gb": 20.0, "class_weights": "1e-3"}

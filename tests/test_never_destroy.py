@@ -175,7 +175,7 @@ def test_resume_refuses_a_config_missing_or_mistyping_a_setting(small: Path, tmp
     cli_error(["train", "--resume", str(run), "--epochs", "2"], capsys, "config.yaml: missing lr")
     config["lr"], config["epochs"] = 0.001, "three"
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    cli_error(["train", "--resume", str(run), "--epochs", "2"], capsys, "epochs is 'three', not int")
+    cli_error(["train", "--resume", str(run), "--epochs", "2"], capsys, "epochs is 'three'; it must be an integer")
     assert len(metrics_rows(run)) == 1
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..utils.files import atomic_write_text
 from ..utils.metrics import VOID
 from ..utils.overlay import palette
+from ..utils.safetext import cut
 
 CLASSES_FILE = "classes.json"
 MAX_CLASSES = VOID  # 8-bit label maps with 255 as void hold the ids 0-254
@@ -109,6 +110,13 @@ class Classes:
             object.__setattr__(self, "colors", tuple(tuple(c) for c in colors))
         if len(self.colors) != len(self.names):
             raise LabelError(f"{len(self.colors)} colours given for {len(self.names)} classes")
+        bad = [c for c in self.colors if len(c) != 3 or not all(_byte(v) for v in c)]
+        if bad:
+            raise LabelError(f"class colour {cut(list(bad[0]))}: a colour is three integers 0-255 (R, G, B)")
+
+
+def _byte(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= 255
 
 
 def default_class_names(count: int) -> list[str]:

@@ -15,7 +15,9 @@ from ..data.labels import Classes, Coding, default_class_names, read_classes_fil
 from ..models.heads import HEADS
 from ..models.layers import check_image_size
 from ..models.variants import get_variant
+from ..utils import yamlfile
 from ..utils.metrics import VOID
+from ..utils.safetext import clip, cut
 from .board import check_available
 from .losses import LOSSES, parse_class_weights
 
@@ -27,21 +29,61 @@ class ResumeError(ValueError):
 # settings newer than some run folders, with the value those runs had: a config.yaml may lack only these
 ADDED_LATER = {"class_colors": None, "ignore_index": VOID, "reduce_labels": False, "class_weights": "none",
                "init_from": None, "tensorboard": False}  # fmt: skip
-_KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+_KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "None": "null"}
 
 
-def _optional(f: dataclasses.Field) -> bool:
-    return "None" in str(f.type)
+def _split(spec: str, sep: str) -> list[str]:
+    """`spec` split at `sep` outside brackets: ``"list[int] | None"`` at ``|``."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(spec):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == sep and depth == 0:
+            parts.append(spec[start:i].strip())
+            start = i + 1
+    return [*parts, spec[start:].strip()]
 
 
-def _kinds(f: dataclasses.Field) -> tuple[type, ...]:
-    """The YAML types a setting may hold, from its annotation (a tuple is written as a list)."""
-    text = str(f.type)
-    if text.startswith(("list", "tuple")):
-        return (list,)
-    return next((kinds for name, kinds in _KINDS.items() if text.startswith(name)), (object,))
+def matches(value: object, spec: str) -> bool:
+    """Whether `value` (as YAML or a caller gives it) is of the annotation `spec` (``"tuple[int, int]"``,
+    ``"list[str] | None"``), element by element; a list or tuple stands for either, a bool is no number."""
+    alternatives = _split(spec, "|")
+    if len(alternatives) > 1:
+        return any(matches(value, a) for a in alternatives)
+    if spec.endswith("]"):
+        inner = _split(spec[spec.index("[") + 1 : -1], ",")
+        if not isinstance(value, (list, tuple)):
+            return False
+        if spec.startswith("tuple") and len(inner) > 1:
+            return len(value) == len(inner) and all(map(matches, value, inner))
+        return all(matches(v, inner[0]) for v in value)
+    if isinstance(value, bool):
+        return spec == "bool"
+    return {"None": value is None, "str": isinstance(value, str), "int": isinstance(value, int),
+            "float": isinstance(value, (int, float)), "bool": False}.get(spec, True)  # fmt: skip
 
 
+def describe(spec: str) -> str:
+    """The annotation `spec` in words, for messages (``"a list of 2 values, each an integer"``)."""
+    alternatives = _split(spec, "|")
+    if "None" in alternatives:
+        return describe(" | ".join(a for a in alternatives if a != "None")) + " (or null)"
+    if len(alternatives) > 1:
+        return " or ".join(map(describe, alternatives))
+    if spec.endswith("]"):
+        inner = _split(spec[spec.index("[") + 1 : -1], ",")
+        count = f"{len(inner)} values" if spec.startswith("tuple") and len(inner) > 1 else "values"
+        return f"a list of {count}, each {describe(inner[0])}"
+    return _KINDS.get(spec, spec)
+
+
+def check_setting(name: str, value: object) -> str | None:
+    """What is wrong with `value` for the setting `name` (its kind, element by element), or None."""
+    spec = str(TrainConfig.__dataclass_fields__[name].type)
+    return None if matches(value, spec) else f"{name} is {cut(value)}; it must be {describe(spec)}"
+
+
+# settings with elements, checked one by one when made (the others come typed from the parser or a settings file)
+CONTAINERS = ("class_names", "class_colors", "imgsz", "scheduler_epochs")
 # settings a resumed run may change: they do not change what it computes
 RESUMABLE = ("epochs", "device", "workers", "cache_memory_gb", "feature_cache_dir", "tensorboard")
 
@@ -93,6 +135,9 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard event files into the run folder
 
     def __post_init__(self) -> None:
+        problems = [p for p in (check_setting(name, getattr(self, name)) for name in CONTAINERS) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
         self.imgsz = tuple(self.imgsz)
         get_variant(self.arch)  # an unknown name is an error that suggests the nearest
         check_image_size(*self.imgsz, get_variant(self.arch).patch_size)
@@ -107,15 +152,15 @@ class TrainConfig:
         if self.cache_memory_gb is not None and not self.cache_memory_gb > 0:
             raise ValueError(f"--cache-memory-gb must be positive, got {self.cache_memory_gb}")
         if self.scheduler and any(e < 1 for e in self.scheduler_epochs):
-            raise ValueError(f"--scheduler-epochs must be epochs from 1 on, got {self.scheduler_epochs}")
+            raise ValueError(f"--scheduler-epochs must be epochs from 1 on, got {cut(self.scheduler_epochs)}")
         if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
             raise ValueError(f"--valid-fraction must be between 0 and 1 (e.g. 0.15), got {self.valid_fraction}")
         if self.mask_mode not in MASK_MODES:
-            raise ValueError(f"--mask-mode {self.mask_mode!r}: use one of {', '.join(MASK_MODES)}")
+            raise ValueError(f"--mask-mode {cut(self.mask_mode)}: use one of {', '.join(MASK_MODES)}")
         if self.head not in HEADS:
-            raise ValueError(f"--head {self.head!r}: use one of {', '.join(HEADS)}")
+            raise ValueError(f"--head {cut(self.head)}: use one of {', '.join(HEADS)}")
         if self.loss not in LOSSES:
-            raise ValueError(f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+            raise ValueError(f"--loss {cut(self.loss)}: use one of {', '.join(LOSSES)}")
         parse_class_weights(self.class_weights, self.num_classes)
         self.coding()  # the ignore value is checked
         if self.tensorboard:
@@ -202,7 +247,7 @@ def read_settings(path: str | Path, error: type[ValueError] = ValueError) -> dic
     may be left out); an unknown key or a value of the wrong kind is an `error` naming the file and the key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yamlfile.load(path.read_text())
     except OSError as e:
         raise error(f"{path}: cannot read it ({e.strerror or e})") from None
     except yaml.YAMLError as e:
@@ -212,12 +257,10 @@ def read_settings(path: str | Path, error: type[ValueError] = ValueError) -> dic
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise error(f"{path}: unknown setting(s) {', '.join(map(str, unknown))}; the keys are those of a run "
-                    f"folder's config.yaml: {', '.join(fields)}")  # fmt: skip
-    for name, value in data.items():
-        kinds = _kinds(fields[name])
-        if not (value is None and _optional(fields[name])) and not (
-            isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        ):
-            raise error(f"{path}: {name} is {value!r}, not {' or '.join(k.__name__ for k in kinds)}")
+        names = ", ".join(clip(str(k)) for k in unknown)
+        raise error(f"{path}: unknown setting(s) {names}; the keys are those of a run folder's config.yaml: "
+                    f"{', '.join(fields)}")  # fmt: skip
+    problems = [p for p in (check_setting(name, value) for name, value in data.items()) if p]
+    if problems:
+        raise error(f"{path}: {'; '.join(problems)}")
     return data

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..models.segmentation import upsample
 from ..utils.metrics import VOID
+from ..utils.safetext import cut
 
 LOSSES = ("ce", "ce+dice")
 
@@ -51,7 +52,7 @@ def parse_class_weights(text: str, num_classes: int) -> list[float] | str | None
     try:
         weights = [float(w) for w in text.split(",")]
     except ValueError:
-        raise ValueError(f"--class-weights {text!r}: use none, median-freq or w0,w1,... (one per class)") from None
+        raise ValueError(f"--class-weights {cut(text)}: use none, median-freq or w0,w1,... (one per class)") from None
     if len(weights) != num_classes or not all(w >= 0 and w == w for w in weights):
         raise ValueError(f"--class-weights: {len(weights)} weight(s) for {num_classes} classes; give one non-negative "
                          "number per class")  # fmt: skip

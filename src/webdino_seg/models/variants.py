@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..utils.safetext import cut
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -176,7 +178,7 @@ def get_variant(name: str) -> BackboneConfig:
         close = difflib.get_close_matches(name, list(VARIANTS), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ValueError(
-            f"unknown backbone {name!r}; {hint}choose one of: {', '.join(VARIANTS)} (`webdino-seg info --list`)"
+            f"unknown backbone {cut(name)}; {hint}choose one of: {', '.join(VARIANTS)} (`webdino-seg info --list`)"
         ) from None
 
 

@@ -26,9 +26,13 @@ def url(path: str | Path) -> str:
     return escape(quote(str(path).replace("\\", "/"), safe="/"))
 
 
-def cut(value: object, limit: int = 80) -> str:
-    """`repr(value)` at most `limit` characters long (a long one ends with its length), for error messages."""
-    text = repr(value)
+def clip(text: str, limit: int = 80) -> str:
+    """`text` at most `limit` characters long (a long one ends with its length), for error messages."""
     if len(text) <= limit:
         return text
     return f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
+def cut(value: object, limit: int = 80) -> str:
+    """`repr(value)` clipped to `limit` characters, for error messages."""
+    return clip(repr(value), limit)

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from ...utils import yamlfile
 from ..datasets import DataError
 from ..images import IMAGE_SUFFIXES
 from ..labels import Classes
@@ -57,7 +58,7 @@ def read_yolo(source: Path) -> tuple[list[Example], Classes]:
     """The train and val images of a YOLO-seg dataset, read from its data.yaml (`source` or inside it)."""
     config_path = source / "data.yaml" if source.is_dir() else source
     try:
-        config = yaml.safe_load(config_path.read_text())
+        config = yamlfile.load(config_path.read_text())
         names = config["names"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
         raise DataError(f"{config_path}: not a YOLO data.yaml with names ({type(err).__name__}: {err})") from None
