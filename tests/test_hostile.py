@@ -483,3 +483,84 @@ def test_a_config_reads_numbers_as_yaml_1_2_does(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("lr: 1e-3\ncache_memory_gb: 2E1\nclass_weights: '1e-3'\n")
     assert read_settings(config) == {"lr": 0.001, "cache_memory_gb": 20.0, "class_weights": "1e-3"}
+
+
+# --- 6. outputs ------------------------------------------------------------------------------------------------
+
+
+def test_no_output_or_cache_folder_lands_inside_the_data(tmp_path: Path, capsys) -> None:
+    """Fails if --out or --feature-cache-dir inside --data, --report inside the evaluated data, or prepare-data's
+    --out inside its --source is accepted (they would write files among the inputs)."""
+    from webdino_seg.app.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    base = ["train", "--data", str(data), "--arch", "webdino-tiny", "--weights", "random", "--imgsz", "112", "112",
+            "--epochs", "1"]  # fmt: skip
+    for extra, flag in ((["--out", str(data / "runs" / "a")], "--out"),
+                        (["--out", str(tmp_path / "r"), "--feature-cache-dir", str(data / "cache")],
+                         "--feature-cache-dir")):  # fmt: skip
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {data}" in err and "is inside the input folder" in err, err
+    link = tmp_path / "elsewhere"
+    link.symlink_to(data / "train_images", target_is_directory=True)  # inside it by another name
+    assert main([*base, "--out", str(link / "run")]) == 2
+    assert "is inside the input folder" in capsys.readouterr().err
+    assert main(["prepare-data", "--format", "folders", "--source", str(data), "--out", str(data / "again")]) == 2
+    assert "is inside the input folder" in capsys.readouterr().err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before and not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_during_the_report_names_the_report_and_keeps_the_old_one(ckpt: Path, prepared: Path,
+                                                                              tmp_path: Path, capsys,
+                                                                              monkeypatch) -> None:  # fmt: skip
+    """Fails if a write failure while the report is drawn leaves a partial report or a temp folder, loses the
+    report already there, or blames the image being read."""
+    import errno
+
+    from webdino_seg.app.cli import main
+    from webdino_seg.utils import files
+
+    report = tmp_path / "report"
+    args = ["evaluate", "--model", str(ckpt), "--data", str(prepared), "--out", str(tmp_path / "e.json"),
+            "--report", str(report), "--overwrite"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    old = {p.relative_to(report): p.read_bytes() for p in report.rglob("*") if p.is_file()}
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd: int) -> None:  # every file of the report is synced before its rename: the disk fills at one
+        synced.append(fd)
+        if len(synced) > 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert f"cannot write the report {report} (images/" in err and "No space left on device" in err, err
+    assert "Traceback" not in err and ".tmp" not in err
+    assert not any(str(prepared) in line and "cannot read" in line for line in err.splitlines())
+    assert {p.relative_to(report): p.read_bytes() for p in report.rglob("*") if p.is_file()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "report"]  # no temp file or folder left
+
+
+def test_a_full_disk_during_export_names_the_file(ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Fails if export's disk-full error names no file, or leaves its temp file behind."""
+    import errno
+
+    import onnx
+
+    from webdino_seg.app.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", full)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(ckpt), "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: No space left on device" in err, err
+    assert list(tmp_path.iterdir()) == []

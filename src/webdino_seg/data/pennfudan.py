@@ -31,7 +31,7 @@ def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24
     folder is written as every imported dataset is (`formats.writer`), with its classes.json.
     """
     source, out = Path(source), Path(out)
-    check_out(out)
+    check_out(out, source)
     with tempfile.TemporaryDirectory() as unpacked:
         if source.is_file():
             try:

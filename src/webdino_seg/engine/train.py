@@ -27,6 +27,7 @@ from ..models.segmentation import SegmentationModel
 from ..models.variants import BackboneConfig, get_variant
 from ..utils.files import atomic_write_text, check_writable
 from ..utils.metrics import VOID, ConfusionMatrix
+from ..utils.outputs import outside
 from ..utils.runtime import amp_dtype, autocast, prepare_model, resolve_device, speed_flags
 from ..utils.safetext import command
 from . import distributed
@@ -74,7 +75,9 @@ def check_data(cfg: TrainConfig) -> None:
             "with `webdino-seg prepare-data --source PennFudanPed --out data/pennfudan`, or use the bundled "
             "examples/pennfudan-sample."
         )
+    outside(cfg.out, [root])
     if cfg.feature_cache_dir is not None:  # found now, not after the features were computed
+        outside(cfg.feature_cache_dir, [root], "--feature-cache-dir")
         check_writable(cfg.feature_cache_dir, "--feature-cache-dir")
     if is_flat(root) and cfg.valid_fraction is None:
         raise DataError(

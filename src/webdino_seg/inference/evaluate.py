@@ -16,7 +16,7 @@ from ..data.labels import Coding
 from ..models.checkpoint import read_checkpoint, run_id_of
 from ..utils.files import atomic_write_text, check_output_dir, check_output_file
 from ..utils.metrics import VOID, ConfusionMatrix
-from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace
+from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace, outside
 from .predictor import Predictor
 from .report import CURVES, ReportWriter
 
@@ -102,6 +102,7 @@ def plan_evaluate(
     may_replace(out, overwrite)
     if report_dir is not None:
         folder = check_output_dir(report_dir, "--report")
+        outside(folder, [Path(data)], "--report")
         inside = [p for p in [*inputs, *(Path(model).parent / c for c in CURVES)] if p.exists()
                   and p.resolve().is_relative_to(folder.resolve())]  # fmt: skip
         if inside:

@@ -95,6 +95,10 @@ def export_onnx(
         else:
             onnx.save_model(proto, tmp, save_as_external_data=big, location=f"{out.name}.data" if big else None)
         publish(tmp, out)
+    except OSError as err:  # a full disk, a folder that became read-only: the message names what was written
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {out}: {err.strerror or err}; the previous export, if any, is "
+                      "intact") from err  # fmt: skip
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -7,12 +7,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from ..utils.files import atomic_write, atomic_write_text, check_output_dir, publish
+from ..utils.files import atomic_write, check_output_dir, publish
 from ..utils.overlay import overlay, palette
 from ..utils.safetext import escape, url
 
@@ -37,8 +39,17 @@ class ReportWriter:
         img = Image.fromarray(array)
         if width and img.width > width:
             img = img.resize((width, round(img.height * width / img.width)), Image.Resampling.LANCZOS)
-        atomic_write(self.staging / "images" / name, lambda f: img.save(f, format="JPEG", quality=88))
+        self._write(f"images/{name}", lambda f: img.save(f, format="JPEG", quality=88))
         return f"images/{name}"
+
+    def _write(self, name: str, write: Callable[[BinaryIO], object]) -> None:
+        """Write the report's file `name` into the staging folder; a failure names the report, not the temp."""
+        try:
+            atomic_write(self.staging / name, write)
+        except OSError as err:
+            reason = (err.__cause__.strerror if isinstance(err.__cause__, OSError) else None) or err.strerror
+            raise OSError(err.errno, f"cannot write the report {self.folder} ({name}): {reason or err}; the report "
+                          "there before, if any, is intact") from err  # fmt: skip
 
     def add(self, name: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, scores: dict) -> None:
         """One image: ground truth and prediction overlays (thumbnail and full size) and its scores."""
@@ -78,7 +89,7 @@ class ReportWriter:
         ax.set_ylabel("true")
         ax.set_title("confusion matrix (share of each true class)")
         fig.tight_layout()
-        atomic_write(self.staging / "confusion.png", lambda f: fig.savefig(f, format="png", dpi=100))
+        self._write("confusion.png", lambda f: fig.savefig(f, format="png", dpi=100))
         return "confusion.png"
 
     def write(self, report: dict, matrix: np.ndarray, model_info: dict, curves_from: Path | None) -> Path:
@@ -91,12 +102,12 @@ class ReportWriter:
             for name in CURVES:
                 if curves_from is not None and (curves_from / name).is_file():
                     data = (curves_from / name).read_bytes()
-                    atomic_write(self.staging / name, lambda f, data=data: f.write(data))
+                    self._write(name, lambda f, data=data: f.write(data))
                     curves.append(name)
             colors = self.colors if self.colors is not None else palette(len(names))
             page = _page(report, self.items, confusion, curves, model_info, _legend(names, colors))
-            atomic_write_text(self.staging / "report.json", json.dumps(report, indent=2) + "\n")
-            atomic_write_text(self.staging / "index.html", page)
+            self._write("report.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+            self._write("index.html", lambda f: f.write(page.encode()))
             self._publish()
         except BaseException:
             self.discard()

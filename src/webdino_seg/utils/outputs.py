@@ -60,6 +60,16 @@ def guard(outputs: Iterable[Path], inputs: Iterable[Path], flag: str = "--out") 
         seen[real] = out
 
 
+def outside(folder: str | Path, inputs: Iterable[str | Path], flag: str = "--out") -> None:
+    """Refuse, naming both, an output folder that is one of the input folders or lies inside one (links
+    followed): what a command writes never lands among its inputs."""
+    real = _real(Path(folder))
+    for root in inputs:
+        if Path(root).is_dir() and (real == _real(Path(root)) or _real(Path(root)) in real.parents):
+            raise OutputError(f"{flag} {folder} is inside the input folder {root}; a command never writes into its "
+                              f"own input: choose a {flag} outside it")  # fmt: skip
+
+
 def may_replace(path: Path, overwrite: bool, flag: str = "--out") -> None:
     """Refuse to replace an existing `path` that this package did not write, unless `overwrite`."""
     path = Path(path)

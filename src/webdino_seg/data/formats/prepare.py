@@ -33,7 +33,7 @@ def prepare_dataset(
     images and label maps (class ids, 255 ignore) and classes.json. A format's own train/val split is kept;
     images without one are split with a seeded `valid_fraction`. Returns the counts per split."""
     source, out = Path(source), Path(out)
-    check_out(out)
+    check_out(out, source, *([Path(images)] if images else []))
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
     examples, classes = _read(fmt, source, class_names, Coding(ignore_index, reduce_labels), images, log)

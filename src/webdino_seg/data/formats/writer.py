@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ...utils.files import publish
 from ...utils.metrics import VOID
+from ...utils.outputs import OutputError, outside
 from ..datasets import DataError
 from ..labels import CLASSES_FILE, Classes, write_classes_file
 
@@ -31,8 +32,13 @@ class Example:
     name: str | None = None  # file name in the output (default: the image's)
 
 
-def check_out(out: Path) -> None:
-    """Refuse an output folder that already holds something (nothing of the user's is ever replaced)."""
+def check_out(out: Path, *sources: Path) -> None:
+    """Refuse an output folder that already holds something (nothing of the user's is ever replaced) or lies
+    inside a source folder."""
+    try:
+        outside(out, sources)
+    except OutputError as err:
+        raise DataError(str(err)) from None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: output folder exists and is not empty; choose a new --out")
 
