@@ -564,3 +564,138 @@ def test_a_full_disk_during_export_names_the_file(ckpt: Path, tmp_path: Path, ca
     err = capsys.readouterr().err
     assert f"cannot write {out}: No space left on device" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 4. label files --------------------------------------------------------------------------------------------
+
+
+def _photo(path: Path, w: int = 64, h: int = 48, orientation: int | None = None) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(path, exif=exif)
+    return path
+
+
+def _coco(tmp_path: Path, **changes: object) -> Path:
+    """A one-image COCO file (64x48, one person polygon) with `changes` applied to its top-level lists."""
+    _photo(tmp_path / "coco" / "a.jpg")
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+            "categories": [{"id": 1, "name": "person"}],
+            "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                             "segmentation": [[4, 4, 30, 4, 30, 30, 4, 30]]}]}  # fmt: skip
+    data |= changes
+    path = tmp_path / "coco" / "instances.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _ann(seg: object, **more: object) -> list[dict]:
+    return [{"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": seg} | more]
+
+
+IMAGE = {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}
+COCO_REFUSED = {  # what is changed -> what the one-line error says (after the file's name)
+    "two records one id": ({"images": [IMAGE, IMAGE | {"file_name": "b.jpg"}]}, "image id 1 is given 2 times"),
+    "one file twice": ({"images": [IMAGE, IMAGE | {"id": 2}]}, "image file_name 'a.jpg' is given 2 times"),
+    "two categories one id": ({"categories": [{"id": 1, "name": "person"}, {"id": 1, "name": "dog"}]},
+                              "category id 1 is given 2 times"),
+    "NaN": ({"annotations": _ann([[4, 4, float("nan"), 4, 30, 30]])}, "annotation 10: polygon a coordinate is not"),
+    "inf": ({"annotations": _ann([[4, 4, float("inf"), 4, 30, 30]])}, "not finite"),
+    "huge": ({"annotations": _ann([[4, 4, 3e9, 4, 30, 30]])}, "x = 3e+09 lies outside the image (0-64)"),
+    "negative run": ({"annotations": _ann({"size": [48, 64], "counts": [100, -20, 2992]})}, "run is negative"),
+    "unknown segmentation": ({"annotations": _ann("polygon")}, "segmentation 'polygon' is neither polygons"),
+    "no height": ({"images": [{"id": 1, "file_name": "a.jpg", "width": 64}]}, "image 1 has height None"),
+    "no image_id": ({"annotations": [{"id": 10, "category_id": 1, "segmentation": [[4, 4, 30, 4, 30, 30]]}]},
+                    "annotation 10 has image_id None"),
+    "no category name": ({"categories": [{"id": 1}]}, "category 1 has name None"),
+    "RLE without size": ({"annotations": _ann({"counts": [3072]})}, "an RLE segmentation needs counts and size"),
+    "truncated RLE": ({"annotations": _ann({"size": [48, 64], "counts": "0k"})}, "ends inside a number (truncated)"),
+    "RLE alphabet": ({"annotations": _ann({"size": [48, 64], "counts": "0~1"})}, "'~', outside COCO's alphabet"),
+    "RLE of another size": ({"annotations": _ann({"size": [10, 10], "counts": [100]})}, "RLE size 10x10 (h x w)"),
+    "huge declared size": ({"images": [IMAGE | {"width": 200_000, "height": 190_000}]},
+                           "is declared 200000x190000, the file is 64x48 upright"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", COCO_REFUSED)
+def test_a_coco_file_is_checked_whole_before_anything_is_drawn(case: str, tmp_path: Path, capsys) -> None:
+    """Fails if a COCO file with duplicate ids, bad coordinates, a malformed RLE or a missing field is imported
+    (exit 0) or gives a traceback, instead of one line naming the file, the record and what is wrong."""
+    from webdino_seg.app.cli import main
+
+    changes, needle = COCO_REFUSED[case]
+    source, out = _coco(tmp_path, **changes), tmp_path / "out"
+    started = time.perf_counter()
+    assert main(["prepare-data", "--format", "coco", "--source", str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}: " in err and needle in err and "Traceback" not in err, err
+    assert not out.exists() and time.perf_counter() - started < 10
+
+
+def test_coco_annotations_left_out_are_counted_and_rotated_photos_are_upright(tmp_path: Path, capsys) -> None:
+    """Fails if an annotation of a missing image or without a segmentation is dropped without a word, two images
+    with one base name overwrite each other, or a photo with EXIF rotation annotated at its upright size (as CVAT
+    and Label Studio record it) is refused."""
+    from PIL import Image
+
+    from webdino_seg.app.cli import main
+
+    _photo(tmp_path / "coco" / "x" / "a.jpg")
+    _photo(tmp_path / "coco" / "y" / "a.jpg")
+    images = [{"id": 1, "file_name": "x/a.jpg", "width": 64, "height": 48},
+              {"id": 2, "file_name": "y/a.jpg", "width": 64, "height": 48}]  # fmt: skip
+    source = _coco(tmp_path, images=images)
+    assert main(["prepare-data", "--format", "coco", "--source", str(source), "--out", str(tmp_path / "o1")]) == 2
+    assert "both would be imported as a.jpg" in capsys.readouterr().err
+
+    _photo(tmp_path / "coco" / "turned.jpg", 64, 48, orientation=6)  # stored 64x48, shown 48x64
+    images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+              {"id": 2, "file_name": "turned.jpg", "width": 48, "height": 64}]  # fmt: skip
+    annotations = [*_ann([[4, 4, 30, 4, 30, 30, 4, 30]]), {"id": 11, "image_id": 9, "category_id": 1,
+                   "segmentation": [[1, 1, 5, 1, 5, 5]]}, {"id": 12, "image_id": 2, "category_id": 1,
+                   "segmentation": [[2, 50, 40, 50, 40, 60, 2, 60]]}, {"id": 13, "image_id": 1, "category_id": 1,
+                   "bbox": [1, 1, 3, 3]}]  # fmt: skip
+    source = _coco(tmp_path, images=images, annotations=annotations)
+    out = tmp_path / "o2"
+    assert main(["prepare-data", "--format", "coco", "--source", str(source), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "1 annotation(s) of an image id with no image record were left out" in said, said
+    assert "1 annotation(s) without a segmentation were left out" in said
+    masks = {p.name: np.asarray(Image.open(p)) for p in out.glob("*_masks/*.png")}
+    assert masks["turned.png"].shape == (64, 48) and (masks["turned.png"][50:61, 2:41] == 1).all()
+    assert masks["a.png"].sum() == (masks["a.png"] == 1).sum() == 27 * 27
+
+
+def test_yolo_and_labelme_coordinates_are_checked_before_drawing(tmp_path: Path, capsys) -> None:
+    """Fails if a YOLO line with inf or NaN (once minutes of drawing on a 64x48 image) or a LabelMe shape with an
+    unknown type, no label or a huge coordinate is drawn, or is refused without naming its file and line/shape."""
+    from webdino_seg.app.cli import main
+
+    root = tmp_path / "yolo"
+    _photo(root / "images" / "train" / "a.png")
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [person]\n")
+    for line, needle in (("0 0.1 0.1 inf 0.1 0.5 0.5", "not finite"), ("0 0.1 nan 0.5 0.1 0.5 0.5", "not finite"),
+                         ("0 0.1 0.1 40 0.1 0.5 0.5", "x = 40 lies outside"), ("3 0.1 0.1 0.2 0.2", "class 3")):
+        (root / "labels" / "train" / "a.txt").write_text(f"0 0.1 0.1 0.2 0.2\n{line}\n")
+        started = time.perf_counter()
+        assert main(["prepare-data", "--format", "yolo", "--source", str(root), "--out", str(tmp_path / "y")]) == 2
+        err = capsys.readouterr().err
+        assert "a.txt:2: " in err and needle in err and time.perf_counter() - started < 10, err
+
+    lm = tmp_path / "lm"
+    _photo(lm / "a.jpg")
+    for shape, needle in (({"label": "p", "points": [[1, 1], [9, 9]], "shape_type": "mask"}, "shape_type 'mask'"),
+                          ({"points": [[1, 1], [9, 1], [9, 9]]}, "has no label"),
+                          ({"label": "p", "points": [[1, 1], [9, 1], [1e30, 9]]}, "x = 1e+30 lies outside"),
+                          ({"label": "p", "points": [[1, 1], [9, 1]]}, "needs at least 3")):  # fmt: skip
+        (lm / "a.json").write_text(json.dumps({"shapes": [shape], "imagePath": "a.jpg", "imageHeight": 48,
+                                               "imageWidth": 64}))  # fmt: skip
+        assert main(["prepare-data", "--format", "labelme", "--source", str(lm), "--out", str(tmp_path / "l")]) == 2
+        err = capsys.readouterr().err
+        assert f"{lm / 'a.json'}: shape 1" in err and needle in err, err

@@ -62,6 +62,23 @@ def _open(path: Path, reduce: bool = False) -> Image.Image:
     return img
 
 
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """The (width, height) `path` shows in display orientation (EXIF rotation applied), from its header alone;
+    an `ImageError` naming the file when it is missing or not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: {why_missing(path)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: a quarter turn
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: not an image file PIL can read ({err})") from None
+    return (height, width) if turned else (width, height)
+
+
 def to_rgb(img: Image.Image) -> np.ndarray:
     """Any PIL mode (gray, 16-bit, palette, RGBA, CMYK) to an RGB uint8 array, EXIF orientation applied."""
     img = ImageOps.exif_transpose(img)

@@ -3,19 +3,27 @@
 
 Category ids become classes 1..K in id order (0 is background). Annotations are drawn in file order,
 later ones over earlier ones; a crowd region (``iscrowd`` 1) becomes ignore (255) over whatever it covers.
+
+The whole file is checked before any pixel is drawn: ids and file names unique, every field of its kind,
+coordinates finite and near the image, run-lengths well formed, and each declared size equal to the real
+image's upright size. Annotations that cannot be drawn (no segmentation, or one of the image of no record)
+are left out and counted.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ...utils.metrics import VOID
+from ...utils.safetext import cut
 from ..datasets import DataError
+from ..images import ImageError, upright_size
 from ..labels import Classes
-from .shapes import fill_polygons, rle_decode
+from .shapes import fill_polygons, points_problem, rle_decode, rle_problem
 from .writer import Example
 
 
@@ -23,46 +31,131 @@ def _image_path(file_name: str, folders: list[Path]) -> Path:
     for folder in folders:
         if (folder / file_name).is_file():
             return folder / file_name
-    return folders[0] / file_name  # reported as missing when written
+    return folders[0] / file_name
 
 
-def _draw(mask: np.ndarray, annotations: list[dict], index: dict[int, int], where: str) -> np.ndarray:
+def _draw(mask: np.ndarray, annotations: list[dict], index: dict[int, int]) -> np.ndarray:
     for ann in annotations:
         value = VOID if ann.get("iscrowd") else index[ann["category_id"]]
-        seg = ann.get("segmentation")
+        seg = ann["segmentation"]
         if isinstance(seg, list):
             fill_polygons(mask, [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in seg], value)
-        elif isinstance(seg, dict):
-            region = rle_decode(seg)
-            if region.shape != mask.shape:
-                raise DataError(f"{where}: annotation {ann.get('id')} has an RLE of size {region.shape}, the image "
-                                f"is {mask.shape}")  # fmt: skip
-            mask[region] = value
+        else:
+            mask[rle_decode(seg)] = value
     return mask
 
 
-def read_coco(source: Path, images: Path | None = None) -> tuple[list[Example], Classes]:
-    """The examples of one COCO JSON, images found in `images` (default: beside the JSON, or in images/ there)."""
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fields(record: object, kinds: dict[str, type], what: str, where: str) -> dict:
+    """`record` when it is a dict with each of `kinds`' keys of its kind; else a `DataError`."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: {what} {cut(record, 60)} is not an object")
+    for key, kind in kinds.items():
+        value = record.get(key)
+        if not (isinstance(value, kind) and not isinstance(value, bool)) or (kind is int and value is None):
+            label = f"{what} {cut(record.get('id'), 40)}" if "id" in record and key != "id" else what
+            raise DataError(f"{where}: {label} has {key} {cut(value, 60)}; it must be "
+                            f"{'an integer' if kind is int else 'a string'}")  # fmt: skip
+    return record
+
+
+def _unique(values: list, what: str, where: str) -> None:
+    twice = [v for v, n in Counter(values).items() if n > 1]
+    if twice:
+        raise DataError(f"{where}: {what} {cut(twice[0], 60)} is given {Counter(values)[twice[0]]} times; each must "
+                        "be unique")  # fmt: skip
+
+
+def _check_segmentation(ann: dict, height: int, width: int, where: str) -> bool:
+    """Whether `ann` has a segmentation to draw (False: none, left out); a malformed one is a `DataError`."""
+    seg = ann.get("segmentation")
+    label = f"{where}: annotation {cut(ann.get('id'), 40)}"
+    if seg is None or seg == []:
+        return False
+    if isinstance(seg, list):
+        for polygon in seg:
+            problem = points_problem(polygon, width, height)
+            if problem:
+                raise DataError(f"{label}: polygon {problem}")
+        return True
+    if isinstance(seg, dict):
+        problem = rle_problem(seg, height, width)
+        if problem:
+            raise DataError(f"{label}: {problem}")
+        return True
+    raise DataError(f"{label}: segmentation {cut(seg, 60)} is neither polygons (a list) nor an RLE (an object)")
+
+
+def _load(source: Path) -> tuple[list[dict], list[dict], list[dict]]:
     try:
         data = json.loads(source.read_text())
-        categories = sorted(data["categories"], key=lambda c: c["id"])
-        records, annotations = data["images"], data.get("annotations", [])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise DataError(f"{source}: not a COCO annotation file ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: not a COCO annotation file (expected an object with images and categories)")
+    parts = []
+    for key in ("images", "annotations", "categories"):
+        value = data.get(key, [] if key == "annotations" else None)
+        if not isinstance(value, list):
+            raise DataError(f"{source}: not a COCO annotation file ({key} is {cut(value, 40)}, not a list)")
+        parts.append(value)
+    return parts[0], parts[1], parts[2]
+
+
+def read_coco(source: Path, images: Path | None = None, log=print) -> tuple[list[Example], Classes]:
+    """The examples of one COCO JSON, images found in `images` (default: beside the JSON, or in images/ there),
+    after checking the whole file; what is left out is said through `log`."""
+    records, annotations, categories = _load(source)
+    where = str(source)
+    categories = sorted((_fields(c, {"id": int, "name": str}, "category", where) for c in categories),
+                        key=lambda c: c["id"])  # fmt: skip
+    _unique([c["id"] for c in categories], "category id", where)
+    _unique([c["name"] for c in categories], "category name", where)
     index = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    by_image: dict[int, list[dict]] = {}
-    for ann in annotations:
-        if ann.get("category_id") not in index:
-            raise DataError(f"{source}: annotation {ann.get('id')} has category {ann.get('category_id')}, not listed")
-        by_image.setdefault(ann["image_id"], []).append(ann)
+    kinds = {"id": int, "file_name": str, "height": int, "width": int}
+    records = [_fields(r, kinds, "image", where) for r in records]
+    for key in ("id", "file_name"):
+        _unique([r[key] for r in records], f"image {key}", where)
     folders = [images] if images else [source.parent, source.parent / "images"]
+    sizes = {}
+    for rec in records:
+        path = _image_path(rec["file_name"], folders)
+        try:
+            real = upright_size(path)
+        except ImageError as err:
+            hint = "" if images else " (pass --images FOLDER where the images are elsewhere)"
+            raise DataError(f"{where}: image {rec['id']} ({rec['file_name']}): {err}{hint}") from None
+        if (rec["width"], rec["height"]) != real:
+            raise DataError(f"{where}: image {rec['id']} ({rec['file_name']}) is declared {rec['width']}x"
+                            f"{rec['height']}, the file is {real[0]}x{real[1]} upright")  # fmt: skip
+        sizes[rec["id"]] = (rec["height"], rec["width"], path)
+    by_image: dict[int, list[dict]] = {}
+    dropped = Counter()
+    for ann in annotations:
+        ann = _fields(ann, {"image_id": int, "category_id": int}, "annotation", where)
+        if ann["category_id"] not in index:
+            raise DataError(f"{where}: annotation {cut(ann.get('id'), 40)} has category {ann['category_id']}, "
+                            "not listed in categories")  # fmt: skip
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise DataError(f"{where}: annotation {cut(ann.get('id'), 40)} has iscrowd {cut(ann['iscrowd'], 20)}; "
+                            "it must be 0 or 1")  # fmt: skip
+        if ann["image_id"] not in sizes:
+            dropped["of an image id with no image record"] += 1
+            continue
+        height, width, _ = sizes[ann["image_id"]]
+        if not _check_segmentation(ann, height, width, where):
+            dropped["without a segmentation"] += 1
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for why, count in dropped.items():
+        log(f"note: {source}: {count} annotation(s) {why} were left out")
     examples = []
     for rec in records:
-        h, w = int(rec["height"]), int(rec["width"])
+        height, width, path = sizes[rec["id"]]
         anns = by_image.get(rec["id"], [])
-        draw = lambda h=h, w=w, anns=anns, name=rec["file_name"]: _draw(  # noqa: E731
-            np.zeros((h, w), np.uint8), anns, index, f"{source} ({name})"
-        )
-        examples.append(Example(_image_path(rec["file_name"], folders), draw, None, Path(rec["file_name"]).name))
-    names = ("background", *(c["name"] for c in categories))
-    return examples, Classes(names)
+        draw = lambda h=height, w=width, anns=anns: _draw(np.zeros((h, w), np.uint8), anns, index)  # noqa: E731
+        examples.append(Example(path, draw, None, Path(rec["file_name"]).name))
+    return examples, Classes(("background", *(c["name"] for c in categories)))

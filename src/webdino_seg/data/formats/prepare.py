@@ -53,7 +53,7 @@ def _read(fmt: str, source: Path, names: list[str] | None, coding: Coding, image
     if fmt == "voc":
         return read_voc(source)
     if fmt == "coco":
-        return read_coco(source, Path(images) if images else None)
+        return read_coco(source, Path(images) if images else None, log)
     if fmt == "yolo":
         return read_yolo(source)
     if fmt == "labelme":

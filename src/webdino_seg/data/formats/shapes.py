@@ -1,12 +1,54 @@
-"""Drawing annotation shapes into label maps: polygons, and COCO's run-length encoding."""
+"""Drawing annotation shapes into label maps (polygons, and COCO's run-length encoding), and checking them
+first: every coordinate finite and near the image, every run-length well formed. The checks return what is
+wrong, in words, so that each format can name its file and record."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from ...utils.safetext import cut
+
+# how far outside the image a coordinate may lie, as a share of the image's size (a polygon dragged past the
+# edge is common and is clipped by drawing; one a whole image away is a unit or parsing mistake)
+MARGIN = 0.5
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def points_problem(points: object, width: float, height: float, least: int = 3) -> str | None:
+    """What is wrong with `points` (``[[x, y], ...]`` or a flat ``[x, y, x, y, ...]``) as a shape of at least
+    `least` points on a `width` x `height` image, or None: numbers, finite, within `MARGIN` of the image."""
+    if not isinstance(points, (list, tuple)) or not points:
+        return f"points {cut(points)} are not a list of coordinates"
+    pairs = isinstance(points[0], (list, tuple))
+    if pairs and any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in points):
+        return "points are not all [x, y] pairs"
+    flat = [v for p in points for v in p] if pairs else list(points)
+    if not all(_is_number(v) for v in flat):
+        return f"coordinates {cut(flat)} are not all numbers"
+    if len(flat) % 2:
+        return f"an odd number of coordinates ({len(flat)})"
+    if len(flat) < 2 * least:
+        return f"{len(flat) // 2} point(s); a shape of this kind needs at least {least}"
+    if not all(math.isfinite(v) for v in flat):
+        return "a coordinate is not finite (NaN or infinity)"
+    xs, ys = flat[0::2], flat[1::2]
+    for axis, values, size in (("x", xs, width), ("y", ys, height)):
+        low, high = -MARGIN * size, (1 + MARGIN) * size
+        out = next((v for v in values if not low <= v <= high), None)
+        if out is not None:
+            return (f"{axis} = {out:g} lies outside the image (0-{size:g}) by more than half its size; are the "
+                    "coordinates in this format's unit?")  # fmt: skip
+    return None
 
 
 def fill_polygons(mask: np.ndarray, polygons: list[np.ndarray], value: int) -> None:
-    """Fill each polygon ((N, 2) pixel x, y) with `value` in place; later calls draw over earlier ones."""
+    """Fill each polygon ((N, 2) pixel x, y, checked by `points_problem`) with `value` in place; later calls draw
+    over earlier ones."""
     import cv2
 
     pts = [np.round(np.asarray(p, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2) for p in polygons]
@@ -15,27 +57,55 @@ def fill_polygons(mask: np.ndarray, polygons: list[np.ndarray], value: int) -> N
         cv2.fillPoly(mask, pts, int(value))
 
 
+def rle_problem(rle: object, height: int, width: int) -> str | None:
+    """What is wrong with `rle` as a COCO run-length encoding of a `height` x `width` mask, or None: a ``size`` of
+    that image, and ``counts`` (a list, or COCO's compressed string) of non-negative runs covering it exactly."""
+    if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
+        return "an RLE segmentation needs counts and size"
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(type(v) is int for v in size)):
+        return f"RLE size {cut(size)} is not [height, width]"
+    if list(size) != [height, width]:
+        return f"RLE size {size[0]}x{size[1]} (h x w) is not the image's {height}x{width}"
+    try:
+        counts = _counts(rle["counts"])
+    except ValueError as err:
+        return str(err)
+    if any(c < 0 for c in counts):
+        return "an RLE run is negative"
+    if sum(counts) != height * width:
+        return f"RLE runs cover {sum(counts)} pixels; the image has {height * width}"
+    return None
+
+
+def _counts(counts: object) -> list[int]:
+    """The runs of an RLE's ``counts`` (a list of integers, or the compressed string)."""
+    if isinstance(counts, (str, bytes)):
+        return _counts_from_string(counts.encode() if isinstance(counts, str) else counts)
+    if isinstance(counts, list) and all(type(c) is int for c in counts):
+        return counts
+    raise ValueError(f"RLE counts {cut(counts)} are neither a list of integers nor a compressed string")
+
+
 def rle_decode(rle: dict) -> np.ndarray:
-    """A COCO RLE (``{"size": [h, w], "counts": [...] or "compressed string"}``) as an (h, w) bool mask.
+    """A COCO RLE (``{"size": [h, w], "counts": [...] or "compressed string"}``, checked by `rle_problem`) as an
+    (h, w) bool mask.
 
     Counts alternate background and foreground runs over the pixels in column-major order; the
     compressed form is COCO's LEB128-like string (pycocotools' ``rleFrString``, described in its
     ``maskApi.c``), decoded here so the package needs no compiled dependency.
     """
     h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = _counts_from_string(counts.encode() if isinstance(counts, str) else counts)
+    counts = _counts(rle["counts"])
+    if any(c < 0 for c in counts) or sum(counts) != h * w:  # never drawn unchecked
+        raise ValueError(f"RLE runs {cut(counts)} do not cover the {h}x{w} mask")
     flat = np.zeros(h * w, dtype=bool)
     pos, value = 0, False
     for run in counts:
-        run = int(run)
         if value:
             flat[pos : pos + run] = True
         pos += run
         value = not value
-    if pos != h * w:
-        raise ValueError(f"RLE counts cover {pos} pixels, the mask has {h * w}")
     return flat.reshape(w, h).T
 
 
@@ -45,11 +115,17 @@ def _counts_from_string(data: bytes) -> list[int]:
     while i < len(data):
         value, shift, more = 0, 0, True
         while more:
+            if i >= len(data):
+                raise ValueError("RLE counts string ends inside a number (truncated)")
             c = data[i] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"RLE counts string has {chr(data[i])!r}, outside COCO's alphabet ('0' to 'o')")
             value |= (c & 0x1F) << (5 * shift)
             more = bool(c & 0x20)
             i += 1
             shift += 1
+            if shift > 13:  # 65 bits: no real run is that long
+                raise ValueError("RLE counts string holds a number too long to be a run")
             if not more and c & 0x10:
                 value |= -1 << (5 * shift)
         if len(counts) > 2:

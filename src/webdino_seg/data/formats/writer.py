@@ -19,6 +19,7 @@ from ...utils.files import publish
 from ...utils.metrics import VOID
 from ...utils.outputs import OutputError, outside
 from ..datasets import DataError
+from ..images import ImageError, upright_size
 from ..labels import CLASSES_FILE, Classes, write_classes_file
 
 
@@ -43,6 +44,19 @@ def check_out(out: Path, *sources: Path) -> None:
         raise DataError(f"{out}: output folder exists and is not empty; choose a new --out")
 
 
+def check_names(examples: list[Example]) -> None:
+    """Refuse two examples that would be written under one name (``a/x.jpg`` and ``b/x.jpg``; ``x.jpg`` and
+    ``x.png``, whose masks are both ``x.png``), naming both."""
+    seen: dict[str, Path] = {}
+    for example in examples:
+        name = example.name or example.image.name
+        for key in (name.lower(), Path(name).stem.lower() + ".png"):
+            first = seen.setdefault(key, example.image)
+            if first != example.image:
+                raise DataError(f"{first} and {example.image}: both would be imported as {name} (or its mask "
+                                f"{Path(name).stem}.png); give each image its own file name")  # fmt: skip
+
+
 def assign_splits(examples: list[Example], valid_fraction: float, seed: int) -> None:
     """Give the examples without a split one: a seeded share `valid_fraction` of them goes to valid."""
     loose = sorted((e for e in examples if e.split is None), key=lambda e: e.name or e.image.name)
@@ -62,6 +76,7 @@ def write_dataset(out: Path, examples: Iterable[Example], classes: Classes, sour
     examples = list(examples)
     if not examples:
         raise DataError(f"{source}: no images to import")
+    check_names(examples)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -88,11 +103,13 @@ def _write_one(root: Path, example: Example, num_classes: int) -> None:
     name = example.name or example.image.name
     if not example.image.is_file():
         raise DataError(f"{example.image}: image not found")
+    try:
+        size = upright_size(example.image)
+    except ImageError as err:
+        raise DataError(str(err)) from None
     mask = example.mask()
-    with Image.open(example.image) as img:
-        size = img.size
     if mask.shape != (size[1], size[0]):
-        raise DataError(f"{example.image}: image is {size[0]}x{size[1]} but its labels are "
+        raise DataError(f"{example.image}: image is {size[0]}x{size[1]} (upright) but its labels are "
                         f"{mask.shape[1]}x{mask.shape[0]}")  # fmt: skip
     bad = np.unique(mask[(mask >= num_classes) & (mask != VOID)])
     if bad.size:
