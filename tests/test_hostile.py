@@ -699,3 +699,17 @@ def test_yolo_and_labelme_coordinates_are_checked_before_drawing(tmp_path: Path,
         assert main(["prepare-data", "--format", "labelme", "--source", str(lm), "--out", str(tmp_path / "l")]) == 2
         err = capsys.readouterr().err
         assert f"{lm / 'a.json'}: shape 1" in err and needle in err, err
+
+
+def test_the_polygons_of_one_coco_object_are_its_union(tmp_path: Path) -> None:
+    """Fails if two overlapping polygons of one annotation cut their overlap out (cv2.fillPoly given both at once
+    fills by parity; COCO's object is their union)."""
+    from PIL import Image
+
+    from webdino_seg.app.cli import main
+
+    source = _coco(tmp_path, annotations=_ann([[2, 2, 20, 2, 20, 20, 2, 20], [10, 10, 30, 10, 30, 30, 10, 30]]))
+    out = tmp_path / "out"
+    assert main(["prepare-data", "--format", "coco", "--source", str(source), "--out", str(out)]) == 0
+    mask = np.asarray(Image.open(next(out.glob("*_masks/a.png"))))
+    assert mask[15, 15] == 1 and (mask == 1).sum() == 19 * 19 + 21 * 21 - 11 * 11

@@ -47,14 +47,14 @@ def points_problem(points: object, width: float, height: float, least: int = 3) 
 
 
 def fill_polygons(mask: np.ndarray, polygons: list[np.ndarray], value: int) -> None:
-    """Fill each polygon ((N, 2) pixel x, y, checked by `points_problem`) with `value` in place; later calls draw
-    over earlier ones."""
+    """Fill each polygon ((N, 2) pixel x, y, checked by `points_problem`) with `value` in place: their union (as
+    COCO's several polygons of one object), each drawn alone, later calls over earlier ones."""
     import cv2
 
-    pts = [np.round(np.asarray(p, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2) for p in polygons]
-    pts = [p for p in pts if len(p) >= 3]  # fewer than 3 points enclose nothing
-    if pts:
-        cv2.fillPoly(mask, pts, int(value))
+    for polygon in polygons:
+        pts = np.round(np.asarray(polygon, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        if len(pts) >= 3:  # fewer than 3 points enclose nothing
+            cv2.fillPoly(mask, [pts], int(value))  # one at a time: together, cv2 would cut their overlap out
 
 
 def rle_problem(rle: object, height: int, width: int) -> str | None:
