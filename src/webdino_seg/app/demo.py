@@ -27,8 +27,8 @@ MAX_VIDEO_FRAMES = 300
 BODY_TIMEOUT = 30.0  # seconds a request may go without sending any of the body it declared
 # every response: nothing but this server's own files, no script at all, no framing, no sniffing
 SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
-    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "content-security-policy": "default-src 'none'; img-src 'self' data:; media-src 'self'; "
+    "style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",  # data: the icon
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
