@@ -325,20 +325,21 @@ def run_video(
     said = predictor.precision if predictor.precision == "fp32" else f"{predictor.precision} by {predictor.engine}"
     info["suffix"], info["precision"] = dst.suffix.lower(), said
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     frames_q: queue.Queue = queue.Queue(maxsize=4)
     encode_q: queue.Queue = queue.Queue(maxsize=4 * batch)
     errors: list[BaseException] = []
     stop = threading.Event()
-    reader = threading.Thread(
-        target=_reader, args=(frames_iter, frames_q, batch, max_frames, errors, stop), daemon=True
-    )
-    writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop, predictor.draw), daemon=True)
     total = min(info["frames"] or 0, max_frames or 10**12) or None
-    start, published = time.perf_counter(), False
-    try:
+    published, reader, writer = False, None, None
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mp4.tmp")
+    try:  # from the temp file's first moment: a signal anywhere after this removes it
+        tmp = Path(tmp_name)
+        os.close(fd)
+        reader = threading.Thread(target=_reader, args=(frames_iter, frames_q, batch, max_frames, errors, stop),
+                                  daemon=True)  # fmt: skip
+        writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop, predictor.draw),
+                                  daemon=True)  # fmt: skip
+        start = time.perf_counter()
         reader.start()
         writer.start()
         done = _segment(predictor, frames_q, encode_q, stop, total, show, progress, start, fps_label)
@@ -352,10 +353,11 @@ def run_video(
         published = True
     finally:
         stop.set()  # a no-op on success; on any failure or Ctrl-C, every stage ends within _TICK
-        writer.join(timeout=10)
-        reader.join(timeout=10)
+        for thread in (writer, reader):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=10)
         if not published:
-            tmp.unlink(missing_ok=True)
+            Path(tmp_name).unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     size = {"width": info["width"], "height": info["height"], "rate": float(info["rate"])}
     return {"frames": done, "seconds": seconds, "fps": done / seconds, **size, "output": str(dst), "warnings": warnings}
