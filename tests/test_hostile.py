@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, SAMPLE, serving, tiny_settings
+from conftest import FIXTURES, SAMPLE, serving, tiny_config, tiny_settings
 
 OFFICIAL = FIXTURES / "tiny_official.pth"
 # names as datasets from the web carry them: markup, quotes, URL syntax, shell syntax, spaces
@@ -483,6 +483,11 @@ def test_a_config_reads_numbers_as_yaml_1_2_does(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("lr: 1e-3\ncache_memory_gb: 2E1\nclass_weights: '1e-3'\n")
     assert read_settings(config) == {"lr": 0.001, "cache_memory_gb": 20.0, "class_weights": "1e-3"}
+
+    # a class named like a YAML 1.2 number stays a name through config.yaml
+    cfg = tiny_config(SAMPLE, tmp_path / "r", class_names=["background", "1e5"])
+    config.write_text(cfg.to_yaml())
+    assert read_settings(config)["class_names"] == ["background", "1e5"]
 
 
 # --- 6. outputs ------------------------------------------------------------------------------------------------

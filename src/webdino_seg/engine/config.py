@@ -210,7 +210,7 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         """The settings as YAML."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yamlfile.dump(self.to_dict())
 
     @classmethod
     def from_yaml(cls, path: Path) -> TrainConfig:

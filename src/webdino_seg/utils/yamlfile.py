@@ -37,14 +37,26 @@ _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""", re.X)  # fmt: skip
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:float"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes what `load` would read as a float (a class named ``1e5`` stays a string)."""
+
+
+for _cls in (_StrictLoader, _Dumper):
+    _cls.yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:float"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def load(text: str) -> object:
     """The data in one YAML document; `yaml.YAMLError` (a `DuplicateKeyError` for a key given twice) when it is
     not valid."""
     return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+
+
+def dump(data: object) -> str:
+    """`data` as YAML that `load` reads back as it is (keys in their order)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
