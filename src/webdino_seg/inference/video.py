@@ -299,6 +299,13 @@ def plan_video(
     return dst
 
 
+def _check_counts(batch: int, max_frames: int | None) -> None:
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
+
+
 def run_video(
     predictor: Predictor,
     src: str | int | Path,
@@ -316,10 +323,7 @@ def run_video(
     `codec_threads` threads each (default: a quarter of the model's, at least 1). Any failure (reading, the
     model, writing, Ctrl-C) stops all three stages promptly and removes the partial output; nothing is written to
     `dst` unless every frame was encoded."""
-    if batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {batch}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
+    _check_counts(batch, max_frames)
     dst = plan_video(src, dst, overwrite)  # before anything is decoded
     info, frames_iter, warnings = _source(src, codec_threads or runtime.codec_threads(torch.get_num_threads()))
     said = predictor.precision if predictor.precision == "fp32" else f"{predictor.precision} by {predictor.engine}"
