@@ -89,6 +89,39 @@ def test_overlay_colours_are_pinned() -> None:
     assert out[1, 0].tolist() == [64, 64, 64]  # void: half grey
 
 
+def _float_overlay(image: np.ndarray, mask: np.ndarray, alpha: float, colors: np.ndarray | None) -> np.ndarray:
+    """The overlay as it was drawn before the cv2 lookup: float blending of the masked pixels."""
+    from webdino_seg.utils.overlay import PALETTE, VOID_COLOR
+
+    lut = np.full((256, 3), VOID_COLOR, np.uint8)
+    lut[: len(PALETTE if colors is None else colors)] = PALETTE if colors is None else colors
+    out = image.copy()
+    fg = lut[mask].any(-1)
+    blended = (1 - alpha) * image[fg].astype(np.float32) + alpha * lut[mask[fg]]
+    out[fg] = (blended + 0.5).astype(np.uint8)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 12), st.sampled_from([0.5, 0.3, 0.45, 0.7, 1 / 3]),
+       st.integers(0, 2**32 - 1), st.sampled_from(["default", "palette", "black class", "strided"]))  # fmt: skip
+def test_overlay_equals_the_float_blend_pixel_for_pixel(h: int, w: int, classes: int, alpha: float, seed: int,
+                                                        kind: str) -> None:  # fmt: skip
+    """Fails if the cv2 lookup overlay differs anywhere from the float blending it replaced (void, classes
+    coloured black, colours past the palette, a strided image)."""
+    from webdino_seg.utils.overlay import overlay, palette
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, 2 * w if kind == "strided" else w, 3), dtype=np.uint8)
+    image = image[:, ::2] if kind == "strided" else image
+    mask = rng.integers(0, classes, (h, w)).astype(np.uint8)
+    mask[rng.random((h, w)) < 0.1] = 255
+    colors = None if kind in ("default", "strided") else palette(classes, background=kind == "palette")
+    if kind == "black class":
+        colors[rng.integers(0, classes)] = 0
+    np.testing.assert_array_equal(overlay(image, mask, alpha, colors), _float_overlay(image, mask, alpha, colors))
+
+
 def test_video_frames_carry_the_class_colour_in_rgb(ckpt: Path, tmp_path: Path) -> None:
     """A model that says 'person' everywhere: every output pixel leans to magenta (red and blue well over green),
     with red over blue, as (255, 0, 160) blended over grey."""
