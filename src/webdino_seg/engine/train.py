@@ -38,7 +38,7 @@ from .config import ResumeError, TrainConfig
 from .eta import Estimate
 from .features import chunk_count
 from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
-from .runfolder import LAST, SPLIT, RunFolder
+from .runfolder import LAST, SPLIT, RunFolder, differences
 from .warmstart import warm_start
 
 __all__ = ["TrainConfig", "TrainingError", "train", "train_step"]
@@ -568,8 +568,7 @@ def check_identity(run: RunFolder, state: dict, identity: dict) -> None:
     recorded = state.get("identity")
     if recorded is None:  # a state from before identities were recorded
         return
-    changed = [f"{k} {recorded.get(k)!r} -> {identity.get(k)!r}" for k in IDENTITY_KEYS
-               if recorded.get(k) != identity.get(k)]  # fmt: skip
+    changed = differences({k: recorded.get(k) for k in IDENTITY_KEYS}, {k: identity.get(k) for k in IDENTITY_KEYS})
     if changed:
         raise ResumeError(f"{run / LAST}: trained on another backbone than this run builds now: {'; '.join(changed)}. "
                           "Resume with the weights the run started with, or start a new run")  # fmt: skip

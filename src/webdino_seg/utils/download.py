@@ -57,10 +57,13 @@ def url_name(url: str) -> str:
     return re.sub(r"[^\w.+-]", "_", name).lstrip(".") or "download"
 
 
+def _url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 def cache_path(url: str, folder: str | Path | None = None) -> Path:
     """Where `url` is cached: ``<folder>/<sha256(url)[:16]>-<name>`` (default folder: the cache's downloads/)."""
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return Path(folder or cache_dir() / "downloads") / f"{key}-{url_name(url)}"
+    return Path(folder or cache_dir() / "downloads") / f"{_url_key(url)}-{url_name(url)}"
 
 
 def record_path(path: Path) -> Path:
@@ -122,7 +125,7 @@ def download_url(
                                   "choose another folder")  # fmt: skip
         quarantine(dest)  # ours, but changed, cut short or from another URL: fetched again
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{hashlib.sha256(url.encode()).hexdigest()[:16]}.part")
+    part = dest.with_name(f".{dest.name}.{_url_key(url)}.part")
     size = _fetch(url, part, progress, timeout, sha256)
     actual = sha256_file(part)
     if sha256 is not None and actual != sha256:

@@ -65,7 +65,7 @@ def outside(folder: str | Path, inputs: Iterable[str | Path], flag: str = "--out
     followed): what a command writes never lands among its inputs."""
     real = _real(Path(folder))
     for root in inputs:
-        if Path(root).is_dir() and (real == _real(Path(root)) or _real(Path(root)) in real.parents):
+        if Path(root).is_dir() and (real == (top := _real(Path(root))) or top in real.parents):
             raise OutputError(f"{flag} {folder} is inside the input folder {root}; a command never writes into its "
                               f"own input: choose a {flag} outside it")  # fmt: skip
 

@@ -45,17 +45,13 @@ def _draw(mask: np.ndarray, annotations: list[dict], index: dict[int, int]) -> n
     return mask
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _fields(record: object, kinds: dict[str, type], what: str, where: str) -> dict:
     """`record` when it is a dict with each of `kinds`' keys of its kind; else a `DataError`."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: {what} {cut(record, 60)} is not an object")
     for key, kind in kinds.items():
         value = record.get(key)
-        if not (isinstance(value, kind) and not isinstance(value, bool)) or (kind is int and value is None):
+        if not isinstance(value, kind) or isinstance(value, bool):
             label = f"{what} {cut(record.get('id'), 40)}" if "id" in record and key != "id" else what
             raise DataError(f"{where}: {label} has {key} {cut(value, 60)}; it must be "
                             f"{'an integer' if kind is int else 'a string'}")  # fmt: skip
@@ -63,10 +59,10 @@ def _fields(record: object, kinds: dict[str, type], what: str, where: str) -> di
 
 
 def _unique(values: list, what: str, where: str) -> None:
-    twice = [v for v, n in Counter(values).items() if n > 1]
-    if twice:
-        raise DataError(f"{where}: {what} {cut(twice[0], 60)} is given {Counter(values)[twice[0]]} times; each must "
-                        "be unique")  # fmt: skip
+    counts = Counter(values)
+    twice = next((v for v, n in counts.items() if n > 1), None)
+    if twice is not None:
+        raise DataError(f"{where}: {what} {cut(twice, 60)} is given {counts[twice]} times; each must be unique")
 
 
 def _check_segmentation(ann: dict, height: int, width: int, where: str) -> bool:

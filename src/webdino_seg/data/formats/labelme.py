@@ -24,6 +24,11 @@ AREA_SHAPES = {"polygon": 3, "rectangle": 2, "circle": 2}  # with the points eac
 NO_AREA = ("line", "linestrip", "point", "points")
 
 
+def _kind(shape: dict) -> str:
+    """A shape's type (LabelMe leaves it out for polygons in old files)."""
+    return shape.get("shape_type") or "polygon"
+
+
 def _load(path: Path) -> dict:
     """The LabelMe file at `path`, every field and shape checked; a `DataError` naming it and the shape."""
     try:
@@ -40,7 +45,7 @@ def _load(path: Path) -> dict:
         where = f"{path}: shape {number}"
         if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
             raise DataError(f"{where} has no label (a string)")
-        kind = shape.get("shape_type") or "polygon"
+        kind = _kind(shape)
         if kind in NO_AREA:
             continue
         if kind not in AREA_SHAPES:
@@ -57,7 +62,7 @@ def _draw(data: dict, index: dict[str, int]) -> np.ndarray:
 
     mask = np.zeros((int(data["imageHeight"]), int(data["imageWidth"])), np.uint8)
     for shape in data["shapes"]:
-        kind = shape.get("shape_type") or "polygon"
+        kind = _kind(shape)
         if kind in NO_AREA:
             continue
         points, value = np.asarray(shape["points"], dtype=np.float64), index[shape["label"]]
@@ -99,7 +104,7 @@ def read_labelme(source: Path, class_names: list[str] | None = None) -> tuple[li
     if unknown:
         raise DataError(f"{source}: label(s) {unknown} are not among --class-names {names}")
     index = {name: i for i, name in enumerate(names)}
-    skipped = sum((s.get("shape_type") or "polygon") in NO_AREA for d in records.values() for s in d["shapes"])
+    skipped = sum(_kind(s) in NO_AREA for d in records.values() for s in d["shapes"])
     examples = [Example(_checked_image(path, data), lambda d=data: _draw(d, index), None)
                 for path, data in records.items()]  # fmt: skip
     return examples, Classes(tuple(names)), skipped
