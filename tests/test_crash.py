@@ -61,7 +61,9 @@ def uninterrupted(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "at"), [("step", 4), ("write", 4)])  # 3 steps/epoch; 3 files/epoch at first
+# 3 steps an epoch: at step 7 epoch 1's files are surely written (epoch 2's save waited for them; epoch 2's are in
+# the background); 3 files an epoch at first: the 4th is epoch 2's first, killed half-way in the writer thread
+@pytest.mark.parametrize(("mode", "at"), [("step", 7), ("write", 4)])
 def test_sigkill_then_resume(small: Path, uninterrupted: Path, tmp_path: Path, mode: str, at: int) -> None:
     run = tmp_path / "run"
     proc = subprocess.run(

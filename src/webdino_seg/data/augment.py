@@ -54,8 +54,21 @@ def eval_transform(imgsz: tuple[int, int]) -> A.Compose:
 
 def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(H, W, 3) uint8 RGB to a normalized (3, H, W) float tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return normalize_batch(to_chw(image)[None], mean, std)[0]
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB as a (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+
+def normalize_batch(
+    images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
+) -> torch.Tensor:
+    """(B, 3, H, W) uint8 RGB to normalized float32, on the images' device (equal to `normalize` image by image)."""
+    x = images.float().div_(255.0)
+    stats = [torch.as_tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(x.device) for v in (mean, std)]
+    return (x - stats[0]) / stats[1]
 
 
 def denormalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..utils.metrics import VOID
-from .augment import eval_transform, normalize, sample_seed, seed_transform, train_transform
+from .augment import eval_transform, normalize, sample_seed, seed_transform, to_chw, train_transform
 from .images import IMAGE_SUFFIXES, ImageError, read_image, read_mask, resolve_mask_mode
 from .labels import Coding
 
@@ -223,8 +223,49 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Item `index` at the current epoch, or, for an ``(epoch, index)`` pair, at that epoch (or view):
         a data loader's long-lived workers then need no `set_epoch`."""
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        image, mask = self._view(self.load(self.pairs[index]), epoch, index)
+        return normalize(image, self.mean, self.std), torch.from_numpy(mask).long()
+
+    def views(self, index: int, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views 0 .. `views` - 1 of item `index` from one decode of its files: (V, 3, H, W) uint8 images (not
+        normalised) and (V, H, W) uint8 masks, each view equal to ``self[(view, index)]`` before normalising."""
         sample = self.load(self.pairs[index])
+        drawn = [self._view(sample, view, index) for view in range(views)]
+        return torch.stack([to_chw(image) for image, _ in drawn]), torch.stack([torch.from_numpy(m) for _, m in drawn])
+
+    def _view(self, sample: Sample, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (image, mask) of one decoded sample as augmented at `epoch` (or view) for item `index`."""
         if self.augment:
             seed_transform(self.transform, sample_seed(self.seed, epoch, index))
         out = self.transform(image=sample.image, mask=sample.mask)
-        return normalize(out["image"], self.mean, self.std), torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
+        return out["image"], np.ascontiguousarray(out["mask"])
+
+
+class Undecoded(torch.utils.data.Dataset):
+    """A dataset's items before normalising: (3, H, W) uint8 images and (H, W) uint8 masks, the form they travel
+    to the device in (a quarter and an eighth of the float32 and int64 bytes)."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self.dataset
+        epoch, index = index if isinstance(index, tuple) else (ds.epoch, index)
+        image, mask = ds._view(ds.load(ds.pairs[index]), epoch, index)
+        return to_chw(image), torch.from_numpy(mask)
+
+
+class AllViews(torch.utils.data.Dataset):
+    """Item ``i`` is every view of image ``i`` of a dataset from one decode (see `SegmentationDataset.views`)."""
+
+    def __init__(self, dataset: SegmentationDataset, views: int) -> None:
+        self.dataset, self.count = dataset, views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.views(index, self.count)

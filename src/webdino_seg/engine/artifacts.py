@@ -19,6 +19,7 @@ from ..utils.overlay import caption, legend, overlay, side_by_side
 from ..utils.runtime import autocast
 from .config import TrainConfig
 from .runfolder import RunFolder
+from .timings import Timings
 
 CURVES = {
     "loss.png": ("loss", "Loss"),
@@ -74,14 +75,20 @@ def finish_run(
     valid_pairs: list[tuple[Path, Path]],
     cfg: TrainConfig,
     device: torch.device,
+    clock: Timings | None = None,
 ) -> None:
-    """Final artifacts: final_model.pth, the curves and valid_preds/; the kept feature chunks are removed."""
-    save_model(run / "final_model.pth", model, identity, meta)
-    save_curves(history, run.path, title=run.path.name, baseline=meta.get("baseline"))
+    """Final artifacts: final_model.pth, the curves and valid_preds/; the kept feature chunks are removed. The
+    time of each goes into `clock` (stage ``finish``)."""
+    clock = clock or Timings()
+    with clock.part("finish", "final model"):
+        save_model(run / "final_model.pth", model, identity, meta)
+    with clock.part("finish", "curves"):
+        save_curves(history, run.path, title=run.path.name, baseline=meta.get("baseline"))
     best_path = run / "best_model_iou.pth"
     if best_path.exists():
-        best, ckpt = load_model(best_path, backbone=model.backbone)
-        write_valid_preds(run / "valid_preds", best.to(device), valid_pairs, cfg, ckpt, device)
+        with clock.part("finish", "valid_preds"):
+            best, ckpt = load_model(best_path, backbone=model.backbone)
+            write_valid_preds(run / "valid_preds", best.to(device), valid_pairs, cfg, ckpt, device)
     shutil.rmtree(run.features, ignore_errors=True)
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..data.augment import denormalize, sample_seed
-from ..data.datasets import SegmentationDataset
+from ..data.augment import denormalize, normalize_batch, sample_seed
+from ..data.datasets import SegmentationDataset, Undecoded
 from ..models.segmentation import SegmentationModel
 from . import distributed
 from .features import FeatureCache, cache_key, free_ram, load_or_extract, plan_store
+from .timings import Timings
 
 
 class _Batches:
@@ -63,6 +64,7 @@ class BatchSource:
         identity: dict | None = None,
         progress_dir: str | Path | None = None,
         amp: bool = True,
+        clock: Timings | None = None,
     ) -> None:
         self.train_ds, self.valid_ds = datasets
         self.model, self.device = model, device
@@ -74,6 +76,7 @@ class BatchSource:
         self.progress_dir = Path(progress_dir) if progress_dir else None
         self._loaders: dict = {}
         self.amp = amp
+        self.clock = clock or Timings()
         if self.cached:
             self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {})
         self.trainable = model.head if self.cached else model
@@ -113,6 +116,7 @@ class BatchSource:
             "dtype": self.plan.dtype,
             "store": store,
             "amp": self.amp,
+            "clock": self.clock,
         }
         keys = {
             "train": cache_key(self.train_ds, model, views, identity),
@@ -157,7 +161,7 @@ class BatchSource:
         if dataset not in self._loaders:
             batches = _Batches()
             loader = torch.utils.data.DataLoader(
-                dataset,
+                Undecoded(dataset),  # uint8 until the device, normalised there
                 batch_sampler=batches,
                 num_workers=self.workers,
                 pin_memory=self.device.type == "cuda",
@@ -184,8 +188,9 @@ class BatchSource:
             if len(idx):
                 images, masks = next(items)
             else:  # more processes than images in this batch: an empty share keeps the collectives in step
-                images, masks = torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long)
-            yield (images.to(self.device, non_blocking=True),), masks.to(self.device, non_blocking=True)
+                images, masks = torch.empty(0, 3, h, w, dtype=torch.uint8), torch.empty(0, h, w, dtype=torch.uint8)
+            pixels = normalize_batch(images.to(self.device, non_blocking=True), dataset.mean, dataset.std)
+            yield (pixels,), masks.to(self.device, non_blocking=True).long()
 
     def train_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """(inputs, masks) batches for one epoch, in an order seeded by (seed, epoch)."""

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,13 +24,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data.augment import denormalize
-from ..data.datasets import SegmentationDataset
+from ..data.augment import normalize_batch
+from ..data.datasets import AllViews, SegmentationDataset
 from ..models.segmentation import SegmentationModel
 from ..utils.files import atomic_write
 from ..utils.runtime import autocast
 from . import distributed
-from .eta import Estimate
+from .eta import Estimate, duration
+from .timings import Timings
 
 
 class FeatureCache:
@@ -242,6 +244,7 @@ def extract(
     desc: str = "features",
     chunks: Path | None = None,
     amp: bool = True,
+    clock: Timings | None = None,
 ) -> FeatureCache:
     """Run the backbone over `views` augmented passes of `dataset` and keep the token grids.
 
@@ -249,8 +252,9 @@ def extract(
     back instead of computed: an interrupted extraction continues where it stopped. Under torchrun
     each process extracts every world_size-th image into the same cache: a file all processes map
     (CPU memory or disk), or, on GPUs, a tensor summed across processes (zeros elsewhere): no
-    process holds more than one copy.
+    process holds more than one copy. Its parts' time goes into `clock` (stage ``cache``).
     """
+    clock = clock or Timings()
     world = distributed.world_size()
     store = store or torch.device("cpu")
     # a cache in memory or files is shared by the processes of each machine, which extract it together; one on
@@ -261,21 +265,22 @@ def extract(
     if not len(dataset):
         raise ValueError(f"no images to extract features from in {desc}")
     cache = _allocate(model, dataset, views, dtype, store, world)
+    step = max(1, batch // views)  # images a batch: every view of each, about `batch` backbone inputs in all
     with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=distributed.rank() > 0) as bar:
         todo = []
-        for view in range(views):
-            for start in range(0, len(mine), batch):
-                index = mine[start : start + batch]
-                rows = torch.tensor(index) + view * len(dataset)
-                chunk = chunks / f"v{view}_r{rank}of{procs}_{start:06d}.pt" if chunks else None
+        for start in range(0, len(mine), step):
+            index = mine[start : start + step]
+            rows = (torch.arange(views)[:, None] * len(dataset) + torch.tensor(index)[None]).reshape(-1)
+            chunk = chunks / f"b{start:06d}_r{rank}of{procs}.pt" if chunks else None
+            with clock.part("cache", "reading saved chunks"):
                 saved = _read_verified(chunk, {"rows": rows.tolist()}, bar.write) if chunk is not None else None
-                if saved is not None:
-                    _put_rows(cache, rows, saved)
-                    bar.update(len(index))
-                else:
-                    todo.append((view, chunk, index, rows))
+            if saved is not None:
+                _put_rows(cache, rows, saved)
+                bar.update(len(rows))
+            else:
+                todo.append((chunk, index, rows))
         if todo:
-            _compute(model, dataset, todo, cache, device, workers, amp, bar, desc)
+            _compute(model, dataset, views, todo, cache, device, workers, amp, bar, desc, clock)
     if world > 1 and cache.features.device.type == "cuda":
         for tensor in (cache.features, cache.masks, cache.images):  # each row was written by one process: exact
             if tensor is not None:
@@ -326,50 +331,86 @@ def _put_rows(cache: FeatureCache, rows: torch.Tensor, part: dict) -> None:
         cache.images[rows.to(cache.images.device)] = part["images"].to(cache.images.device)
 
 
+PROTECT_S = 60.0  # an extraction projected to take longer is saved as it goes (chunks); a shorter one is not
+
+
 def _compute(
-    model: SegmentationModel, dataset: SegmentationDataset, todo: list, cache: FeatureCache, device: torch.device,
-    workers: int, amp: bool, bar: tqdm, desc: str,
+    model: SegmentationModel, dataset: SegmentationDataset, views: int, todo: list, cache: FeatureCache,
+    device: torch.device, workers: int, amp: bool, bar: tqdm, desc: str, clock: Timings,
 ) -> None:  # fmt: skip
-    """Run the backbone over the (view, chunk file, image indices, rows) batches in `todo`; each batch goes into
-    the cache and, where it has a chunk file, to disk as well, so an interrupted extraction continues there.
-    On a CPU the images of a batch go through one at a time (as fast there), so the progress moves per image;
-    once the first images are measured, the time it will take is said."""
-    loader = torch.utils.data.DataLoader(  # one loader, its workers kept for every view
-        dataset,
-        batch_sampler=[[(view, i) for i in index] for view, _, index, _ in todo],
+    """Run the backbone over every view of the (chunk file, image indices, rows) batches in `todo`, each image
+    decoded once for all its views; each batch goes into the cache and, where it has a chunk file and the whole
+    extraction is long enough to be worth protecting (`PROTECT_S`, decided from the first batch and said), to
+    disk as well, so an interrupted extraction continues there. On a CPU the images of a batch go through one at
+    a time (as fast there), so the progress moves per image; once the first are measured, the time is said."""
+    loader = torch.utils.data.DataLoader(  # one loader over images; an item is all its views
+        AllViews(dataset, views),
+        batch_sampler=[index for _, index, _ in todo],
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    estimate = Estimate(desc, sum(len(index) for _, _, index, _ in todo), "image", device, after=3)
+    estimate = Estimate(desc, sum(len(rows) for _, _, rows in todo), "image", device, after=3)
+    protect: bool | None = None  # decided from the first batch's pace
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as writer:  # writes beside compute
         pending: list = []
-        for (_, chunk, _, rows), (batch_images, target) in zip(todo, loader, strict=True):
-            part = _compute_batch(model, batch_images, target, cache, device, amp, bar, estimate)
-            _put_rows(cache, rows, part)
-            if chunk is not None:
+        batches = clock.timed(loader, "cache", "decoding and augmenting images")
+        for (chunk, _, rows), (images, masks) in zip(todo, batches, strict=True):
+            part = _compute_batch(model, _view_major(images), _view_major(masks), dataset, cache, device, amp, bar,
+                                  estimate, clock)  # fmt: skip
+            with clock.part("cache", "copying into the cache"):
+                _put_rows(cache, rows, part)
+            if chunk is None:
+                continue
+            if protect is None:
+                protect = _worth_protecting(estimate, bar.write)
+            if protect:
                 part["features"] = part["features"].to("cpu", cache.features.dtype)
-                pending.append(writer.submit(save_verified, chunk, part | {"rows": rows.tolist()}))
+                pending.append(writer.submit(_timed_save, clock, chunk, part | {"rows": rows.tolist()}))
             while pending and (pending[0].done() or len(pending) > 2):  # at most 2 waiting: memory stays bounded
                 pending.pop(0).result()  # a failed write stops the extraction with its error
         for future in pending:
             future.result()
 
 
+def _timed_save(clock: Timings, path: Path, part: dict) -> None:
+    """`save_verified` in the writer thread, its busy time counted."""
+    with clock.part("cache", "saving chunks (writer thread)"):
+        save_verified(path, part)
+
+
+def _view_major(batch: torch.Tensor) -> torch.Tensor:
+    """(B, V, ...) items of `AllViews` as (V * B, ...): view 0 of every image, then view 1, as the cache's rows."""
+    return batch.transpose(0, 1).reshape(-1, *batch.shape[2:])
+
+
+def _worth_protecting(estimate: Estimate, say) -> bool:
+    """Whether an extraction is long enough (`PROTECT_S`, projected from what `estimate` measured so far) to be
+    saved as it goes; when not, it says so in one line."""
+    seconds = (time.perf_counter() - estimate.start) / max(estimate.done, 1) * estimate.total
+    if seconds >= PROTECT_S:
+        return True
+    say(f"{estimate.what}: about {duration(seconds)} here, so not saved as it goes (an interrupted run computes "
+        "them again)")  # fmt: skip
+    return False
+
+
 def _compute_batch(
-    model: SegmentationModel, batch_images: torch.Tensor, target: torch.Tensor, cache: FeatureCache,
-    device: torch.device, amp: bool, bar: tqdm, estimate: Estimate,
+    model: SegmentationModel, images: torch.Tensor, masks: torch.Tensor, dataset: SegmentationDataset,
+    cache: FeatureCache, device: torch.device, amp: bool, bar: tqdm, estimate: Estimate, clock: Timings,
 ) -> dict:  # fmt: skip
-    """One batch's features, masks (and images for heads that read them); on a CPU one image at a time."""
+    """One batch's features from uint8 `images` normalised on the device, its uint8 masks (and, for heads that
+    read them, the uint8 images); on a CPU one image at a time."""
     grids = []
-    for images in batch_images.split(1 if device.type == "cpu" else len(batch_images)):
-        with autocast(device, amp):
-            grids.append(model.features(images.to(device, non_blocking=True)))
-        bar.update(len(images))
-        for line in estimate.update(len(images)) if not bar.disable else []:
+    for chunk in images.split(1 if device.type == "cpu" else len(images)):
+        with clock.part("cache", "backbone", device), autocast(device, amp):
+            pixels = normalize_batch(chunk.to(device, non_blocking=True), dataset.mean, dataset.std)
+            grids.append(model.features(pixels))
+        bar.update(len(chunk))
+        for line in estimate.update(len(chunk)) if not bar.disable else []:
             bar.write(line)
-    part = {"features": torch.cat(grids), "masks": target.to(torch.uint8)}
-    if cache.images is not None:  # the augmented image, as the uint8 it was before normalising
-        part["images"] = denormalize(batch_images, cache.mean, cache.std)
+    part = {"features": torch.cat(grids), "masks": masks}
+    if cache.images is not None:  # the augmented image, as the uint8 it is before normalising
+        part["images"] = images
     return part
 
 
@@ -378,7 +419,7 @@ def chunk_count(chunks: Path | None) -> int:
     if chunks is None or not chunks.is_dir():
         return 0
     return sum(
-        len(torch.load(c, map_location="cpu", weights_only=True, mmap=True)["masks"]) for c in chunks.glob("v*.pt")
+        len(torch.load(c, map_location="cpu", weights_only=True, mmap=True)["masks"]) for c in chunks.glob("b*.pt")
     )
 
 
@@ -418,7 +459,7 @@ def checksum(part: dict) -> str:
         if part.get(name) is not None:
             tensor = part[name].detach().cpu().contiguous()
             digest.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # read in place, not copied
     return digest.hexdigest()
 
 

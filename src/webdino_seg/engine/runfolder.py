@@ -30,6 +30,7 @@ LAST = "last.pth"
 PREVIOUS = "last.prev.pth"
 CONFIG = "config.yaml"
 SPLIT = "split.json"  # a flat folder's split, decided when the run starts
+TIMINGS = "timings.json"  # where a finished run's time went, stage by stage
 CLAIM = ".webdino-seg-run"  # created exclusively: whoever creates it owns the folder
 
 

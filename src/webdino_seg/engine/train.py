@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from ..data.datasets import DataError, SegmentationDataset, is_flat, split_pairs
 from ..data.images import resolve_mask_mode
 from ..models.builder import build_backbone
-from ..models.checkpoint import backbone_identity
+from ..models.checkpoint import backbone_identity, model_payload, snapshot, write_checkpoint
 from ..models.heads import create_head
 from ..models.segmentation import SegmentationModel
 from ..models.variants import BackboneConfig, get_variant
-from ..utils.files import atomic_write_text, check_writable
+from ..utils.files import BackgroundWriter, atomic_write_text, check_writable
 from ..utils.metrics import VOID, ConfusionMatrix
 from ..utils.outputs import outside
 from ..utils.runtime import amp_dtype, autocast, prepare_model, resolve_device, speed_flags
@@ -38,7 +38,8 @@ from .config import ResumeError, TrainConfig
 from .eta import Estimate
 from .features import chunk_count
 from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
-from .runfolder import LAST, SPLIT, RunFolder, differences
+from .runfolder import LAST, SPLIT, TIMINGS, RunFolder, differences
+from .timings import Timings
 from .warmstart import warm_start
 
 __all__ = ["TrainConfig", "TrainingError", "train", "train_step"]
@@ -198,30 +199,82 @@ def train(
     Every setting is checked before the folder is made; the folder is made before anything slow starts.
     On a GPU the CUDA speed flags are on while it trains and as they were afterwards.
     """
-    run, state = None, None
-    if resume is not None:
-        run, cfg = RunFolder.open(resume)
-        cfg = cfg.resumed_with(changes or {})
-        state = run.load_last() if run.has_state() else None  # a damaged or foreign state stops it now, not later
-    check_data(cfg)
-    rank, world, local_rank = distributed.setup(cfg.device)
-    if run is not None:
-        if rank == 0:  # one process cleans up before any reads the folder
-            run.remove_stale()
-            if run.record is None:  # a folder from before run ids: it gets one from now on
-                run.write_record(cfg)
-        distributed.barrier()
-        run.record = run.record or run._read_record()
-    device = _device(cfg.device, world, local_rank)
+    clock, run, state = Timings(), None, None
+    with clock.stage("startup"):
+        if resume is not None:
+            run, cfg = RunFolder.open(resume)
+            cfg = cfg.resumed_with(changes or {})
+            state = run.load_last() if run.has_state() else None  # a damaged or foreign state stops it now
+        check_data(cfg)
+        rank, world, local_rank = distributed.setup(cfg.device)
+        if run is not None:
+            if rank == 0:  # one process cleans up before any reads the folder
+                run.remove_stale()
+                if run.record is None:  # a folder from before run ids: it gets one from now on
+                    run.write_record(cfg)
+            distributed.barrier()
+            run.record = run.record or run._read_record()
+        device = _device(cfg.device, world, local_rank)
     with speed_flags(device):
-        return _train(cfg, run, device, _quiet if rank > 0 else log, state)
+        return _train(cfg, run, device, _quiet if rank > 0 else log, state, clock)
 
 
 def _train(
-    cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None], state: dict | None
-) -> Path:
+    cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None], state: dict | None,
+    clock: Timings,
+) -> Path:  # fmt: skip
     """`train` once the settings, the device and (resuming) the checked resume state are known."""
-    rank, resuming = distributed.rank(), run is not None
+    with clock.stage("startup"):
+        cfg, run, splits, base, weights, model, identity = _setup(cfg, run, device, log, state, clock)
+    try:
+        with clock.stage("cache"):
+            model = prepare_model(model, device, cfg.amp)
+            source = _batch_source(cfg, model, splits, device, identity, run.features, clock)
+    except BaseException as err:
+        _say_what_was_kept(run, cfg, splits, log, err)
+        raise
+    with clock.stage("startup"):
+        if source.cached:
+            log(source.describe_cache())
+        optimizer, scheduler = _optimizer(model, cfg)
+        progress = Progress()
+        if state is not None:
+            progress = _restore(state, model, optimizer, scheduler)
+            log(f"resuming {run.path} after epoch {progress.epoch}")
+        meta = _checkpoint_meta(cfg, get_variant(cfg.arch), base, splits, weights) | {"run_id": run.run_id}
+        steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
+        estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3)
+        board = Board(run.path, cfg.class_names, cfg.class_colors, progress.epoch) if (
+            cfg.tensorboard and distributed.rank() == 0) else None  # fmt: skip
+    loop = _Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate, board, clock)
+    try:
+        with clock.stage("epochs"):
+            try:
+                _epochs(loop, progress)
+            finally:
+                loop.writer.close()  # the last epoch's files are on disk before anything is said or read
+    except BaseException as err:
+        log(_how_to_continue(run, progress, cfg.epochs, err))
+        raise
+    finally:
+        if board is not None:
+            board.close()
+    with clock.stage("finish"):
+        if distributed.rank() == 0:  # the other processes are done: none waits in a collective that could time out
+            final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
+            finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device,
+                       clock)  # fmt: skip
+    _say_where_to_go(run, progress, base, cfg, log, clock)
+    return run.path
+
+
+def _setup(
+    cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None], state: dict | None,
+    clock: Timings,
+) -> tuple:  # fmt: skip
+    """Masks resolved, both splits decoded and checked, the baseline and class weights, the model built (and,
+    resuming, its backbone checked against the state), the run folder made: (cfg, run, splits, baseline, class
+    weights, model, backbone identity)."""
     if device.type == "cuda" and cfg.amp and amp_dtype(device) is None:
         log(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
             f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): running in float32")
@@ -229,52 +282,24 @@ def _train(
     cfg, note = resolve_masks(cfg)
     if note:
         log(note)
-    splits = datasets(cfg, variant, run.split() if run is not None else None)
-    base = baseline(splits[1])
+    with clock.part("startup", "reading and checking data"):
+        splits = datasets(cfg, variant, run.split() if run is not None else None)
+        base = baseline(splits[1])
     weights = class_weights(cfg, splits[0], log)
-    model, identity = build_model(cfg, variant, log)
+    with clock.part("startup", "building the backbone"):
+        model, identity = build_model(cfg, variant, log)
     if state is not None:  # before any feature is extracted
         check_identity(run, state, identity)
     if cfg.init_from:
         log(warm_start(model, identity, cfg))
     if run is None:
+        rank = distributed.rank()
         run = distributed.broadcast(_new_run(cfg, splits, [note, _baseline_line(base, cfg)]) if rank == 0 else None)
     world = distributed.world_size()
     processes = f"  processes: {world}" if world > 1 else ""
     log(f"run folder: {run.path}  device: {device}{processes}  backbone: {cfg.arch} ({identity['weights']})")
     log(_baseline_line(base, cfg))
-    try:
-        source = _batch_source(cfg, prepare_model(model, device, cfg.amp), splits, device, identity, run.features)
-    except BaseException as err:
-        _say_what_was_kept(run, cfg, splits, log, err)
-        raise
-    if source.cached:
-        log(source.describe_cache())
-    optimizer, scheduler = _optimizer(model, cfg)
-    progress = Progress()
-    if resuming and state is not None:
-        progress = _restore(state, model, optimizer, scheduler)
-        log(f"resuming {run.path} after epoch {progress.epoch}")
-    meta = _checkpoint_meta(cfg, variant, base, splits, weights) | {"run_id": run.run_id}
-    steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
-    estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3)
-    board = None
-    if cfg.tensorboard and rank == 0:
-        board = Board(run.path, cfg.class_names, cfg.class_colors, progress.epoch)
-    try:
-        _epochs(_Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate, board),
-                progress)  # fmt: skip
-    except BaseException as err:
-        log(_how_to_continue(run, progress, cfg.epochs, err))
-        raise
-    finally:
-        if board is not None:
-            board.close()
-    if rank == 0:  # the other processes are done: none waits in a collective that could time out meanwhile
-        final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
-        finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device)
-    _say_where_to_go(run, progress, base, cfg, log)
-    return run.path
+    return cfg, run, splits, base, weights, model, identity
 
 
 @dataclass
@@ -293,6 +318,8 @@ class _Loop:
     weights: torch.Tensor | None = None  # the cross-entropy's class weights
     estimate: Estimate | None = None  # said once, from the first steps this process trains
     board: Board | None = None  # TensorBoard event files (rank 0, with --tensorboard)
+    clock: Timings = field(default_factory=Timings)  # where the epochs' time goes
+    writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # checkpoints, beside the next epoch
 
 
 def _epochs(loop: _Loop, progress: Progress) -> None:
@@ -304,16 +331,17 @@ def _epochs(loop: _Loop, progress: Progress) -> None:
         train_loss, train_cm = _train_epoch(loop, epoch, progress, rank > 0)
         if loop.scheduler:
             loop.scheduler.step()
-        valid = evaluate_source(loop.source, cfg.num_classes, loop.device, cfg.amp, cfg.loss, loop.weights)
+        with loop.clock.part("epochs", "validation"):
+            valid = evaluate_source(loop.source, cfg.num_classes, loop.device, cfg.amp, cfg.loss, loop.weights)
         row = _epoch_row(epoch, lr, (train_loss, train_cm), valid, cfg.class_names)
         progress.history.append(row | {"seconds": time.perf_counter() - t0})
         progress.epoch = epoch + 1
         if rank == 0:
-            _save_epoch(loop.run, loop.source.model, loop.identity, loop.meta, loop.optimizer, loop.scheduler,
-                        progress, progress.history[-1])  # fmt: skip
+            _save_epoch(loop, progress, progress.history[-1])
             if loop.board is not None:
-                sample = loop.source.valid_sample(PREVIEWS)
-                loop.board.epoch(row, loop.board.previews(loop.source.trainable, *sample, loop.device, cfg.amp))
+                with loop.clock.part("epochs", "tensorboard"):
+                    sample = loop.source.valid_sample(PREVIEWS)
+                    loop.board.epoch(row, loop.board.previews(loop.source.trainable, *sample, loop.device, cfg.amp))
         distributed.barrier()  # no process runs ahead of what is on disk
         loop.log(_epoch_line(progress.history[-1], cfg.epochs, cfg.class_names))
 
@@ -381,8 +409,13 @@ def class_weights(cfg: TrainConfig, train_ds: SegmentationDataset, log: Callable
     return weights
 
 
-def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainConfig, log) -> None:
-    """The last lines: the best score beside the baseline, the run folder, the commands for its best model."""
+def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainConfig, log, clock: Timings) -> None:
+    """The last lines: where the time went (also written as timings.json), the best score beside the baseline,
+    the run folder, the commands for its best model."""
+    if distributed.rank() == 0:
+        atomic_write_text(run / TIMINGS, json.dumps(clock.to_dict(), indent=2) + "\n")
+    for line in clock.lines():
+        log(line)
     names = cfg.class_names
     log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
         f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
@@ -446,8 +479,10 @@ def _batch_source(
     device: torch.device,
     identity: dict,
     progress_dir: Path,
+    clock: Timings,
 ) -> BatchSource:
-    """Batches as `cfg` asks: cached features (extracted here, kept in chunks in `progress_dir`) or live images."""
+    """Batches as `cfg` asks: cached features (extracted here, kept in chunks in `progress_dir`) or live images;
+    the extraction's time goes into `clock`."""
     return BatchSource(
         model,
         splits,
@@ -462,6 +497,7 @@ def _batch_source(
         identity,
         progress_dir,
         cfg.amp,
+        clock,
     )
 
 
@@ -494,7 +530,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
     source.model.train()
     cm, total_loss, steps = ConfusionMatrix(cfg.num_classes, loop.device), 0.0, 0  # counted on the device
     bar = tqdm(
-        source.train_batches(epoch),
+        loop.clock.timed(source.train_batches(epoch), "epochs", "waiting for batches"),
         total=source.steps_per_epoch(),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         unit="batch",
@@ -503,8 +539,11 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
     )
     for step, (inputs, masks) in enumerate(bar):
         try:
-            done = train_step(source.net, loop.optimizer, inputs, masks, loop.device, cfg.amp, cfg.loss, loop.weights)
+            with loop.clock.part("epochs", "training steps"):
+                done = train_step(source.net, loop.optimizer, inputs, masks, loop.device, cfg.amp, cfg.loss,
+                                  loop.weights)  # fmt: skip
         except NonFiniteLoss as err:
+            loop.writer.wait()  # the last epoch's state is on disk before it is named
             last = f"{run / LAST} (epoch {progress.epoch})" if (run / LAST).exists() else "none yet"
             raise TrainingError(
                 f"loss became {err.value} at epoch {epoch + 1}, step {step + 1}; stopped. Last good checkpoint: "
@@ -525,38 +564,39 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
     return total_loss / max(steps, 1), cm
 
 
-def _save_epoch(
-    run: RunFolder,
-    model: SegmentationModel,
-    identity: dict,
-    meta: dict,
-    optimizer: torch.optim.Optimizer,
-    scheduler: object,
-    progress: Progress,
-    row: dict,
-) -> None:
-    """The best checkpoints when this epoch beats them, then the resume state and metrics.csv."""
-    best, epoch = progress.best, row["epoch"]
-    meta_now = meta | {"epoch": epoch, "metrics": row}
-    if row["valid_loss"] < best["loss"]:
-        best["loss"] = row["valid_loss"]
-        run.save_model("best_model_loss.pth", model, identity, meta_now)
-    if row["valid_miou"] > best["miou"]:
-        best.update(miou=row["valid_miou"], iou_epoch=epoch)
-        run.save_model("best_model_iou.pth", model, identity, meta_now)
-    run.save_last(
-        {
+def _save_epoch(loop: _Loop, progress: Progress, row: dict) -> None:
+    """The best checkpoints when this epoch beats them, then the resume state and metrics.csv: a snapshot taken
+    now, written in the background while the next epoch trains (files in this order, one epoch at a time)."""
+    run, model, identity, best, epoch = loop.run, loop.source.model, loop.identity, progress.best, row["epoch"]
+    with loop.clock.part("epochs", "checkpoints (snapshot)"):
+        meta_now = loop.meta | {"epoch": epoch, "metrics": row}
+        models = []
+        if row["valid_loss"] < best["loss"]:
+            best["loss"] = row["valid_loss"]
+            models.append(("best_model_loss.pth", model_payload(model, identity, meta_now, copy=True)))
+        if row["valid_miou"] > best["miou"]:
+            best.update(miou=row["valid_miou"], iou_epoch=epoch)
+            models.append(("best_model_iou.pth", model_payload(model, identity, meta_now, copy=True)))
+        state = snapshot({
             "epoch": epoch,
             "head": model.head.state_dict(),
             "backbone": model.backbone.state_dict() if model.fine_tune else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler else None,
-            "history": progress.history,
-            "best": best,
+            "optimizer": loop.optimizer.state_dict(),
+            "scheduler": loop.scheduler.state_dict() if loop.scheduler else None,
+            "history": list(progress.history),
+            "best": dict(best),
             "identity": {k: identity.get(k) for k in IDENTITY_KEYS},
-        }
-    )
-    run.write_metrics(progress.history)
+        })  # fmt: skip
+
+    def write() -> None:
+        with loop.clock.part("epochs", "checkpoints (writer thread)"):
+            for name, payload in models:
+                write_checkpoint(run / name, payload)
+            run.save_last(state)
+            run.write_metrics(state["history"])
+
+    with loop.clock.part("epochs", "waiting for the checkpoint writer"):
+        loop.writer.submit(write)
 
 
 IDENTITY_KEYS = ("arch", "weights", "seed", "sha256", "fingerprint")

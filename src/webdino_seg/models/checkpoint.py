@@ -68,6 +68,12 @@ def _weights_sha256(path: Path) -> str | None:
 
 def save_model(path: str | Path, model: SegmentationModel, identity: dict, meta: dict) -> Path:
     """Write a model checkpoint atomically; `meta` holds imgsz, class names, mean/std, config, metrics."""
+    return write_checkpoint(path, model_payload(model, identity, meta))
+
+
+def model_payload(model: SegmentationModel, identity: dict, meta: dict, copy: bool = False) -> dict:
+    """What a model checkpoint holds; with `copy`, a snapshot on the CPU that later training does not change
+    (for a write in the background)."""
     payload = {
         "format": FORMAT,
         "head": model.head.state_dict(),
@@ -77,7 +83,23 @@ def save_model(path: str | Path, model: SegmentationModel, identity: dict, meta:
         "backbone_identity": identity,
         **meta,
     }
+    return snapshot(payload) if copy else payload
+
+
+def write_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write a checkpoint payload (see `model_payload`) atomically."""
     return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def snapshot(obj: object) -> object:
+    """A copy of nested dicts, lists and tuples whose tensors are copied to the CPU (everything else shared)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -7,6 +7,7 @@ import functools
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -156,3 +157,31 @@ def save_png(path: str | Path, array: np.ndarray, notes: dict[str, str] | None =
     for key, value in (notes or {}).items():
         info.add_text(key, value)
     return atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=1, pnginfo=info))
+
+
+class BackgroundWriter:
+    """Runs writes one at a time in a thread beside the caller: `submit` first waits for the write before it
+    (so files are written in order, at most one is pending, and its error is raised there), `wait` for the
+    last one. What a write saves must be a snapshot: the caller goes on changing its own objects."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: Future | None = None
+
+    def submit(self, write: Callable[[], object]) -> None:
+        """Wait for the write before, then start `write` in the background."""
+        self.wait()
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        """Block until the pending write is done; raise its error, if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the pending write (its error is raised) and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
