@@ -90,3 +90,27 @@ class LayerScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
+
+
+@torch.no_grad()
+def fold_layer_scales(blocks: nn.ModuleList) -> int:
+    """Fold each block's LayerScales into the last linear layer of the branch they scale (``ls1`` into the
+    attention's output projection, ``ls2`` into the FFN's last layer), so a frozen model makes one element-wise
+    pass fewer per branch; the LayerScales become identities. Returns how many were folded. Exact in real
+    numbers; in floating point the folded weights round once, where the unfolded model rounds the product."""
+    folded = 0
+    for block in blocks:
+        for name, branch in (("ls1", block.attn), ("ls2", block.mlp)):
+            scale = getattr(block, name)
+            if not isinstance(scale, LayerScale):
+                continue
+            last = [m for m in branch.modules() if isinstance(m, nn.Linear)][-1]  # registered in the order applied
+            if last.out_features != scale.gamma.numel():
+                raise ValueError(f"cannot fold {name}: the branch's last linear layer gives {last.out_features} "
+                                 f"values, the scale has {scale.gamma.numel()}")  # fmt: skip
+            last.weight.mul_(scale.gamma[:, None].to(last.weight.dtype))
+            if last.bias is not None:
+                last.bias.mul_(scale.gamma.to(last.bias.dtype))
+            setattr(block, name, nn.Identity())
+            folded += 1
+    return folded

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .dinov2 import DinoVisionTransformer
+from .layers import fold_layer_scales
 
 # parts of a backbone that only its pre-training uses (masked image modelling, local crops): no part in our
 # forward pass, so never trained (a trainable parameter that gets no gradient makes DDP fail)
@@ -45,7 +48,10 @@ class SegmentationModel(nn.Module):
             images = images.to(dtype)
         if self.fine_tune:
             return self._grid(images)
-        with torch.inference_mode():
+        # a frozen backbone kept in bf16 runs in bf16 as it is: autocast around it would only force its LayerNorms
+        # to float32 (extra memory traffic); PyTorch's norm kernels keep their statistics in float32 anyway
+        native = torch.autocast(images.device.type, enabled=False) if dtype != torch.float32 else nullcontext()
+        with torch.inference_mode(), native:
             grid = self._grid(images)
         return grid.clone()  # a normal tensor, so the head's autograd can use it
 
@@ -65,9 +71,11 @@ class SegmentationModel(nn.Module):
 
     def freeze_in(self, dtype: torch.dtype) -> SegmentationModel:
         """Keep a frozen backbone's weights in `dtype` (bf16 on a GPU): cast once, not on every forward as
-        autocast does for weights that need no gradient. LayerNorm statistics are still accumulated in
-        float32 by PyTorch's kernels. A fine-tuned backbone is left as it is."""
+        autocast does for weights that need no gradient, with its LayerScales folded into the layers before them
+        (in float32, then cast: see `fold_layer_scales`). LayerNorm statistics are still accumulated in float32
+        by PyTorch's kernels. A fine-tuned backbone is left as it is."""
         if not self.fine_tune:
+            fold_layer_scales(self.backbone.blocks)
             self.backbone.to(dtype)
         return self
 
