@@ -38,6 +38,8 @@ def test_benchmark_prints_the_table(tiny_data: Path, test_video: Path, tmp_path:
         assert len(figures[key]["runs"]) == 3 and figures[key]["min"] <= figures[key]["median"] <= figures[key]["max"]
     assert figures["runtime"]["device"] == "cpu" and figures["runtime"]["torch"] == torch.__version__
     assert figures["sdpa"]["tutorial"] == "math" and figures["sdpa"]["ours"] != "math"
+    assert set(figures["ours_train_timings"]["stages"]) == {"startup", "cache", "epochs", "finish"}
+    assert "our training run, bound by: " in table and "whole model frames/s, batch 1, 56x56" in table
 
 
 def test_each_recipe_does_what_its_row_says(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
@@ -70,11 +72,13 @@ def test_tutorial_schedule_is_extrapolated_from_its_own_epochs(tmp_path: Path, m
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.csv").write_text("epoch,seconds\n1,2.0\n2,4.0\n")
+    (run / "timings.json").write_text(json.dumps({"wall_s": 30.0, "stages": {}}))
     calls = iter([(999.0, run), (999.0, run)] + [(30.0, run), (10.0, run)] * 3)  # warm-ups, then ours, tutorial x3
     monkeypatch.setattr(bench, "_timed_train", lambda cfg, device, mode: next(calls))
     res = bench.bench_training("d", "webdino-tiny", (56, 56), torch.device("cpu"), 60, 2, 4, 3)
     assert res["ours_train_s"]["median"] == 30.0 and res["tutorial_train_measured_s"]["median"] == 10.0
     assert res["tutorial_train_extrapolated_s"]["runs"] == [10.0 + 58 * 3.0] * 3
+    assert res["ours_train_timings"] == {"wall_s": 30.0, "stages": {}}  # our last run's own accounting
 
 
 class _SlowStart(torch.nn.Module):

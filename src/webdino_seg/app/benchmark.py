@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import statistics
 import tempfile
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..engine.runfolder import TIMINGS
+from ..engine.timings import timing_lines
 from ..engine.train import TrainConfig, train
 from ..inference.predictor import Predictor
 from ..inference.video import run_video
@@ -124,9 +127,10 @@ def bench_training(
         _timed_train(our_config(data, Path(tmp) / "warm-ours", epochs=1, **common), device, contextlib.nullcontext())
         _timed_train(tutorial_config(data, Path(tmp) / "warm-tut", epochs=1, **common), device, tutorial_mode())
         for i in range(repeats):
-            seconds, _ = _timed_train(our_config(data, Path(tmp) / f"ours{i}", epochs=epochs, **common), device,
-                                      contextlib.nullcontext())  # fmt: skip
+            seconds, run = _timed_train(our_config(data, Path(tmp) / f"ours{i}", epochs=epochs, **common), device,
+                                        contextlib.nullcontext())  # fmt: skip
             ours.append(seconds)
+            timings = json.loads((run / TIMINGS).read_text())
             cfg = tutorial_config(data, Path(tmp) / f"tut{i}", epochs=tutorial_epochs, **common)
             seconds, run = _timed_train(cfg, device, tutorial_mode())
             per_epoch = statistics.mean(_epoch_seconds(run))
@@ -138,6 +142,7 @@ def bench_training(
         "tutorial_train_extrapolated_s": summarise(tutorial_full),
         "epochs": epochs,
         "tutorial_epochs_measured": tutorial_epochs,
+        "ours_train_timings": timings,  # where the last of our runs spent its time (its timings.json)
     }
 
 
@@ -161,6 +166,25 @@ def bench_backbone(model, imgsz: tuple[int, int], device: torch.device, batches:
 
         out[f"{recipe}_backbone_img_s_b{b}"] = repeat(once, repeats)
     return out
+
+
+def bench_whole(model, size: int, device: torch.device, iters: int, repeats: int, recipe: str) -> dict:
+    """Whole-model (backbone and head) frames/s at batch 1 and `size` x `size` rounded up to the patch size."""
+    p = model.backbone.patch_size
+    side = -(-size // p) * p
+    x = torch.randn(1, 3, side, side, device=device)
+    mode, amp = (tutorial_mode, False) if recipe == "tutorial" else (contextlib.nullcontext, True)
+
+    def once() -> float:
+        with torch.inference_mode(), mode(), autocast(device, amp):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                model(x)
+            _sync(device)
+        return iters / (time.perf_counter() - start)
+
+    return {f"{recipe}_whole_fps_b1": repeat(once, repeats), "whole_side": side}
 
 
 def bench_video(model, imgsz: tuple[int, int], device: torch.device, video: str | Path, frames: int,
@@ -215,6 +239,7 @@ def benchmark(
                 res["sdpa"][recipe] = sdpa_kernel_used(model, x, recipe == "ours")
             log(f"backbone throughput, {recipe} ...")
             res |= _as_measured(bench_backbone(model, imgsz, dev, batches, iters, repeats, recipe), log)
+            res |= _as_measured(bench_whole(model, 512 if not quick else 56, dev, iters, repeats, recipe), log)
             if video is not None:
                 frames = 4 if quick and dev.type == "cpu" else (24 if quick else 240)
                 log(f"video, {recipe}: {frames} frames, x{repeats} ...")
@@ -254,6 +279,10 @@ def format_table(res: dict) -> str:
     for b in res["batches"]:
         rows.append((f"backbone images/s, batch {b}", res[f"tutorial_backbone_img_s_b{b}"],
                      res[f"ours_backbone_img_s_b{b}"], False))  # fmt: skip
+    if "ours_whole_fps_b1" in res:
+        side = res["whole_side"]
+        rows.append((f"whole model frames/s, batch 1, {side}x{side}", res["tutorial_whole_fps_b1"],
+                     res["ours_whole_fps_b1"], False))  # fmt: skip
     if "ours_video_fps" in res:
         rows.append((f"video end to end, FPS ({res['video_frames']} frames)", res["tutorial_video_fps"],
                      res["ours_video_fps"], False))  # fmt: skip
@@ -272,4 +301,6 @@ def format_table(res: dict) -> str:
             f"({_fmt(res['tutorial_train_measured_s'])} s, every artifact written); the rest of the schedule is "
             "its own mean epoch time times the epochs left. Ours ran every epoch."
         )
+    if "ours_train_timings" in res:
+        lines += ["our training run, " + line for line in timing_lines(res["ours_train_timings"])]
     return "\n".join(lines)

@@ -122,12 +122,18 @@ class Timings:
 
     def lines(self) -> list[str]:
         """Two log lines: the stages with their parts and the wall time; then what bound the run."""
-        shown = []
-        for name, seconds in self.stages.items():
-            parts = self.parts.get(name, {})
-            inner = ", ".join(f"{k} {v:.1f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v >= 0.05)
-            shown.append(f"{name} {seconds:.1f} s" + (f" ({inner})" if inner else ""))
-        stage, part, share = self.bound_by()
-        where = f"{stage} / {part}" if part else stage
-        return [f"time: {' · '.join(shown)} = {sum(self.stages.values()):.1f} s of {self.wall():.1f} s wall",
-                f"bound by: {where} ({share:.0%} of the run)"]  # fmt: skip
+        return timing_lines(self.to_dict())
+
+
+def timing_lines(timings: dict) -> list[str]:
+    """The two lines `Timings.lines` says, from a timings.json dict."""
+    shown = []
+    for name, stage in timings["stages"].items():
+        parts = sorted(stage["parts"].items(), key=lambda kv: -kv[1])
+        inner = ", ".join(f"{k} {v:.1f}" for k, v in parts if v >= 0.05)
+        shown.append(f"{name} {stage['seconds']:.1f} s" + (f" ({inner})" if inner else ""))
+    total = sum(stage["seconds"] for stage in timings["stages"].values())
+    bound = timings["bound_by"]
+    where = f"{bound['stage']} / {bound['part']}" if bound["part"] else bound["stage"]
+    return [f"time: {' · '.join(shown)} = {total:.1f} s of {timings['wall_s']:.1f} s wall",
+            f"bound by: {where} ({bound['share_of_wall']:.0%} of the run)"]  # fmt: skip
