@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -228,8 +229,16 @@ def test_resume_applies_safe_flags_and_refuses_others(small: Path, tmp_path: Pat
     cli_error(["train", "--resume", str(run), "--lr", "0.5"], capsys, "--lr 0.5 (the run has 0.001)",
               "start a new run")  # fmt: skip
     cli_error(["train", "--resume", str(run), "--imgsz", "112", "112"], capsys, "--imgsz")
+    baseline_note = [line for line in (run / "config.yaml").read_text().splitlines() if line.startswith("#")]
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert len(metrics_rows(run)) == 2
+    text = (run / "config.yaml").read_text()  # it repeats the run as it now is, and says what changed
+    assert TrainConfig.from_yaml(run / "config.yaml").epochs == 2
+    assert re.search(r"^# resumed \S+ with epochs 2 \(was 1\)$", text, re.M), text
+    assert all(line in text for line in baseline_note)
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0  # and it still resumes from it
+    assert TrainConfig.from_yaml(run / "config.yaml").epochs == 3 and text.count("# resumed") == 1
+    assert (run / "config.yaml").read_text().count("# resumed") == 2
 
 
 # --- results that explain themselves -------------------------------------------------------------

@@ -9,6 +9,7 @@ is written atomically. The run id is in every checkpoint and resume state the ru
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -125,6 +126,17 @@ class RunFolder:
         atomic_write_text(run / CONFIG, cfg.to_yaml() + comments)
         run.write_record(cfg)
         return run
+
+    def update_config(self, before: TrainConfig, now: TrainConfig) -> None:
+        """Rewrite config.yaml with the settings in force after a ``--resume`` that changed some (``--epochs``),
+        keeping its comments and adding one that says what changed, when: it repeats the run as it now is."""
+        changed = [f"{k} {v} (was {before.to_dict()[k]})" for k, v in now.to_dict().items() if before.to_dict()[k] != v]
+        if not changed:
+            return
+        comments = [line for line in (self / CONFIG).read_text().splitlines(keepends=True) if line.startswith("#")]
+        stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        comments.append(f"# resumed {stamp} with {'; '.join(changed)}\n")
+        atomic_write_text(self / CONFIG, now.to_yaml() + "".join(comments))
 
     @classmethod
     def open(cls, path: str | Path) -> tuple[RunFolder, TrainConfig]:

@@ -202,14 +202,15 @@ def train(
     clock, run, state = Timings(), None, None
     with clock.stage("startup"):
         if resume is not None:
-            run, cfg = RunFolder.open(resume)
-            cfg = cfg.resumed_with(changes or {})
+            run, before = RunFolder.open(resume)
+            cfg = before.resumed_with(changes or {})
             state = run.load_last() if run.has_state() else None  # a damaged or foreign state stops it now
         check_data(cfg)
         rank, world, local_rank = distributed.setup(cfg.device)
         if run is not None:
             if rank == 0:  # one process cleans up before any reads the folder
                 run.remove_stale()
+                run.update_config(before, cfg)  # config.yaml repeats the run as it now is
                 if run.record is None:  # a folder from before run ids: it gets one from now on
                     run.write_record(cfg)
             distributed.barrier()
