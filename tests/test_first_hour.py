@@ -165,7 +165,9 @@ def test_a_flat_folders_split_never_moves(small: Path, tmp_path: Path, capsys) -
     argv = [*tiny_train_cli(flat, new_run), "--valid-fraction", "0.25", "--init-from", str(run / "best_model_iou.pth")]
     assert main(argv) == 0  # a new run learns from all 12, starting from the old model
     assert "starting from the head of" in capsys.readouterr().out
-    assert len(json.loads((new_run / "split.json").read_text())["train"]) == 9
+    grown = json.loads((new_run / "split.json").read_text())
+    assert set(split["train"]) <= set(grown["train"]) and set(split["valid"]) <= set(grown["valid"])  # none moved
+    assert len(grown["train"]) + len(grown["valid"]) == 12
 
 
 def test_orphan_mask_is_reported(small: Path, tmp_path: Path, capsys) -> None:
@@ -308,6 +310,24 @@ def test_ctrl_c_between_epochs_says_the_resume_command_and_a_finished_run_names_
     for command in nexts:  # the commands it names work as printed
         assert main(shlex.split(command)) == 0, command
     assert (run / "report" / "index.html").exists() and (run / "model.onnx").stat().st_size > 0
+
+
+def test_ctrl_c_while_the_final_images_are_drawn_says_how_to_finish(small: Path, tmp_path: Path, monkeypatch) -> None:
+    import webdino_seg.engine.artifacts as artifacts_mod
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    lines: list[str] = []
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(artifacts_mod, "write_valid_preds", stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_config(small, run, imgsz=(56, 56), epochs=1), log=lines.append)
+    assert lines[-1] == f"interrupted after epoch 1 of 1 (saved in {run / 'last.pth'}); continue with: " \
+                        f"webdino-seg train --resume {run}"  # fmt: skip
+    assert main(["train", "--resume", str(run)]) == 0  # no epoch left: it makes the final files
+    assert len(list((run / "valid_preds").iterdir())) == 4 and len(metrics_rows(run)) == 1
 
 
 def test_a_long_job_says_how_long_and_how_to_go_faster(monkeypatch: pytest.MonkeyPatch) -> None:

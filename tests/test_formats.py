@@ -22,7 +22,7 @@ from webdino_seg.engine.losses import median_frequency_weights
 
 def _image(path: Path, w: int = 20, h: int = 16, fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(path.name))
+    rng = np.random.default_rng(list(path.name.encode()))  # each name its own pixels
     Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, format=fmt)
     return path
 
@@ -255,7 +255,13 @@ def test_folders_with_an_ignore_value_and_nothing_overwritten(tmp_path: Path, ca
     assert read_classes_file(out)["names"] == names
     m = _masks(out, "valid")["val1.png"]
     assert (m[:4] == 255).all() and (m[8:, :5] == 2).all() and m[5, 10] == 3
+    split = json.loads((out / "split.json").read_text())
+    assert main(argv) == 0  # into its own earlier import it adds (nothing new here): every image keeps its split
+    assert json.loads((out / "split.json").read_text()) == split
+    assert "adding to the earlier import in" in capsys.readouterr().out
+    (out / "notes.txt").write_text("mine")  # a folder that holds anything else is the user's: refused
     cli_error(argv, capsys, "output folder exists and is not empty")  # nothing of the user's is replaced
+    assert (out / "notes.txt").read_text() == "mine"
     cli_error([*argv[:5], "--out", str(tmp_path / "o2"), "--class-names", "Sky", "Building"], capsys,
               "outside the 2 classes")  # fmt: skip
     assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))  # no half-written folder

@@ -57,8 +57,10 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     info = prepare_dataset(args.format, args.source, args.out, args.valid_fraction, args.seed, args.class_names,
                            args.ignore_index, args.reduce_labels, args.images)  # fmt: skip
     nxt = command("webdino-seg", "show-data", info["out"])
-    print(f"wrote {info['train']} train and {info['valid']} valid pairs of {info['classes']} classes to {info['out']} "
-          f"(classes in {info['classes_file']}, split in split.json); next: {nxt}")
+    counts = f"{info['train']} train, {info['valid']} valid and {info['test']} test" if info.get("test") else (
+        f"{info['train']} train and {info['valid']} valid")  # fmt: skip
+    print(f"wrote {counts} pairs of {info['classes']} classes to {info['out']} (classes in {info['classes_file']}, "
+          f"split in split.json); next: {nxt}")
 
 
 def cmd_download_data(args: argparse.Namespace) -> None:
@@ -144,10 +146,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     plan_evaluate(args.model, args.data, args.out, args.report, args.overwrite)  # before the model is loaded
     report = evaluate(_predictor(args), args.model, args.data, args.split, args.mask_mode, args.out,
-                      report_dir=args.report, overwrite=args.overwrite)  # fmt: skip
+                      report_dir=args.report, overwrite=args.overwrite, labels=_labels(args))  # fmt: skip
     print(format_report(report))
     if args.report:
         print(f"HTML report: {report['html_report']} (open it in a browser; works offline)")
+
+
+def _labels(args: argparse.Namespace):
+    """The label coding evaluate's flags give (None: as the model's run read masks)."""
+    if args.ignore_index is None and args.reduce_labels is None:
+        return None
+    from ..data.labels import Coding
+    from ..models.checkpoint import read_checkpoint
+
+    recorded = Coding.from_dict(read_checkpoint(args.model).get("labels")) if args.model.endswith(".pth") else Coding()
+    ignore = recorded.ignore_index if args.ignore_index is None else args.ignore_index
+    reduce = recorded.reduce_labels if args.reduce_labels is None else args.reduce_labels
+    return dataclasses.replace(recorded, ignore_index=ignore, reduce_labels=reduce)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

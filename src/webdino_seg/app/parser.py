@@ -263,8 +263,13 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "evaluate", "mIoU, per-class IoU and pixel accuracy of a model on a split, full resolution")
     p.add_argument("--data", required=True, help="dataset folder (its --split) or a flat images/ + masks/ folder")
     _model_args(p)
-    p.add_argument("--split", default="valid", help="which split of --data to score")
+    p.add_argument("--split", default="valid", choices=["train", "valid", "test", "all"],
+                   help="which split of --data to score (all: every split)")  # fmt: skip
     _mask_mode(p)
+    p.add_argument("--ignore-index", type=int, default=None, help="the mask value that means 'ignore' (default: "
+                   "as the model's run read masks)")  # fmt: skip
+    p.add_argument("--reduce-labels", action="store_true", default=None, help="masks store class k as k+1, 0 is "
+                   "ignore (ADE20K; default: as the model's run read masks)")  # fmt: skip
     p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
     p.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR: scores, confusion matrix, "
                    "curves, every image with ground truth and prediction, worst first")  # fmt: skip

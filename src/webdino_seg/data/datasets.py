@@ -3,7 +3,6 @@ training dataset."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import torch
 
 from ..utils.metrics import VOID
 from .augment import eval_transform, normalize, sample_seed, seed_transform, to_chw, train_transform
+from .errors import DataError
 from .images import IMAGE_SUFFIXES, ImageError, read_image, read_mask, resolve_mask_mode
 from .labels import Coding
+from .splitrule import stable_split
 
-
-class DataError(ValueError):
-    """A dataset folder that cannot be used; the message names the folder or file."""
+__all__ = ["DataError", "SegmentationDataset", "find_pairs", "is_flat", "split_pairs"]
 
 
 def _warn_or_fail(message: str, on_missing: str) -> None:
@@ -95,15 +94,10 @@ def split_pairs(
         return recorded_pairs(root, pairs, recorded, split)
     if valid_fraction is None:
         return pairs
-    if not 0 < valid_fraction < 1:
-        raise DataError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (e.g. 0.15)")
     if len(pairs) < 2:
         raise DataError(f"{root}: {len(pairs)} pair(s) cannot be split into train and valid")
-    order = pairs[:]
-    random.Random(seed).shuffle(order)
-    n_valid = min(len(pairs) - 1, max(1, round(len(pairs) * valid_fraction)))
-    chosen = order[:n_valid] if split == "valid" else order[n_valid:]
-    return sorted(chosen)
+    sides = stable_split((image.name for image, _ in pairs), valid_fraction, seed)  # adding images moves none
+    return [pair for pair in pairs if sides[pair[0].name] == split]
 
 
 def recorded_pairs(root: Path, pairs: list[tuple[Path, Path]], recorded: dict, split: str) -> list[tuple[Path, Path]]:
@@ -169,6 +163,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.transform = train_transform(self.imgsz) if augment else eval_transform(self.imgsz)
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.on_bad = on_bad
+        self.digests: dict[str, str] = {}  # image name -> sha256 of its file, where the caller computed them
         self.class_pixels = np.zeros(num_classes, np.int64)  # labelled pixels of each class (after validation)
         self.image_pixels = np.zeros(num_classes, np.int64)  # labelled pixels of the images each class appears in
         if on_bad == "skip":

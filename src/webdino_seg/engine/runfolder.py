@@ -31,6 +31,7 @@ LAST = "last.pth"
 PREVIOUS = "last.prev.pth"
 CONFIG = "config.yaml"
 SPLIT = "split.json"  # a flat folder's split, decided when the run starts
+DATA = "data.json"  # the run's images and masks per split, with sizes and hashes: --resume refuses other data
 TIMINGS = "timings.json"  # where a finished run's time went, stage by stage
 CLAIM = ".webdino-seg-run"  # created exclusively: whoever creates it owns the folder
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.datasets import DataError, SegmentationDataset, is_flat, split_pairs
 from ..data.images import resolve_mask_mode
+from ..data.splitrule import check_disjoint, file_digest
 from ..models.builder import build_backbone
 from ..models.checkpoint import backbone_identity, model_payload, snapshot, write_checkpoint
 from ..models.heads import create_head
@@ -38,7 +39,7 @@ from .config import ResumeError, TrainConfig
 from .eta import Estimate
 from .features import chunk_count
 from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
-from .runfolder import LAST, SPLIT, TIMINGS, RunFolder, differences
+from .runfolder import DATA, LAST, SPLIT, TIMINGS, RunFolder, differences
 from .timings import Timings
 from .warmstart import warm_start
 
@@ -116,7 +117,42 @@ def datasets(
         "recorded": recorded,
     }
     train_ds = SegmentationDataset(cfg.data, "train", augment=True, **common)
-    return train_ds, SegmentationDataset(cfg.data, "valid", augment=False, **common)
+    valid_ds = SegmentationDataset(cfg.data, "valid", augment=False, **common)
+    digests = check_disjoint({"train": [p for p, _ in train_ds.pairs], "valid": [p for p, _ in valid_ds.pairs]})
+    train_ds.digests, valid_ds.digests = digests["train"], digests["valid"]  # the same image in both is refused
+    return train_ds, valid_ds
+
+
+def data_record(splits: tuple[SegmentationDataset, SegmentationDataset]) -> dict:
+    """data.json: each split's images and masks by name, with size and sha256 (see `check_data_record`)."""
+    record = {}
+    for name, ds in zip(("train", "valid"), splits, strict=True):
+        record[name] = {image.name: {"image": ds.digests[image.name], "image_bytes": image.stat().st_size,
+                                     "mask": file_digest(mask)} for image, mask in ds.pairs}  # fmt: skip
+    return record
+
+
+def check_data_record(run: RunFolder, splits: tuple[SegmentationDataset, SegmentationDataset]) -> None:
+    """Refuse to resume on data that is not the data the run started with (images added to a split, removed, or
+    changed, masks changed), naming the first of each; a run from before data.json gets one now."""
+    now = data_record(splits)
+    path = run / DATA
+    if not path.exists():
+        atomic_write_text(path, json.dumps(now, indent=1) + "\n")
+        return
+    then = json.loads(path.read_text())
+    problems = []
+    for split in ("train", "valid"):
+        old, new = then.get(split, {}), now[split]
+        added, gone = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+        changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
+        for what, names in (("added", added), ("missing", gone), ("changed", changed)):
+            if names:
+                problems.append(f"{len(names)} {split} image(s) {what} (e.g. {names[0]})")
+    if problems:
+        raise ResumeError(f"--resume {run.path}: the data is not what the run started with ({path}): "
+                          f"{'; '.join(problems)}. A run keeps its data: put it back as it was, or start a new run "
+                          "(a new --out; --init-from RUN/best_model_iou.pth starts from this run's model)")  # fmt: skip
 
 
 def baseline(valid_ds: SegmentationDataset) -> dict:
@@ -260,13 +296,24 @@ def _train(
     finally:
         if board is not None:
             board.close()
-    with clock.stage("finish"):
-        if distributed.rank() == 0:  # the other processes are done: none waits in a collective that could time out
-            final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
-            finish_run(run, model, identity, final_meta, progress.history, source.valid_ds.pairs, cfg, device,
-                       clock)  # fmt: skip
+    _finish(loop, progress)
     _say_where_to_go(run, progress, base, cfg, log, clock)
     return run.path
+
+
+def _finish(loop: _Loop, progress: Progress) -> None:
+    """The final model, curves and valid_preds (rank 0: the other processes are done, none waits in a collective
+    that could time out); stopped here, it says how to continue (resuming makes them again)."""
+    try:
+        with loop.clock.stage("finish"):
+            if distributed.rank() == 0:
+                final_meta = loop.meta | {"epoch": loop.cfg.epochs,
+                                          "metrics": progress.history[-1] if progress.history else {}}  # fmt: skip
+                finish_run(loop.run, loop.source.model, loop.identity, final_meta, progress.history,
+                           loop.source.valid_ds.pairs, loop.cfg, loop.device, loop.clock)  # fmt: skip
+    except BaseException as err:
+        loop.log(_how_to_continue(loop.run, progress, loop.cfg.epochs, err))
+        raise
 
 
 def _setup(
@@ -285,6 +332,8 @@ def _setup(
         log(note)
     with clock.part("startup", "reading and checking data"):
         splits = datasets(cfg, variant, run.split() if run is not None else None)
+        if run is not None:
+            check_data_record(run, splits)
         base = baseline(splits[1])
     weights = class_weights(cfg, splits[0], log)
     with clock.part("startup", "building the backbone"):
@@ -292,7 +341,7 @@ def _setup(
     if state is not None:  # before any feature is extracted
         check_identity(run, state, identity)
     if cfg.init_from:
-        log(warm_start(model, identity, cfg))
+        log(warm_start(model, identity, cfg, splits[1].digests))
     if run is None:
         rank = distributed.rank()
         run = distributed.broadcast(_new_run(cfg, splits, [note, _baseline_line(base, cfg)]) if rank == 0 else None)
@@ -365,6 +414,7 @@ def _baseline_line(base: dict, cfg: TrainConfig) -> str:
 def _new_run(cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], notes: list) -> RunFolder:
     """A new run folder with its config.yaml (`notes` as comments) and, for a flat folder, split.json."""
     run = RunFolder.create(cfg, [n for n in notes if n])
+    atomic_write_text(run / DATA, json.dumps(data_record(splits), indent=1) + "\n")
     if is_flat(Path(cfg.data)):
         _write_split(run, splits, cfg)
     return run
@@ -387,6 +437,7 @@ def _checkpoint_meta(
         "head_name": cfg.head,
         "baseline": base,
         "class_weights": weights.tolist() if weights is not None else None,
+        "train_images": splits[0].digests,  # by name and sha256: --init-from refuses a valid split holding any
     }
     if is_flat(Path(cfg.data)):
         meta["split"] = split_record(splits, cfg)

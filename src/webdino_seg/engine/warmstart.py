@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.errors import DataError
 from ..models.checkpoint import read_checkpoint
 from ..models.segmentation import SegmentationModel
 from .config import TrainConfig
@@ -19,11 +20,28 @@ def _same_backbone(a: dict, b: dict) -> bool:
     return abs(fa - fb) <= 1e-6 * max(1.0, abs(fa))
 
 
-def warm_start(model: SegmentationModel, identity: dict, cfg: TrainConfig) -> str:
+def check_unseen(path: Path, ckpt: dict, valid: dict[str, str]) -> None:
+    """Refuse a valid split (image name -> sha256) holding images the checkpoint's model was trained on (its
+    recorded `train_images`, compared by content), naming them: their scores would say nothing."""
+    seen = set((ckpt.get("train_images") or {}).values())
+    leaked = sorted(name for name, digest in valid.items() if digest in seen)
+    if leaked:
+        shown = ", ".join(leaked[:5]) + (", ..." if len(leaked) > 5 else "")
+        raise DataError(
+            f"--init-from {path}: {len(leaked)} of this run's {len(valid)} valid images were in the training set "
+            f"of that model ({shown}); scored on what it learned from, they would flatter it. Keep them in "
+            "train (the same --seed and --valid-fraction on a grown flat folder do), or start without --init-from"
+        )
+
+
+def warm_start(model: SegmentationModel, identity: dict, cfg: TrainConfig, valid: dict[str, str] | None = None
+               ) -> str:  # fmt: skip
     """Load `cfg.init_from`'s head (and fine-tuned backbone) into `model`, after checking it was trained on the
-    same backbone, classes and head; return the line that says so."""
+    same backbone, classes and head, and on none of the `valid` images (name -> sha256); return the line that
+    says so."""
     path = Path(cfg.init_from)
     ckpt = read_checkpoint(path)
+    check_unseen(path, ckpt, valid or {})
     theirs = ckpt["backbone_identity"]
     if not _same_backbone(theirs, identity):
         raise ValueError(f"--init-from {path}: trained on another backbone ({theirs['arch']}, weights "

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..data.datasets import is_flat, split_pairs
 from ..data.images import read_image, read_mask, resolve_mask_mode
 from ..data.labels import Coding
+from ..data.splitrule import check_disjoint
 from ..models.checkpoint import read_checkpoint, run_id_of
 from ..utils.files import atomic_write_text, check_output_dir, check_output_file
 from ..utils.metrics import VOID, ConfusionMatrix
@@ -31,19 +32,21 @@ def evaluate(
     log=print,
     report_dir: str | Path | None = None,
     overwrite: bool = False,
+    labels: Coding | None = None,
 ) -> dict:
     """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
 
     On a flat images/ + masks/ folder, `split` (valid, train or all) keeps to the split the model's run
-    recorded, and says which images it scored. Masks are read as the model's run read them (its ignore
-    value, ADE20K's shift). Writes the report as JSON to `out` (default ``<model>.eval.json``) and
+    recorded, and says which images it scored; on split folders, `split` is train, valid, test or all (every
+    split). Masks are read as the model's run read them (its ignore value, ADE20K's shift) unless `labels` says
+    otherwise. Writes the report as JSON to `out` (default ``<model>.eval.json``) and
     returns it; with `report_dir`, also an HTML report there (``index.html``: scores, confusion matrix,
     curves, every image worst first).
     """
     out = plan_evaluate(model, data, out, report_dir, overwrite)  # before anything is written
     writer = ReportWriter(report_dir, predictor.colors) if report_dir is not None else None
     try:
-        return _evaluate(predictor, model, data, split, mask_mode, out, log, writer)
+        return _evaluate(predictor, model, data, split, mask_mode, out, log, writer, labels)
     except BaseException:
         if writer is not None:
             writer.discard()
@@ -52,12 +55,12 @@ def evaluate(
 
 def _evaluate(
     predictor: Predictor, model: str | Path, data: str | Path, split: str, mask_mode: str, out: Path, log,
-    writer: ReportWriter | None,
+    writer: ReportWriter | None, labels: Coding | None,
 ) -> dict:  # fmt: skip
     """`evaluate` once its outputs are planned."""
     names = predictor.class_names
     meta = _checkpoint(model)
-    coding = Coding.from_dict(meta.get("labels"))
+    coding = labels or Coding.from_dict(meta.get("labels"))
     pairs, split = _pairs(Path(data), split, meta.get("split"), log)
     mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], len(names), coding)
     if note:
@@ -69,6 +72,7 @@ def _evaluate(
         "data": str(data),
         "split": split,
         "images": len(pairs),
+        "labelled_pixels": int(cm.mat.sum()),  # scored: every pixel but the ignored ones
         "imgsz": list(predictor.imgsz),
         "tta": predictor.describe_tta() or None,
         "tile": predictor.tile,
@@ -120,6 +124,9 @@ def curves_folder(model: str | Path, ckpt: dict) -> Path | None:
     return folder if ckpt.get("run_id") and run_id_of(folder) == ckpt["run_id"] else None
 
 
+EVAL_SPLITS = ("train", "valid", "test", "all")
+
+
 def _checkpoint(model: str | Path) -> dict:
     """The model checkpoint's record (an exported ONNX model keeps none of it: {})."""
     return {} if Path(model).suffix.lower() == ".onnx" else read_checkpoint(model)
@@ -128,8 +135,18 @@ def _checkpoint(model: str | Path) -> dict:
 def _pairs(root: Path, split: str, recorded: dict | None, log) -> tuple[list[tuple[Path, Path]], str]:
     """The pairs to score and the name of what they are. A flat folder is scored by the split the model's run
     recorded (``all``: every image); without a record, all of it, said so."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"--split {split}: use one of {', '.join(EVAL_SPLITS)}")
     if not is_flat(root):
-        return split_pairs(root, split), split
+        present = [s for s in ("train", "valid", "test") if (root / f"{s}_images").is_dir()]
+        splits = {s: split_pairs(root, s) for s in present}
+        check_disjoint({s: [image for image, _ in pairs] for s, pairs in splits.items()})  # no image in two
+        if split == "all":
+            return [pair for s in present for pair in splits[s]], split
+        if split not in present:
+            raise ValueError(f"--split {split}: {root} has no {split}_images/ + {split}_masks/; its splits are "
+                             f"{', '.join(present) or 'none'} (--split all scores every one)")  # fmt: skip
+        return splits[split], split
     every = split_pairs(root, "all")
     if split == "all" or recorded is None:
         why = "" if split == "all" else " (the model records no split of this folder; --split all to say so)"

@@ -1,6 +1,7 @@
 """``folders``: an images folder and a label-map folder per split, as CamVid's SegNet release stores it
-(``train/`` + ``trainannot/``, ``val/`` + ``valannot/``), or ``<split>_images/`` + ``<split>_masks/``,
-``images/<split>/`` + ``masks/<split>/`` (or ``labels/<split>/``), or one flat ``images/`` + ``masks/``."""
+(``train/`` + ``trainannot/``, ``val/`` + ``valannot/``, ``test/`` + ``testannot/``), or ``<split>_images/`` +
+``<split>_masks/``, ``images/<split>/`` + ``masks/<split>/`` (or ``labels/<split>/``), or one flat ``images/`` +
+``masks/``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..images import mask_values, read_mask
 from ..labels import Coding
 from .writer import Example
 
-SPLITS = {"train": "train", "val": "valid", "valid": "valid"}
+SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
 PATTERNS = (("{s}", "{s}annot"), ("{s}_images", "{s}_masks"), ("{s}_images", "{s}_labels"), ("images/{s}", "masks/{s}"),
             ("images/{s}", "labels/{s}"), ("{s}/images", "{s}/masks"))  # fmt: skip
 

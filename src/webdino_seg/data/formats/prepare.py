@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ...utils.metrics import VOID
 from ..datasets import DataError
+from ..images import read_mask
 from ..labels import Classes, Coding, read_classes_file
 from .coco import read_coco
 from .folders import read_folders
@@ -30,16 +32,39 @@ def prepare_dataset(
     log=print,
 ) -> dict:
     """Import `source` (a folder, or a COCO JSON / YOLO data.yaml) in format `fmt` into `out`: train/valid
-    images and label maps (class ids, 255 ignore) and classes.json. A format's own train/val split is kept;
-    images without one are split with a seeded `valid_fraction`. Returns the counts per split."""
+    images and label maps (class ids, 255 ignore) and classes.json. A format's own train/val/test split is kept;
+    images without one are split by the stable rule (a share `valid_fraction`, from each image's name and `seed`).
+    Into an earlier import's folder it adds: what is there keeps its split. Returns the counts per split."""
     source, out = Path(source), Path(out)
-    check_out(out, source, *([Path(images)] if images else []))
+    kept = check_out(out, source, *([Path(images)] if images else []), earlier=True)
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
     examples, classes = _read(fmt, source, class_names, Coding(ignore_index, reduce_labels), images, log)
+    if kept:
+        examples = _keep_earlier(examples, kept, out, len(classes.names), log)
     assign_splits(examples, valid_fraction, seed)
     record = {"source": str(source), "format": fmt, "seed": seed, "valid_fraction": valid_fraction}
     return write_dataset(out, examples, classes, f"{source} ({fmt})", record)
+
+
+def _keep_earlier(examples: list[Example], kept: dict[str, str], out: Path, num_classes: int, log) -> list[Example]:
+    """Importing into an earlier import's folder: every image it holds keeps its split (the source's own split
+    does not move it, said in one line) and stays even where the source no longer has it; the rest are new."""
+    moved = 0
+    for example in examples:
+        name = example.name or example.image.name
+        if name in kept:
+            moved += example.split is not None and example.split != kept[name]
+            example.split = kept[name]
+    have = {e.name or e.image.name for e in examples}
+    carried = [Example(out / f"{split}_images" / name, partial(read_mask, out / f"{split}_masks" /
+                                                               f"{Path(name).stem}.png", "ids", num_classes),
+                       split, name) for name, split in sorted(kept.items()) if name not in have]  # fmt: skip
+    new = len(examples) - (len(kept) - len(carried))
+    log(f"adding to the earlier import in {out}: {len(kept)} image(s) keep their split, {new} new"
+        + (f", {len(carried)} no longer in the source kept as they were" if carried else "")
+        + (f"; {moved} stay where they were although the source now puts them in another split" if moved else ""))
+    return examples + carried
 
 
 def _read(fmt: str, source: Path, names: list[str] | None, coding: Coding, images: str | Path | None,

@@ -4,7 +4,7 @@ class ids, 255 = ignore) and ``classes.json``, built beside the output folder an
 from __future__ import annotations
 
 import json
-import random
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -21,6 +21,7 @@ from ...utils.outputs import OutputError, outside
 from ..datasets import DataError
 from ..images import ImageError, upright_size
 from ..labels import CLASSES_FILE, Classes, write_classes_file
+from ..splitrule import SPLITS, check_disjoint, stable_split
 
 
 @dataclass
@@ -29,19 +30,45 @@ class Example:
 
     image: Path
     mask: Callable[[], np.ndarray]  # (H, W) uint8 class ids, 255 ignore
-    split: str | None = None  # "train", "valid", or None: decided by the seeded split
+    split: str | None = None  # "train", "valid", "test", or None: decided by the stable split rule
     name: str | None = None  # file name in the output (default: the image's)
 
 
-def check_out(out: Path, *sources: Path) -> None:
-    """Refuse an output folder that already holds something (nothing of the user's is ever replaced) or lies
-    inside a source folder."""
+def check_out(out: Path, *sources: Path, earlier: bool = False) -> dict[str, str]:
+    """Refuse an output folder that lies inside a source folder or already holds something (nothing of the
+    user's is ever replaced); with `earlier`, a folder holding exactly what an earlier import wrote is taken:
+    returns the split of each image it holds (else {})."""
     try:
         outside(out, sources)
     except OutputError as err:
         raise DataError(str(err)) from None
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return {}
+    kept = earlier_import(out) if earlier and out.is_dir() else None
+    if kept is None:
         raise DataError(f"{out}: output folder exists and is not empty; choose a new --out")
+    return kept
+
+
+def earlier_import(out: Path) -> dict[str, str] | None:
+    """The split of each image of an earlier import in `out` (its split.json), or None when `out` holds anything
+    else: other files, or images the record does not name."""
+    try:
+        record = json.loads((out / "split.json").read_text())
+        kept = {name: split for split in SPLITS for name in record.get(split, [])}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    allowed = {"split.json", CLASSES_FILE} | {f"{s}_{kind}" for s in SPLITS for kind in ("images", "masks")}
+    if not record.get("format") or any(p.name not in allowed for p in out.iterdir()):
+        return None
+    for split in SPLITS:
+        for kind in ("images", "masks"):
+            folder = out / f"{split}_{kind}"
+            names = {p.name if kind == "images" else p.stem for p in folder.iterdir()} if folder.is_dir() else set()
+            wanted = {n if kind == "images" else Path(n).stem for n, s in kept.items() if s == split}
+            if names != wanted:
+                return None
+    return kept
 
 
 def check_names(examples: list[Example]) -> None:
@@ -57,17 +84,18 @@ def check_names(examples: list[Example]) -> None:
                                 f"{Path(name).stem}.png); give each image its own file name")  # fmt: skip
 
 
-def assign_splits(examples: list[Example], valid_fraction: float, seed: int) -> None:
-    """Give the examples without a split one: a seeded share `valid_fraction` of them goes to valid."""
-    loose = sorted((e for e in examples if e.split is None), key=lambda e: e.name or e.image.name)
+def assign_splits(examples: list[Example], valid_fraction: float, seed: int, kept: dict[str, str] | None = None
+                  ) -> None:  # fmt: skip
+    """Give the examples without a split one: those `kept` names (an earlier import's record) keep theirs, the
+    others go to valid by the stable rule of `splitrule.stable_split` (a share `valid_fraction`), so adding
+    images to a source never moves an imported one."""
+    loose = [e for e in examples if e.split is None]
     if not loose:
         return
-    if not 0 < valid_fraction < 1:
-        raise DataError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (e.g. 0.15)")
-    random.Random(seed).shuffle(loose)
-    n_valid = min(len(loose) - 1, max(1, round(len(loose) * valid_fraction))) if len(loose) > 1 else 0
-    for i, example in enumerate(loose):
-        example.split = "valid" if i < n_valid else "train"
+    names = [e.name or e.image.name for e in loose]
+    sides = stable_split(names, valid_fraction, seed, {n: s for n, s in (kept or {}).items() if n in set(names)})
+    for example, name in zip(loose, names, strict=True):
+        example.split = sides[name]
 
 
 def write_dataset(out: Path, examples: Iterable[Example], classes: Classes, source: str, record: dict) -> dict:
@@ -77,10 +105,14 @@ def write_dataset(out: Path, examples: Iterable[Example], classes: Classes, sour
     if not examples:
         raise DataError(f"{source}: no images to import")
     check_names(examples)
+    by_split: dict[str, list[Path]] = {}
+    for example in examples:
+        by_split.setdefault(example.split, []).append(example.image)
+    check_disjoint({split: [p for p in paths if p.is_file()] for split, paths in by_split.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        counts = {"train": 0, "valid": 0}
+        counts = {"train": 0, "valid": 0} | ({"test": 0} if "test" in by_split else {})
         for split in counts:
             (staging / f"{split}_images").mkdir()
             (staging / f"{split}_masks").mkdir()
@@ -90,13 +122,25 @@ def write_dataset(out: Path, examples: Iterable[Example], classes: Classes, sour
         write_classes_file(staging, classes, VOID, f"; imported from {source}")
         splits = {s: sorted((e.name or e.image.name) for e in examples if e.split == s) for s in counts}
         (staging / "split.json").write_text(json.dumps(record | splits, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        publish(staging, out, directory=True)
+        _swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return counts | {"out": str(out), "classes": len(classes.names), "classes_file": str(out / CLASSES_FILE)}
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the finished `staging` folder at `out`: renamed over an empty one, or, over an earlier import, after
+    moving that aside (removed once the new one is in place; a crash in between leaves it beside `out`)."""
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()
+    aside = None
+    if out.exists():
+        aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.earlier."))
+        os.replace(out, aside / out.name)
+    publish(staging, out, directory=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_one(root: Path, example: Example, num_classes: int) -> None:
