@@ -672,8 +672,9 @@ def test_coco_annotations_left_out_are_counted_and_rotated_photos_are_upright(tm
     assert "1 annotation(s) of an image id with no image record were left out" in said, said
     assert "1 annotation(s) without a segmentation were left out" in said
     masks = {p.name: np.asarray(Image.open(p)) for p in out.glob("*_masks/*.png")}
-    assert masks["turned.png"].shape == (64, 48) and (masks["turned.png"][50:61, 2:41] == 1).all()
-    assert masks["a.png"].sum() == (masks["a.png"] == 1).sum() == 27 * 27
+    turned = masks["turned.png"]  # drawn as COCO does: a polygon's area in pixels (x 2-40 covers columns 2-39)
+    assert turned.shape == (64, 48) and (turned[50:60, 2:40] == 1).all() and turned.sum() == 10 * 38
+    assert masks["a.png"].sum() == (masks["a.png"] == 1).sum() == 26 * 26
 
 
 def test_yolo_and_labelme_coordinates_are_checked_before_drawing(tmp_path: Path, capsys) -> None:
@@ -717,4 +718,4 @@ def test_the_polygons_of_one_coco_object_are_its_union(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["prepare-data", "--format", "coco", "--source", str(source), "--out", str(out)]) == 0
     mask = np.asarray(Image.open(next(out.glob("*_masks/a.png"))))
-    assert mask[15, 15] == 1 and (mask == 1).sum() == 19 * 19 + 21 * 21 - 11 * 11
+    assert mask[15, 15] == 1 and (mask == 1).sum() == 18 * 18 + 20 * 20 - 10 * 10  # as COCO draws: areas

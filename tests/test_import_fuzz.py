@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pycocotools.mask as coco_mask
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -197,8 +198,9 @@ def _coco_reference(data: dict) -> dict[str, np.ndarray]:
                 if not isinstance(flat, list) or len(flat) % 2 or len(flat) < 6:
                     raise Refused
                 _within(flat, W, H)
-            for flat in seg:
-                _fill(masks[ann["image_id"]], flat, value)
+            for flat in seg:  # as COCO's own tools draw a polygon
+                drawn = coco_mask.decode(coco_mask.frPyObjects([[float(v) for v in flat]], H, W))[:, :, 0]
+                masks[ann["image_id"]][drawn.astype(bool)] = value
         elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
             if seg["size"] != [H, W]:
                 raise Refused

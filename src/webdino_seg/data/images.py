@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -62,12 +63,14 @@ def _open(path: Path, reduce: bool = False) -> Image.Image:
     return img
 
 
-def upright_size(path: str | Path) -> tuple[int, int]:
-    """The (width, height) `path` shows in display orientation (EXIF rotation applied), from its header alone;
-    an `ImageError` naming the file when it is missing or not an image."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: {why_missing(path)}")
+def upright_size(path: str | Path | io.BytesIO) -> tuple[int, int]:
+    """The (width, height) `path` (a file, or an image file's bytes in memory) shows in display orientation (EXIF
+    rotation applied), from its header alone; an `ImageError` naming the file when it is missing or not an
+    image."""
+    if not isinstance(path, io.BytesIO):
+        path = Path(path)
+        if not path.is_file():
+            raise ImageError(f"{path}: {why_missing(path)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -23,7 +23,7 @@ from ...utils.safetext import cut
 from ..datasets import DataError
 from ..images import ImageError, upright_size
 from ..labels import Classes
-from .shapes import fill_polygons, points_problem, rle_decode, rle_problem
+from .shapes import fill_coco_polygons, points_problem, rle_decode, rle_problem
 from .writer import Example
 
 
@@ -39,7 +39,7 @@ def _draw(mask: np.ndarray, annotations: list[dict], index: dict[int, int]) -> n
         value = VOID if ann.get("iscrowd") else index[ann["category_id"]]
         seg = ann["segmentation"]
         if isinstance(seg, list):
-            fill_polygons(mask, [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in seg], value)
+            fill_coco_polygons(mask, [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in seg], value)
         else:
             mask[rle_decode(seg)] = value
     return mask

@@ -2,14 +2,18 @@
 ``label``, ``points`` and a ``shape_type``: polygon, rectangle or circle), as github.com/wkentaro/labelme
 writes them, one per image beside it.
 
-Classes are background (0) and then `class_names` or the labels found, sorted. Shapes are drawn in file
-order, later over earlier; lines and points have no area and are left out (counted in a note).
+Classes are background (0) and then `class_names` or the labels found, sorted (labels that differ only in
+spaces or case are one class). Shapes are drawn in file order, later over earlier; lines and points have no
+area and are left out (counted in a note). An image missing beside its JSON is read from the JSON's embedded
+``imageData``; a Windows ``imagePath`` (``..\\images\\a.jpg``) is read as the path it is.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -78,33 +82,64 @@ def _draw(data: dict, index: dict[str, int]) -> np.ndarray:
     return mask
 
 
-def _checked_image(path: Path, data: dict) -> Path:
-    """The image `data` annotates, its upright size checked against the one declared."""
-    image = path.parent / data["imagePath"]
+def _checked_image(path: Path, data: dict) -> tuple[Path, bytes | None]:
+    """The image `data` annotates (``imagePath`` beside the JSON, a Windows path read as one), or, where that file
+    is not there, the image embedded in ``imageData`` (as bytes); its upright size checked against the one
+    declared."""
+    given = data["imagePath"]
+    image = path.parent / (PureWindowsPath(given).as_posix() if "\\" in given else given)
+    embedded = None
+    if not image.is_file() and isinstance(data.get("imageData"), str):
+        try:
+            embedded = base64.b64decode(data["imageData"], validate=True)
+        except ValueError:
+            raise DataError(f"{path}: imageData is not base64 (and imagePath {given} is not there)") from None
+        image = path.parent / (image.name or f"{path.stem}.png")
     try:
-        size = upright_size(image)
+        size = upright_size(io.BytesIO(embedded) if embedded is not None else image)
     except ImageError as err:
-        raise DataError(f"{path}: imagePath {data['imagePath']}: {err}") from None
+        raise DataError(f"{path}: {'imageData' if embedded is not None else f'imagePath {given}'}: {err}") from None
     if size != (data["imageWidth"], data["imageHeight"]):
         raise DataError(f"{path}: declares {data['imageWidth']}x{data['imageHeight']}, the image {image} is "
                         f"{size[0]}x{size[1]} upright")  # fmt: skip
-    return image
+    return image, embedded
 
 
-def read_labelme(source: Path, class_names: list[str] | None = None) -> tuple[list[Example], Classes, int]:
+def _same_labels(records: dict[Path, dict], log) -> dict[str, str]:
+    """Each label as the class it names: labels that differ only in spaces or case (``"Person "``, ``"person"``)
+    are one class, under the first spelling in sorted order, said in one line."""
+    spellings: dict[str, list[str]] = {}
+    for data in records.values():
+        for shape in data["shapes"]:
+            spellings.setdefault(shape["label"].strip().casefold(), []).append(shape["label"])
+    canonical = {}
+    for variants in spellings.values():
+        unique = sorted(set(variants))
+        name = sorted({v.strip() for v in unique})[0]
+        if len(unique) > 1:
+            log(f"note: LabelMe labels {', '.join(map(repr, unique))} differ only in spaces or case: read as one "
+                f"class, {name!r}")  # fmt: skip
+        canonical |= {v: name for v in unique}
+    return canonical
+
+
+def read_labelme(source: Path, class_names: list[str] | None = None, log=print) -> tuple[list[Example], Classes, int]:
     """The examples of every LabelMe JSON in `source`, the classes, and how many shapes without area were left
     out."""
     files = sorted(source.glob("*.json"))
     if not files:
         raise DataError(f"{source}: no LabelMe .json files")
     records = {path: _load(path) for path in files}
-    labels = sorted({s["label"] for data in records.values() for s in data["shapes"]})
+    canonical = _same_labels(records, log)
+    labels = sorted(set(canonical.values()))
     names = class_names or ["background", *labels]
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise DataError(f"{source}: label(s) {unknown} are not among --class-names {names}")
-    index = {name: i for i, name in enumerate(names)}
+    index = {label: names.index(name) for label, name in canonical.items()}
     skipped = sum(_kind(s) in NO_AREA for d in records.values() for s in d["shapes"])
-    examples = [Example(_checked_image(path, data), lambda d=data: _draw(d, index), None)
-                for path, data in records.items()]  # fmt: skip
+    examples = []
+    for path, data in records.items():
+        image, embedded = _checked_image(path, data)
+        examples.append(Example(image, lambda d=data: _draw(d, index), None, data=embedded))
     return examples, Classes(tuple(names)), skipped

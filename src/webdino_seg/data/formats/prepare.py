@@ -82,7 +82,7 @@ def _read(fmt: str, source: Path, names: list[str] | None, coding: Coding, image
     if fmt == "yolo":
         return read_yolo(source)
     if fmt == "labelme":
-        examples, classes, skipped = read_labelme(source, names)
+        examples, classes, skipped = read_labelme(source, names, log)
         if skipped:
             log(f"note: {skipped} LabelMe shape(s) without area (lines, points) were left out")
         return examples, classes

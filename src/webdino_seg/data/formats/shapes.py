@@ -132,3 +132,70 @@ def _counts_from_string(data: bytes) -> list[int]:
             value += counts[-2]
         counts.append(value)
     return counts
+
+
+INT_MIN = -(2**31)  # what x86's float-to-int conversion gives for NaN, as pycocotools' C code meets it
+
+
+def _c_int(values: np.ndarray) -> np.ndarray:
+    """C's ``(int)`` of doubles: truncation toward zero, NaN as x86 converts it (INT_MIN)."""
+    out = np.full(values.shape, INT_MIN, dtype=np.int64)
+    finite = np.isfinite(values)
+    out[finite] = np.trunc(values[finite]).astype(np.int64)
+    return out
+
+
+def coco_polygon_runs(xy: np.ndarray, height: int, width: int) -> list[int]:
+    """The RLE counts pycocotools' ``rleFrPoly`` (maskApi.c) gives one polygon ((N, 2) x, y): the boundary walked
+    on a 5x finer grid, its y-crossings taken back to pixel columns, each crossing toggling the column below it.
+    Ported step for step, integer and float operations as the C code does them, so masks equal COCO's own."""
+    scale, h, w = 5.0, height, width
+    x = _c_int(scale * xy[:, 0] + 0.5)
+    y = _c_int(scale * xy[:, 1] + 0.5)
+    x, y = np.append(x, x[0]), np.append(y, y[0])
+    us, vs = [], []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j in range(len(xy)):
+            xs, xe, ys, ye = int(x[j]), int(x[j + 1]), int(y[j]), int(y[j + 1])
+            dx, dy = abs(xe - xs), abs(ys - ye)
+            flip = (dx >= dy and xs > xe) or (dx < dy and ys > ye)
+            if flip:
+                xs, xe, ys, ye = xe, xs, ye, ys
+            long, short_start = (dx, ys) if dx >= dy else (dy, xs)
+            step = np.float64(ye - ys if dx >= dy else xe - xs) / np.float64(long)  # 0/0 is NaN, as in C
+            d = np.arange(long + 1)
+            t = long - d if flip else d
+            along = t + (xs if dx >= dy else ys)
+            across = _c_int(short_start + step * t + 0.5)
+            us.append(along if dx >= dy else across)
+            vs.append(across if dx >= dy else along)
+    u, v = np.concatenate(us), np.concatenate(vs)
+    moved = u[1:] != u[:-1]
+    u0, u1, v0, v1 = u[:-1][moved], u[1:][moved], v[:-1][moved], v[1:][moved]
+    xd = (np.where(u1 < u0, u1, u1 - 1).astype(np.float64) + 0.5) / scale - 0.5
+    keep = (np.floor(xd) == xd) & (xd >= 0) & (xd <= w - 1)
+    yd = (np.where(v1 < v0, v1, v0).astype(np.float64)[keep] + 0.5) / scale - 0.5
+    yd = np.ceil(np.clip(yd, 0, h))
+    a = np.sort(np.append(xd[keep].astype(np.int64) * h + yd.astype(np.int64), h * w))
+    a = np.diff(a, prepend=0)
+    counts, j = [int(a[0])], 1
+    while j < len(a):  # zero-length runs merge the next run into the one before
+        if a[j] > 0:
+            counts.append(int(a[j]))
+            j += 1
+        else:
+            j += 1
+            if j < len(a):
+                counts[-1] += int(a[j])
+                j += 1
+    return counts
+
+
+def fill_coco_polygons(mask: np.ndarray, polygons: list[np.ndarray], value: int) -> None:
+    """Fill the union of an object's COCO polygons ((N, 2) x, y each) with `value` in place, pixel for pixel as
+    pycocotools' ``annToMask`` draws them (`coco_polygon_runs`)."""
+    h, w = mask.shape
+    for polygon in polygons:
+        polygon = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        if len(polygon) >= 3:
+            mask[rle_decode({"size": [h, w], "counts": coco_polygon_runs(polygon, h, w)})] = value

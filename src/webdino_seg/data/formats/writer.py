@@ -3,6 +3,7 @@ class ids, 255 = ignore) and ``classes.json``, built beside the output folder an
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ class Example:
     mask: Callable[[], np.ndarray]  # (H, W) uint8 class ids, 255 ignore
     split: str | None = None  # "train", "valid", "test", or None: decided by the stable split rule
     name: str | None = None  # file name in the output (default: the image's)
+    data: bytes | None = None  # the image file's bytes where they come embedded (LabelMe's imageData), not a file
 
 
 def check_out(out: Path, *sources: Path, earlier: bool = False) -> dict[str, str]:
@@ -108,7 +110,7 @@ def write_dataset(out: Path, examples: Iterable[Example], classes: Classes, sour
     by_split: dict[str, list[Path]] = {}
     for example in examples:
         by_split.setdefault(example.split, []).append(example.image)
-    check_disjoint({split: [p for p in paths if p.is_file()] for split, paths in by_split.items()})
+    check_disjoint({split: [p for p in paths if p.is_file()] for split, paths in by_split.items()})  # files
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -145,10 +147,10 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 def _write_one(root: Path, example: Example, num_classes: int) -> None:
     name = example.name or example.image.name
-    if not example.image.is_file():
+    if example.data is None and not example.image.is_file():
         raise DataError(f"{example.image}: image not found")
     try:
-        size = upright_size(example.image)
+        size = upright_size(io.BytesIO(example.data) if example.data is not None else example.image)
     except ImageError as err:
         raise DataError(str(err)) from None
     mask = example.mask()
@@ -158,5 +160,8 @@ def _write_one(root: Path, example: Example, num_classes: int) -> None:
     bad = np.unique(mask[(mask >= num_classes) & (mask != VOID)])
     if bad.size:
         raise DataError(f"{example.image}: label value(s) {bad.tolist()[:8]} beyond the {num_classes} classes")
-    shutil.copyfile(example.image, root / f"{example.split}_images" / name)
+    if example.data is not None:
+        (root / f"{example.split}_images" / name).write_bytes(example.data)
+    else:
+        shutil.copyfile(example.image, root / f"{example.split}_images" / name)
     Image.fromarray(mask).save(root / f"{example.split}_masks" / f"{Path(name).stem}.png")
