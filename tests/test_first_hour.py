@@ -333,23 +333,40 @@ def test_ctrl_c_while_the_final_images_are_drawn_says_how_to_finish(small: Path,
 def test_a_long_job_says_how_long_and_how_to_go_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     from webdino_seg.engine import eta
 
-    clock = iter([0.0, 8.25])  # made at 0 s; the third image done at 8.25 s
+    clock = iter([0.0, 5.0, 6.0, 7.0, 9.75])  # made at 0 s; the first image (warm-up) at 5 s, then three more
     monkeypatch.setattr(eta.time, "perf_counter", lambda: next(clock))
-    estimate = eta.Estimate("caching train features", 584, "image", torch.device("cpu"), after=3)
-    assert estimate.update() == [] and estimate.update() == []
-    lines = estimate.update()
-    assert lines == ["caching train features: about 27 min on this CPU for 584 images (2.75 s/image, measured on "
-                     "the first 3)", eta.FASTER]  # fmt: skip
+    cpu = torch.device("cpu")
+    faster = eta.faster_options((644, 644), 14, "webdino-300m", cpu)
+    estimate = eta.Estimate("caching train features", 584, "image", cpu, after=3, faster=faster)
+    assert [estimate.update() for _ in range(3)] == [[], [], []]
+    lines = estimate.update()  # 5 s of warm-up + 583 images at (9.75 - 5) / 3 s
+    assert lines == ["caching train features: about 15 min on this CPU for 584 images (1.58 s/image, measured on "
+                     "3 after the first 1)", faster]  # fmt: skip
     assert estimate.update() == []  # said once
     assert [eta.duration(s) for s in (0.2, 59, 600, 9600)] == ["1 s", "59 s", "10 min", "2 h 40 min"]
     clock = iter([0.0, 4.0, 0.0, 1.0])
-    medium = eta.Estimate("training 4 epoch(s)", 10, "step", torch.device("cpu"), after=1)
+    medium = eta.Estimate("training 4 epoch(s)", 10, "step", cpu, after=1, warmup=0)
     assert medium.update() == ["training 4 epoch(s): about 40 s on this CPU for 10 steps (4.00 s/step, measured on "
-                               "the first 1)"]  # fmt: skip
-    assert eta.Estimate("short", 10, "step", torch.device("cpu"), after=1).update() == []  # 10 s: not worth saying
+                               "1)"]  # fmt: skip
+    assert eta.Estimate("short", 10, "step", cpu, after=1, warmup=0).update() == []  # 10 s: not worth saying
     clock = iter([0.0, 4.0])
-    gpu = eta.Estimate("training 4 epoch(s)", 10, "step", torch.device("cuda"), after=1).update()
-    assert gpu == ["training 4 epoch(s): about 40 s on this GPU for 10 steps (4.00 s/step, measured on the first 1)"]
+    gpu = eta.Estimate("training 4 epoch(s)", 10, "step", torch.device("cuda"), after=1, warmup=0).update()
+    assert gpu == ["training 4 epoch(s): about 40 s on this GPU for 10 steps (4.00 s/step, measured on 1)"]
+
+
+def test_the_advice_comes_from_the_runs_own_settings() -> None:
+    """Never a larger size or a bigger model than the run's, nor a GPU to a GPU run."""
+    from webdino_seg.engine.eta import faster_options
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert faster_options((644, 644), 14, "webdino-300m", cpu) == (
+        "faster: a smaller --imgsz (e.g. --imgsz 322 322), a GPU (--device cuda)")  # nothing smaller has weights
+    assert faster_options((168, 224), 14, "webdino-tiny", cpu) == (
+        "faster: a smaller --imgsz (e.g. --imgsz 84 112), a GPU (--device cuda)")  # fmt: skip
+    assert faster_options((644, 644), 14, "webdino-1b", gpu) == (
+        "faster: a smaller --imgsz (e.g. --imgsz 322 322), the --weights of a smaller --arch (e.g. webdino-300m "
+        "instead of webdino-1b)")  # fmt: skip
+    assert faster_options((56, 56), 14, "webdino-tiny", gpu) is None
 
 
 def test_a_run_folders_config_reproduces_the_run_and_bad_configs_name_the_key(

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from ..models.segmentation import SegmentationModel
 from ..utils.files import atomic_write
 from ..utils.runtime import autocast
 from . import distributed
-from .eta import Estimate, duration
+from .eta import Estimate, duration, faster_options
 from .timings import Timings
 
 
@@ -349,7 +348,8 @@ def _compute(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    estimate = Estimate(desc, sum(len(rows) for _, _, rows in todo), "image", device, after=3)
+    faster = faster_options(dataset.imgsz, model.backbone.patch_size, model.backbone.cfg.name, device)
+    estimate = Estimate(desc, sum(len(rows) for _, _, rows in todo), "image", device, after=3, faster=faster)
     protect: bool | None = None  # decided from the first batch's pace
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as writer:  # writes beside compute
         pending: list = []
@@ -386,7 +386,7 @@ def _view_major(batch: torch.Tensor) -> torch.Tensor:
 def _worth_protecting(estimate: Estimate, say) -> bool:
     """Whether an extraction is long enough (`PROTECT_S`, projected from what `estimate` measured so far) to be
     saved as it goes; when not, it says so in one line."""
-    seconds = (time.perf_counter() - estimate.start) / max(estimate.done, 1) * estimate.total
+    seconds = estimate.projection()
     if seconds >= PROTECT_S:
         return True
     say(f"{estimate.what}: about {duration(seconds)} here, so not saved as it goes (an interrupted run computes "

@@ -36,7 +36,7 @@ from .artifacts import finish_run
 from .batches import BatchSource
 from .board import PREVIEWS, Board
 from .config import ResumeError, TrainConfig
-from .eta import Estimate
+from .eta import Estimate, faster_options
 from .features import chunk_count
 from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
 from .runfolder import DATA, LAST, SPLIT, TIMINGS, RunFolder, differences
@@ -280,7 +280,9 @@ def _train(
             log(f"resuming {run.path} after epoch {progress.epoch}")
         meta = _checkpoint_meta(cfg, get_variant(cfg.arch), base, splits, weights) | {"run_id": run.run_id}
         steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
-        estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3)
+        faster = faster_options(cfg.imgsz, model.backbone.patch_size, cfg.arch, device)
+        estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3,
+                            faster=faster)  # fmt: skip
         board = Board(run.path, cfg.class_names, cfg.class_colors, progress.epoch) if (
             cfg.tensorboard and distributed.rank() == 0) else None  # fmt: skip
     loop = _Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate, board, clock)
