@@ -221,3 +221,17 @@ def test_training_on_the_full_set_beats_all_background(prepared_full: Path, tmp_
     print(f"full set: all-background valid mIoU {baseline:.4f}; trained best {best:.4f}")
     assert best >= baseline + 0.05
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_an_epoch_line_stays_short_with_many_classes_and_names_absent_ones() -> None:
+    from webdino_seg.engine.train import _epoch_line
+
+    names = [f"class{i}" for i in range(81)]  # COCO's 80 and background
+    row = {"epoch": 3, "lr": 1e-3, "train_loss": 0.5, "train_pixel_acc": 0.8, "train_miou": 0.3, "valid_loss": 0.6,
+           "valid_pixel_acc": 0.7, "valid_miou": 0.25, "seconds": 2.0,
+           **{f"valid_iou_{n}": (float("nan") if i % 2 else i / 100) for i, n in enumerate(names)}}  # fmt: skip
+    line = _epoch_line(row, 10, names)
+    assert len(line) < 240 and "worst IoU class0 0.0000 class2 0.0200 class4 0.0400" in line, line
+    assert "40 class(es) absent from valid" in line and "nan" not in line
+    two = _epoch_line(row | {"valid_iou_a": 0.5, "valid_iou_b": float("nan")}, 10, ["a", "b"])
+    assert "(IoU a 0.5000 b absent from valid)" in two

@@ -409,8 +409,10 @@ def _optimizer(model: SegmentationModel, cfg: TrainConfig) -> tuple[torch.optim.
 def _baseline_line(base: dict, cfg: TrainConfig) -> str:
     """The all-background (most frequent class) baseline as the log and config.yaml say it."""
     name = cfg.class_names[base["class"]]
+    h, w = cfg.imgsz
     return (f"all-{name} baseline on valid (predicting {name} everywhere): mIoU {base['miou']:.4f}, "
-            f"pixel accuracy {base['pixel_accuracy']:.4f}")  # fmt: skip
+            f"pixel accuracy {base['pixel_accuracy']:.4f} (at the training size {h}x{w}, as every epoch's valid "
+            "scores; evaluate scores at each image's full size)")  # fmt: skip
 
 
 def _new_run(cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], notes: list) -> RunFolder:
@@ -679,12 +681,25 @@ def _restore(state: dict, model: SegmentationModel, optimizer, scheduler) -> Pro
     return Progress(state["epoch"], state["history"], state["best"])
 
 
+SHOWN_CLASSES = 4  # past this many classes, an epoch line shows the 3 worst (metrics.csv has every one)
+
+
 def _epoch_line(row: dict, epochs: int, class_names: list[str]) -> str:
-    ious = " ".join(f"{name} {row[f'valid_iou_{name}']:.4f}" for name in class_names)
+    """One epoch in one line of bounded width: every class's valid IoU up to `SHOWN_CLASSES`, else the 3 worst
+    and how many are absent from valid (no pixel in the masks or the predictions: no IoU)."""
+    scores = {name: row[f"valid_iou_{name}"] for name in class_names}
+    present = {name: v for name, v in scores.items() if v == v}
+    absent = len(scores) - len(present)
+    if len(class_names) <= SHOWN_CLASSES:
+        ious = "IoU " + " ".join(f"{n} {v:.4f}" if v == v else f"{n} absent from valid" for n, v in scores.items())
+    else:
+        worst = sorted(present.items(), key=lambda kv: kv[1])[:3]
+        ious = "worst IoU " + " ".join(f"{n} {v:.4f}" for n, v in worst) + (
+            f", {absent} class(es) absent from valid" if absent else "")  # fmt: skip
     return (
         f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_pixel_acc']:.4f} "
         f"mIoU {row['train_miou']:.4f} | valid loss {row['valid_loss']:.4f} acc {row['valid_pixel_acc']:.4f} "
-        f"mIoU {row['valid_miou']:.4f} (IoU {ious}) | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
+        f"mIoU {row['valid_miou']:.4f} ({ious}) | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
     )
 
 

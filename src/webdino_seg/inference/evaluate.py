@@ -230,7 +230,8 @@ def format_report(report: dict) -> str:
         f"{report['split']}: {report['images']} images at full resolution (model input {report['imgsz']})",
         f"{'class':<16}{'IoU':>8}",
     ]
-    lines += [f"{name:<16}{iou:>8.4f}" for name, iou in report["iou"].items()]
+    lines += [f"{name:<16}{iou:>8.4f}" if iou == iou else f"{name:<16}{'absent':>8} (not in these masks or predictions)"
+              for name, iou in report["iou"].items()]  # fmt: skip
     stats = report["per_image_miou"]
     lines += [
         f"{'mIoU':<16}{report['miou']:>8.4f}",
