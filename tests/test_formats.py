@@ -417,3 +417,38 @@ def test_coco_polygons_are_drawn_as_pycocotools_draws_them() -> None:
         differ["object"] += int(reference.sum())
     assert len(cases) > 300 + 30 and differ["ours"] == 0, differ
     assert differ["cv2"] > 0.005 * differ["object"]  # the test can tell the two drawings apart
+
+
+def _coco_file(path: Path, images: list[str], categories: list[str]) -> None:
+    """A COCO JSON for `images` (20x16, each with one square of category 1)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"images": [{"id": i + 1, "file_name": n, "width": 20, "height": 16} for i, n in enumerate(images)],
+            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(categories)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                             "segmentation": [[2, 2, 10, 2, 10, 10, 2, 10]]} for i in range(len(images))]}  # fmt: skip
+    path.write_text(json.dumps(data))
+
+
+def test_coco_exports_with_several_files_keep_their_splits(tmp_path: Path, capsys) -> None:
+    """Roboflow's export (train/ valid/ test/, each with _annotations.coco.json beside its images) and COCO's own
+    (annotations/instances_<split>2017.json, images in <split>2017/)."""
+    robo = tmp_path / "roboflow"
+    for split, names in (("train", ["t1.jpg", "t2.jpg"]), ("valid", ["v1.jpg"]), ("test", ["x1.jpg"])):
+        for name in names:
+            _image(robo / split / name)
+        _coco_file(robo / split / "_annotations.coco.json", names, ["cat"])
+    out = tmp_path / "out"
+    assert main(["prepare-data", "--format", "coco", "--source", str(robo), "--out", str(out)]) == 0
+    assert "wrote 2 train, 1 valid and 1 test pairs" in capsys.readouterr().out
+    assert sorted(_masks(out, "train")) == ["t1.png", "t2.png"] and list(_masks(out, "test")) == ["x1.png"]
+    coco = tmp_path / "coco"
+    for split, names in (("train2017", ["a.jpg", "b.jpg"]), ("val2017", ["c.jpg"])):
+        for name in names:
+            _image(coco / split / name)
+        _coco_file(coco / "annotations" / f"instances_{split}.json", names, ["cat"])
+    assert main(["prepare-data", "--format", "coco", "--source", str(coco), "--out", str(tmp_path / "o2")]) == 0
+    valid = _masks(tmp_path / "o2", "valid")
+    assert list(valid) == ["c.png"] and (valid["c.png"] == 1).sum() == 64  # found in val2017/, drawn
+    _coco_file(coco / "annotations" / "instances_val2017.json", ["c.jpg"], ["dog"])
+    cli_error(["prepare-data", "--format", "coco", "--source", str(coco), "--out", str(tmp_path / "o3")], capsys,
+              "its categories ['dog'] are not those of")  # fmt: skip

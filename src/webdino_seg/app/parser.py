@@ -149,9 +149,10 @@ def _convert_weights(sub: argparse._SubParsersAction) -> None:
 def _prepare_data(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "prepare-data", "import a dataset (Penn-Fudan, or what a labelling tool exported) into "
                    "train/valid folders and classes.json")  # fmt: skip
-    p.add_argument("--source", required=True, help="the dataset: a folder, a zip (pennfudan), a COCO .json or a "
-                   "YOLO data.yaml")  # fmt: skip
-    p.add_argument("--out", required=True, help="new folder for train_images/ train_masks/ valid_images/ valid_masks/")
+    p.add_argument("--source", required=True, help="the dataset: a folder, a zip (pennfudan), a COCO .json (or a "
+                   "folder of them named by split, or Roboflow's train/ valid/ test/) or a YOLO data.yaml")  # fmt: skip
+    p.add_argument("--out", required=True, help="new folder for train_images/ train_masks/ valid_images/ valid_masks/ "
+                   "(and test_*/ where the source has a test split), or an earlier import to add to")  # fmt: skip
     p.add_argument("--format", default="pennfudan", choices=FORMATS, help="pennfudan (the release), folders "
                    "(images + label maps per split, e.g. CamVid), voc, coco, yolo (YOLO-seg), labelme")  # fmt: skip
     p.add_argument("--valid-count", type=positive, default=24, help="pennfudan: images held out for validation")

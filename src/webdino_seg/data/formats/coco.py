@@ -115,7 +115,9 @@ def read_coco(source: Path, images: Path | None = None, log=print) -> tuple[list
     records = [_fields(r, kinds, "image", where) for r in records]
     for key in ("id", "file_name"):
         _unique([r[key] for r in records], f"image {key}", where)
-    folders = [images] if images else [source.parent, source.parent / "images"]
+    tail = source.stem.split("_")[-1]  # instances_train2017.json: its images in train2017/, beside or one up
+    folders = [images] if images else [source.parent, source.parent / "images", source.parent / tail,
+                                       source.parent.parent / tail]  # fmt: skip
     sizes = {}
     for rec in records:
         path = _image_path(rec["file_name"], folders)
@@ -155,3 +157,43 @@ def read_coco(source: Path, images: Path | None = None, log=print) -> tuple[list
         draw = lambda h=height, w=width, anns=anns: _draw(np.zeros((h, w), np.uint8), anns, index)  # noqa: E731
         examples.append(Example(path, draw, None, Path(rec["file_name"]).name))
     return examples, Classes(("background", *(c["name"] for c in categories)))
+
+
+SPLIT_WORDS = (("train", "train"), ("val", "valid"), ("test", "test"))  # in a file's or folder's name
+
+
+def coco_files(root: Path) -> list[tuple[Path, str]]:
+    """The COCO files of a folder and the split of each: Roboflow's ``train/``, ``valid/``, ``test/`` each with
+    ``_annotations.coco.json``, or several JSONs whose names say their split (``instances_val2017.json``)."""
+    found = [(root / name / "_annotations.coco.json", split) for name, split in
+             (("train", "train"), ("valid", "valid"), ("val", "valid"), ("test", "test"))
+             if (root / name / "_annotations.coco.json").is_file()]  # fmt: skip
+    if found:
+        return found
+    for path in sorted(root.glob("*.json")) or sorted(root.glob("annotations/*.json")):
+        split = next((s for word, s in SPLIT_WORDS if word in path.stem.lower()), None)
+        if split is None:
+            raise DataError(f"{path}: in a folder of COCO files, each file's name says its split (train, val or "
+                            "test, e.g. instances_val2017.json); or pass the one file as --source")  # fmt: skip
+        found.append((path, split))
+    if not found:
+        raise DataError(f"{root}: no COCO files: expected train/_annotations.coco.json (Roboflow) or JSONs named by "
+                        "split (instances_train2017.json, instances_val2017.json)")  # fmt: skip
+    return found
+
+
+def read_coco_splits(root: Path, images: Path | None = None, log=print) -> tuple[list[Example], Classes]:
+    """The examples of every COCO file of a folder (`coco_files`), each keeping its file's split; the files must
+    list the same categories."""
+    examples: list[Example] = []
+    first: tuple[Path, Classes] | None = None
+    for path, split in coco_files(root):
+        part, classes = read_coco(path, images, log)
+        if first is not None and classes.names != first[1].names:
+            raise DataError(f"{path}: its categories {list(classes.names[1:])} are not those of {first[0]} "
+                            f"{list(first[1].names[1:])}; one import needs one set of classes")  # fmt: skip
+        first = first or (path, classes)
+        for example in part:
+            example.split = split
+        examples += part
+    return examples, first[1]

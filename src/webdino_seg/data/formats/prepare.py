@@ -9,7 +9,7 @@ from ...utils.metrics import VOID
 from ..datasets import DataError
 from ..images import read_mask
 from ..labels import Classes, Coding, read_classes_file
-from .coco import read_coco
+from .coco import read_coco, read_coco_splits
 from .folders import read_folders
 from .labelme import read_labelme
 from .voc import read_voc
@@ -78,7 +78,8 @@ def _read(fmt: str, source: Path, names: list[str] | None, coding: Coding, image
     if fmt == "voc":
         return read_voc(source)
     if fmt == "coco":
-        return read_coco(source, Path(images) if images else None, log)
+        reader = read_coco_splits if source.is_dir() else read_coco  # a folder of several files keeps their splits
+        return reader(source, Path(images) if images else None, log)
     if fmt == "yolo":
         return read_yolo(source)
     if fmt == "labelme":
