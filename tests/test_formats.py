@@ -176,10 +176,12 @@ def test_yolo_segmentation(tmp_path: Path) -> None:
     root = tmp_path / "yolo"
     _image(root / "images" / "train" / "a.png")
     _image(root / "images" / "val" / "b.png")
+    _image(root / "images" / "test" / "c.png")
     (root / "labels" / "train").mkdir(parents=True)
     (root / "labels" / "train" / "a.txt").write_text("1 0.0 0.0 0.5 0.0 0.5 0.5 0.0 0.5\n0 0.75 0.5 0.1 0.2\n")
-    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val",
-                                                    "names": {0: "person", 1: "car"}}))  # fmt: skip
+    config = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test",
+              "names": {0: "person", 1: "car"}}  # fmt: skip
+    (root / "data.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
     assert main(["prepare-data", "--format", "yolo", "--source", str(root / "data.yaml"), "--out", str(out)]) == 0
     assert read_classes_file(out)["names"] == ["background", "person", "car"]
@@ -187,6 +189,7 @@ def test_yolo_segmentation(tmp_path: Path) -> None:
     assert (a[1:7, 1:9] == 2).all()  # class 1 (car) -> 2, the top-left quarter
     assert a[8, 15] == 1 and a[2, 15] == 0  # the box (centre 0.75, 0.5; 0.1 x 0.2) -> person
     assert not _masks(out, "valid")["b.png"].any()  # no label file: nothing in it
+    assert list(_masks(out, "test")) == ["c.png"]  # YOLO's test: key is the test split
 
 
 def test_labelme_shapes(tmp_path: Path, capsys) -> None:
@@ -258,8 +261,11 @@ def test_voc_lists_and_palette(tmp_path: Path) -> None:
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000001\n")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000002\n")
+    _image(root / "JPEGImages" / "2008_000009.jpg")  # VOC's public test list: images without label maps
+    (root / "ImageSets" / "Segmentation" / "test.txt").write_text("2008_000009\n")
     out = tmp_path / "out"
     assert main(["prepare-data", "--format", "voc", "--source", str(tmp_path / "VOCdevkit"), "--out", str(out)]) == 0
+    assert not (out / "test_images").exists()  # nothing to score: left out
     classes = read_classes_file(out)
     assert len(classes["names"]) == 21 and classes["names"][15] == "person" and classes["colors"][15] == [192, 128, 128]
     train, valid = _masks(out, "train"), _masks(out, "valid")

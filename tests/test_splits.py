@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import cli_error, tiny_train_cli
@@ -58,6 +59,23 @@ def test_a_grown_flat_folder_and_init_from_leak_nothing(prepared: Path, tmp_path
     split = json.loads((second / "split.json").read_text())
     assert not set(trained) & set(split["valid"]) and set(trained) <= set(split["train"])
     assert len(split["train"]) + len(split["valid"]) == 24
+
+
+@pytest.mark.fulldata
+def test_sixty_real_images_then_five_more_leak_nothing(prepared_full: Path, tmp_path: Path) -> None:
+    """The issue's case with real Penn-Fudan photos: a flat folder of 60, a run, 5 added, a run with --init-from."""
+    images = sorted(p.name for s in ("train", "valid") for p in (prepared_full / f"{s}_images").iterdir())[:65]
+    flat = _flat(prepared_full, tmp_path / "flat", images[:60])
+    first = tmp_path / "first"
+    assert main([*tiny_train_cli(flat, first), "--valid-fraction", "0.15"]) == 0
+    before = json.loads((first / "split.json").read_text())
+    _flat(prepared_full, flat, images[60:])
+    second = tmp_path / "second"
+    assert main([*tiny_train_cli(flat, second), "--valid-fraction", "0.15", "--init-from",
+                 str(first / "best_model_iou.pth")]) == 0  # fmt: skip
+    after = json.loads((second / "split.json").read_text())
+    assert not set(before["train"]) & set(after["valid"]), "a trained-on image in the new valid split"
+    assert set(before["valid"]) <= set(after["valid"]) and len(after["train"]) + len(after["valid"]) == 65
 
 
 def test_init_from_refuses_a_valid_split_it_trained_on(small: Path, tmp_path: Path, capsys) -> None:

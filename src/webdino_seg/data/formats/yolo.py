@@ -82,15 +82,15 @@ def read_yolo(source: Path) -> tuple[list[Example], Classes]:
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise DataError(f"{config_path}: names {cut(names, 60)} is not a list of class names (or a map 0: name)")
     entries = {key: [config[key]] if isinstance(config.get(key), str) else config.get(key) or [] for key in
-               ("train", "val")}  # fmt: skip
+               ("train", "val", "test")}  # fmt: skip
     if not isinstance(config.get("path") or "", str) or not all(
         isinstance(v, list) and all(isinstance(e, str) for e in v) for v in entries.values()
     ):
-        raise DataError(f"{config_path}: path, train and val must be folder names (a list of them for train/val)")
+        raise DataError(f"{config_path}: path, train, val and test must be folder names (or lists of them)")
     root = Path(config.get("path") or ".")
     root = root if root.is_absolute() else config_path.parent / root
     examples = []
-    for key, split in (("train", "train"), ("val", "valid")):
+    for key, split in (("train", "train"), ("val", "valid"), ("test", "test")):
         for entry in entries[key]:
             folder = root / entry
             if not folder.is_dir():
