@@ -458,3 +458,27 @@ def test_coco_exports_with_several_files_keep_their_splits(tmp_path: Path, capsy
     _coco_file(coco / "annotations" / "instances_val2017.json", ["c.jpg"], ["dog"])
     cli_error(["prepare-data", "--format", "coco", "--source", str(coco), "--out", str(tmp_path / "o3")], capsys,
               "its categories ['dog'] are not those of")  # fmt: skip
+
+
+CAMVID = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+          "Bicyclist"]  # fmt: skip
+
+
+def test_a_dataset_keeps_its_own_colours(tmp_path: Path) -> None:
+    """CamVid's 11 classes get SegNet's palette (Road purple, Sky grey), a label_colors.txt (CamVid's release
+    format) gives its own, and a dataset with neither gets the fixed palette."""
+    root = tmp_path / "camvid"
+    for split in ("train", "val"):
+        _image(root / split / f"{split}.png")
+        (root / f"{split}annot").mkdir(parents=True)
+        Image.fromarray(np.full((16, 20), 3, np.uint8)).save(root / f"{split}annot" / f"{split}.png")
+    argv = ["prepare-data", "--format", "folders", "--source", str(root), "--ignore-index", "11", "--class-names"]
+    assert main([*argv, *CAMVID, "--out", str(tmp_path / "a")]) == 0
+    colors = dict(zip(CAMVID, read_classes_file(tmp_path / "a")["colors"], strict=True))
+    assert colors["Road"] == [128, 64, 128] and colors["Sky"] == [128, 128, 128] and colors["Car"] == [64, 0, 128]
+    (root / "label_colors.txt").write_text("".join(f"{i} {2 * i} {3 * i}\t{n}\n" for i, n in enumerate(CAMVID)))
+    assert main([*argv, *CAMVID, "--out", str(tmp_path / "b")]) == 0
+    assert read_classes_file(tmp_path / "b")["colors"][3] == [3, 6, 9]
+    (root / "label_colors.txt").unlink()
+    assert main([*argv, *[f"c{i}" for i in range(11)], "--out", str(tmp_path / "c")]) == 0
+    assert read_classes_file(tmp_path / "c")["colors"][3] != [128, 64, 128]

