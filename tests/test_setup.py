@@ -55,3 +55,41 @@ def test_an_index_without_torch_and_a_failing_pip_both_say_what_to_do(tmp_path: 
 def test_an_environment_with_torch_is_left_alone(tmp_path: Path) -> None:
     proc, _ = _run(Path(sys.executable), "torch", "--index-url", "http://127.0.0.1:9/none")
     assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
+
+
+def test_every_train_flag_takes_its_default_and_choices_from_the_library() -> None:
+    """One source of truth: each `train` flag's default is `TrainConfig`'s, its choices the library's own lists,
+    and every setting has its flag (``--no-X`` for a setting X that is on by default)."""
+    import argparse
+    import dataclasses
+
+    from webdino_seg.app.parser import build_parser
+    from webdino_seg.data.images import MASK_MODES
+    from webdino_seg.engine.config import TrainConfig
+    from webdino_seg.engine.losses import LOSSES
+    from webdino_seg.models.heads import HEADS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    seen = set()
+    for action in train._actions:
+        name = action.dest.removeprefix("no_")
+        if name not in fields:
+            continue
+        seen.add(name)
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default is dataclasses.MISSING:  # --data: required (by the flag or a --config file)
+            assert action.default is None, name
+        elif action.dest.startswith("no_"):  # --no-cache: on unless given
+            assert default is True and action.default is False, name
+        elif isinstance(action.default, bool) or action.nargs == 0:
+            assert action.default is False and default is False, name
+        else:
+            shown = tuple(action.default) if isinstance(action.default, list) and isinstance(default, tuple) else (
+                action.default)  # fmt: skip
+            assert shown == default or (action.default is None and default is None), (name, action.default, default)
+    assert seen == set(fields) - {"class_colors"}, set(fields) - seen  # colours: from classes.json, no flag
+    choices = {a.dest: a.choices for a in train._actions if a.choices}
+    assert choices == {"head": list(HEADS), "loss": list(LOSSES), "mask_mode": MASK_MODES}

@@ -4,12 +4,16 @@ commands take. Parsing only: `cli.py` runs what was parsed."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from .._version import __version__
 from ..data.formats.prepare import FORMATS
 from ..data.images import MASK_MODES
+from ..engine.config import TrainConfig
+from ..engine.losses import LOSSES
 from ..inference.masks import MASK_VALUES
 from ..inference.precision import ENGINES, PRECISIONS
+from ..models.heads import HEADS
 
 DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
 
@@ -129,7 +133,7 @@ def _subparser(sub, name: str, help: str, description: str | None = None) -> arg
 
 def _info(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "info", "print a model's layer table and parameter counts (nothing is downloaded)")
-    p.add_argument("--arch", default="webdino-300m", help="backbone variant")
+    p.add_argument("--arch", default=_default("arch"), help="backbone variant")
     _imgsz(p)
     p.add_argument("--num-classes", type=positive, default=2, help="classes the head predicts")
     p.add_argument("--fine-tune", action="store_true", help="count the backbone as trainable")
@@ -158,7 +162,7 @@ def _prepare_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid-count", type=positive, default=24, help="pennfudan: images held out for validation")
     p.add_argument("--valid-fraction", type=float, default=0.15, help="other formats: the seeded share of images "
                    "without a split of their own held out for validation")  # fmt: skip
-    p.add_argument("--seed", type=seed, default=42, help="seed of the train/valid shuffle")
+    p.add_argument("--seed", type=seed, default=_default("seed"), help="seed of the train/valid shuffle")
     p.add_argument("--class-names", nargs="+", help="folders, labelme: one name per class, background first")
     p.add_argument("--ignore-index", type=int, default=255, help="folders: the stored value that means ignore "
                    "(CamVid: 11); written as 255")  # fmt: skip
@@ -187,6 +191,12 @@ def _show_data(sub: argparse._SubParsersAction) -> None:
                    "(its own earlier outputs are replaced anyway)")  # fmt: skip
 
 
+def _default(name: str) -> object:
+    """`TrainConfig`'s default for setting `name`: the library owns it, the parser shows it."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _train(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "train", "train a segmentation head (or fine-tune) on an image/mask dataset")
     g = {"action": _Given}
@@ -194,43 +204,46 @@ def _train(sub: argparse._SubParsersAction) -> None:
                    "config.yaml (e.g. examples/pennfudan-webdino300m.yaml); flags given here override it")  # fmt: skip
     p.add_argument("--data", help="folder with train_images/ train_masks/ valid_images/ valid_masks/, or images/ + "
                    "masks/ with --valid-fraction", **g)  # fmt: skip
-    p.add_argument("--valid-fraction", type=float, help="for images/ + masks/: the seeded share held out for "
-                   "validation (e.g. 0.15), recorded in split.json", **g)  # fmt: skip
-    p.add_argument("--out", default="runs/train", help="run folder (a new -2, -3... is made if it is not empty)", **g)
-    p.add_argument("--arch", default="webdino-300m", help="backbone variant (see `webdino-seg info --list`)", **g)
+    p.add_argument("--valid-fraction", type=float, help="for images/ + masks/: the share held out for validation "
+                   "(e.g. 0.15), each image's side from its name and --seed alone, recorded in split.json",
+                   **g)  # fmt: skip
+    p.add_argument("--out", default=_default("out"), help="run folder (a new -2, -3... is made if it is not empty)",
+                   **g)  # fmt: skip
+    p.add_argument("--arch", default=_default("arch"), help="backbone variant (see `webdino-seg info --list`)", **g)
     p.add_argument("--weights", help="official .pth, HF folder, Hub id, https:// URL, or 'random' "
                    "(default: the variant's official .pth URL)", **g)  # fmt: skip
     p.add_argument("--fine-tune", action=_GivenTrue, help="train the backbone too")
     _labels(p, g)
     p.add_argument(
         "--head",
-        default="simple",
-        choices=["simple", "linear4", "multilayer", "guided"],
+        default=_default("head"),
+        choices=list(HEADS),
         help="decoder head: simple (the tutorial's), linear4 (DINOv2's linear probe on 4 layers), "
         "multilayer (DPT-like fusion of 4 layers), guided (image-guided upsampling of the logits)",
         **g,
     )
     p.add_argument(
         "--loss",
-        default="ce",
-        choices=["ce", "ce+dice"],
+        default=_default("loss"),
+        choices=list(LOSSES),
         help="cross-entropy, or cross-entropy plus Dice on the foreground",
         **g,
     )
-    _imgsz(p, **g)
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate", **g)
-    p.add_argument("--batch", type=positive, default=8, help="images per training step", **g)
-    p.add_argument("--epochs", type=positive, default=60, help="passes over the training split", **g)
+    _imgsz(p, _default("imgsz"), **g)
+    p.add_argument("--lr", type=float, default=_default("lr"), help="AdamW learning rate", **g)
+    p.add_argument("--batch", type=positive, default=_default("batch"), help="images per training step", **g)
+    p.add_argument("--epochs", type=positive, default=_default("epochs"), help="passes over the training split", **g)
     p.add_argument("--scheduler", action=_GivenTrue, help="multiply the lr by 0.1 at --scheduler-epochs")
-    p.add_argument("--scheduler-epochs", type=positive, nargs="+", default=[45], help="epochs where the lr drops",
-                   **g)  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N", **g)
+    p.add_argument("--scheduler-epochs", type=positive, nargs="+", default=_default("scheduler_epochs"),
+                   help="epochs where the lr drops", **g)  # fmt: skip
+    p.add_argument("--device", default=_default("device"), help="auto (CUDA when available), cpu, cuda or cuda:N", **g)
     p.add_argument("--workers", type=non_negative, help="data-loader processes (default: one per CPU core, "
                    "at most 8)", **g)  # fmt: skip
-    p.add_argument("--seed", type=seed, default=42, help="seed of the head's init, augmentation and order", **g)
+    p.add_argument("--seed", type=seed, default=_default("seed"), help="seed of the head's init, augmentation and "
+                   "order", **g)  # fmt: skip
     p.add_argument("--no-cache", action=_GivenTrue, help="recompute frozen features every epoch (tutorial way)")
-    p.add_argument("--cache-views", type=positive, default=4, help="augmented views per training image in the "
-                   "cache (never more than --epochs)", **g)  # fmt: skip
+    p.add_argument("--cache-views", type=positive, default=_default("cache_views"), help="augmented views per "
+                   "training image in the cache (never more than --epochs)", **g)  # fmt: skip
     p.add_argument("--feature-cache-dir", help="also keep the feature cache on disk here, reused when unchanged", **g)
     p.add_argument("--cache-memory-gb", type=float, help="largest feature cache kept in memory; a larger one is "
                    "memory-mapped on disk (default: half the free GPU or CPU memory)", **g)  # fmt: skip
@@ -250,12 +263,13 @@ def _labels(p: argparse.ArgumentParser, g: dict) -> None:
     p.add_argument("--class-names", nargs="+", help="one name per class (default: from the data's classes.json, "
                    "else background person for 2)", **g)  # fmt: skip
     _mask_mode(p, **g)
-    p.add_argument("--ignore-index", type=int, default=255, help="the mask value that means 'not scored, not "
-                   "learned' (CamVid: 11)", **g)  # fmt: skip
+    p.add_argument("--ignore-index", type=int, default=_default("ignore_index"), help="the mask value that means "
+                   "'not scored, not learned' (CamVid: 11)", **g)  # fmt: skip
     p.add_argument("--reduce-labels", action=_GivenTrue, help="ADE20K's labels: 0 is ignore and class k is stored as "
                    "k+1")  # fmt: skip
-    p.add_argument("--class-weights", default="none", help="per-class cross-entropy weights: none, median-freq "
-                   "(SegNet's balancing, from the training masks) or w0,w1,... one per class", **g)  # fmt: skip
+    p.add_argument("--class-weights", default=_default("class_weights"), help="per-class cross-entropy weights: "
+                   "none, median-freq (SegNet's balancing, from the training masks) or w0,w1,... one per class",
+                   **g)  # fmt: skip
     p.add_argument("--init-from", metavar="MODEL", help="start from a trained model's head (and fine-tuned backbone): "
                    "same backbone, classes and head", **g)  # fmt: skip
 
@@ -334,7 +348,7 @@ def _export(sub: argparse._SubParsersAction) -> None:
 
 def _benchmark(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "benchmark", "time the tutorial's recipe against ours on one device")
-    p.add_argument("--arch", default="webdino-300m", help="backbone variant (random weights: speed does not "
+    p.add_argument("--arch", default=_default("arch"), help="backbone variant (random weights: speed does not "
                    "depend on them)")  # fmt: skip
     _imgsz(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
