@@ -39,6 +39,7 @@ def test_benchmark_prints_the_table(tiny_data: Path, test_video: Path, tmp_path:
     assert figures["runtime"]["device"] == "cpu" and figures["runtime"]["torch"] == torch.__version__
     assert figures["sdpa"]["tutorial"] == "math" and figures["sdpa"]["ours"] != "math"
     assert set(figures["ours_train_timings"]["stages"]) == {"startup", "cache", "epochs", "finish"}
+    assert 0 <= figures["video_foreground"] <= 1 and "% foreground)" in table  # what the drawing cost depends on
     assert "our training run, bound by: " in table and "whole model frames/s, batch 1, 56x56" in table
 
 

@@ -82,6 +82,11 @@ def _file_frames(src: str | Path, warnings: list[str], threads: int = 1) -> Iter
             warnings.append(f"{src}: decoding stopped after {count} frames ({err}); the file may be truncated")
 
 
+def first_frame(src: str | Path) -> np.ndarray:
+    """The first frame of a video file, upright, as (H, W, 3) uint8 RGB."""
+    return next(_file_frames(src, []))[0]
+
+
 def _camera_frames(index: int) -> Iterator[tuple[np.ndarray, None]]:
     import cv2
 
