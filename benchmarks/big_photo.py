@@ -106,17 +106,23 @@ def main() -> None:
     results = {}
     for way in ("whole", "tile"):
         out = work / f"{way}.npy"
-        subprocess.run([sys.executable, __file__, "--model", args.model, "--child", way, str(work / "photo.png"),
-                        str(out)], check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, __file__, "--model", args.model, "--child", way, str(work / "photo.png"), str(out)],
+            check=True,
+        )
         results[way] = json.loads(out.with_suffix(".json").read_text()) | {"mask": np.load(out)}
     band = boundary_band(truth, args.band)
     meta = Predictor.from_checkpoint(args.model, device="cpu").imgsz
-    print(f"photo {args.size[0]}x{args.size[1]} ({args.size[0] * args.size[1] / 1e6:.1f} MP) of Penn-Fudan photos, "
-          f"model input {meta[1]}x{meta[0]}, boundary band: {band.mean():.1%} of pixels within {args.band} px")
+    print(
+        f"photo {args.size[0]}x{args.size[1]} ({args.size[0] * args.size[1] / 1e6:.1f} MP) of Penn-Fudan photos, "
+        f"model input {meta[1]}x{meta[0]}, boundary band: {band.mean():.1%} of pixels within {args.band} px"
+    )
     print(f"{'way':<8}{'seconds':>9}{'peak RSS MB':>13}{'mIoU':>8}{'band mIoU':>11}")
     for way, r in results.items():
-        print(f"{way:<8}{r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}{score(r['mask'], truth):>8.4f}"
-              f"{score(r['mask'], truth, band):>11.4f}")  # fmt: skip
+        print(
+            f"{way:<8}{r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}{score(r['mask'], truth):>8.4f}"
+            f"{score(r['mask'], truth, band):>11.4f}"
+        )
     differ = results["whole"]["mask"] != results["tile"]["mask"]
     print(f"the two masks differ on {differ.mean():.2%} of all pixels and {differ[band].mean():.2%} of the band")
     _picture(image, truth, results, Path(args.picture))
@@ -127,9 +133,14 @@ def _picture(image: np.ndarray, truth: np.ndarray, results: dict, path: Path) ->
     from webdino_seg.utils.overlay import caption, overlay
 
     y, x, h, w = 0, 0, 600, 800
-    panels = [caption(overlay(image[y : y + h, x : x + w], m[y : y + h, x : x + w]), name) for name, m in
-              (("ground truth", truth), ("whole photo shrunk", results["whole"]["mask"]),
-               ("--tile", results["tile"]["mask"]))]  # fmt: skip
+    panels = [
+        caption(overlay(image[y : y + h, x : x + w], m[y : y + h, x : x + w]), name)
+        for name, m in (
+            ("ground truth", truth),
+            ("whole photo shrunk", results["whole"]["mask"]),
+            ("--tile", results["tile"]["mask"]),
+        )
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(np.concatenate(panels, 1))
     picture.resize((1500, round(picture.height * 1500 / picture.width)), Image.LANCZOS).save(path, quality=85)

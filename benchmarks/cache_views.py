@@ -32,9 +32,18 @@ def main() -> None:
     print(f"{'setting':<28}{'best valid mIoU':>16}{'final valid mIoU':>18}{'seconds':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, extra) in enumerate(settings):
-            cfg = TrainConfig(data=args.data, out=str(Path(tmp) / f"run{i}"), arch=args.arch, weights=args.weights,
-                              imgsz=(args.imgsz, args.imgsz), epochs=args.epochs, lr=args.lr, workers=2, seed=0,
-                              **extra)  # fmt: skip
+            cfg = TrainConfig(
+                data=args.data,
+                out=str(Path(tmp) / f"run{i}"),
+                arch=args.arch,
+                weights=args.weights,
+                imgsz=(args.imgsz, args.imgsz),
+                epochs=args.epochs,
+                lr=args.lr,
+                workers=2,
+                seed=0,
+                **extra,
+            )
             start = time.perf_counter()
             run = train(cfg, log=lambda *_: None)
             seconds = time.perf_counter() - start

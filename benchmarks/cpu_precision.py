@@ -51,6 +51,7 @@ def torch_runs(model: Tokens) -> dict[str, Forward]:
     int8, _ = quantize(model)
     runs = {"torch fp32": model, "torch int8": int8}
     if native_bf16():
+
         def bf16(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(x)
@@ -101,16 +102,27 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[448, 644])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--engines", nargs="+", default=["torch", "onnxruntime", "openvino"],
-                        choices=["torch", "onnxruntime", "openvino"])  # fmt: skip
-    parser.add_argument("--threads", type=int, nargs="+", default=[None], help="CPU thread counts to run with "
-                        "(default: the usable cores)")  # fmt: skip
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=["torch", "onnxruntime", "openvino"],
+        choices=["torch", "onnxruntime", "openvino"],
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="CPU thread counts to run with (default: the usable cores)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = create_backbone(args.arch, weights="random", layerscale_init=1.0).eval()
     model = Tokens(backbone).eval()
-    print(f"{args.arch} backbone, torch {torch.__version__}; images/s, median [min - max] of {args.repeats} after a "
-          "warm-up; speed-up against torch fp32 at the same size, batch and threads")  # fmt: skip
+    print(
+        f"{args.arch} backbone, torch {torch.__version__}; images/s, median [min - max] of {args.repeats} after a "
+        "warm-up; speed-up against torch fp32 at the same size, batch and threads"
+    )
     print(f"{'threads':>8}{'size':>6}{'batch':>7}{'engine':>18} {'images/s':>28}{'speed-up':>12}{'min cosine':>12}")
     with tempfile.TemporaryDirectory() as folder:
         for threads in args.threads:

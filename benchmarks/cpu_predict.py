@@ -71,8 +71,12 @@ def main() -> None:
     truth = [read_mask(data / "valid_masks" / f"{p.stem}.png") for p in valid]
     with tempfile.TemporaryDirectory() as folder:
         ckpt = Path(folder) / "model.pth"
-        meta = {"imgsz": list(imgsz), "class_names": ["background", "person"], "mean": list(model.backbone.cfg.mean),
-                "std": list(model.backbone.cfg.std)}  # fmt: skip
+        meta = {
+            "imgsz": list(imgsz),
+            "class_names": ["background", "person"],
+            "mean": list(model.backbone.cfg.mean),
+            "std": list(model.backbone.cfg.std),
+        }
         save_model(ckpt, model, backbone_identity(model.backbone, None, 0), meta)
         del model
         print(f"{len(valid)} valid images at {imgsz[0]}x{imgsz[1]}, batch 1, this machine's cores")
@@ -80,12 +84,26 @@ def main() -> None:
         reference = None
         for precision, engine in RUNS:
             out = Path(folder) / f"{precision}-{engine}"
-            cmd = [sys.executable, "-m", "webdino_seg", "predict", "--model", str(ckpt), "--input",
-                   str(data / "valid_images"), "--out", str(out), "--device", "cpu",
-                   "--precision", precision]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "webdino_seg",
+                "predict",
+                "--model",
+                str(ckpt),
+                "--input",
+                str(data / "valid_images"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--precision",
+                precision,
+            ]
             start = time.perf_counter()
-            done = subprocess.run([*cmd, "--engine", engine] if precision != "fp32" else cmd, capture_output=True,
-                                  text=True)  # fmt: skip
+            done = subprocess.run(
+                [*cmd, "--engine", engine] if precision != "fp32" else cmd, capture_output=True, text=True
+            )
             seconds = time.perf_counter() - start
             if done.returncode:
                 print(f"{precision:>10}{engine:>10}  failed: {done.stderr.strip().splitlines()[-1]}")

@@ -38,9 +38,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.heads:
-            cfg = TrainConfig(data=args.data, out=str(Path(tmp) / name), arch=args.arch, weights="random",
-                              imgsz=tuple(args.imgsz), epochs=args.epochs, lr=args.lr, head=name, cache_views=2,
-                              class_weights=args.class_weights, seed=args.seed)  # fmt: skip
+            cfg = TrainConfig(
+                data=args.data,
+                out=str(Path(tmp) / name),
+                arch=args.arch,
+                weights="random",
+                imgsz=tuple(args.imgsz),
+                epochs=args.epochs,
+                lr=args.lr,
+                head=name,
+                cache_views=2,
+                class_weights=args.class_weights,
+                seed=args.seed,
+            )
             run = train(cfg, log=lambda *_: None)
             with open(run / "metrics.csv") as f:
                 history = list(csv.DictReader(f))
@@ -51,16 +61,29 @@ def main() -> None:
             missing = [c for c in args.classes if f"valid_iou_{c}" not in best]
             if missing:
                 raise SystemExit(f"{args.data}: no class named {', '.join(missing)} (see its classes.json)")
-            rows.append((name, params, statistics.mean(float(r["seconds"]) for r in history),
-                         float(best["valid_miou"]), baseline["miou"],
-                         [float(best[f"valid_iou_{c}"]) for c in args.classes]))  # fmt: skip
-    print(f"{args.arch} (random weights) at {args.imgsz[0]}x{args.imgsz[1]}, {args.epochs} epochs, 2 cached views, "
-          f"lr {args.lr}; smoke figures, not a ranking")  # fmt: skip
-    print(f"{'head':<12}{'parameters':>12}{'s/epoch':>10}{'best valid mIoU':>17}{'baseline':>10}"
-          + "".join(f"{c:>12}" for c in args.classes))  # fmt: skip
+            rows.append(
+                (
+                    name,
+                    params,
+                    statistics.mean(float(r["seconds"]) for r in history),
+                    float(best["valid_miou"]),
+                    baseline["miou"],
+                    [float(best[f"valid_iou_{c}"]) for c in args.classes],
+                )
+            )
+    print(
+        f"{args.arch} (random weights) at {args.imgsz[0]}x{args.imgsz[1]}, {args.epochs} epochs, 2 cached views, "
+        f"lr {args.lr}; smoke figures, not a ranking"
+    )
+    print(
+        f"{'head':<12}{'parameters':>12}{'s/epoch':>10}{'best valid mIoU':>17}{'baseline':>10}"
+        + "".join(f"{c:>12}" for c in args.classes)
+    )
     for name, params, seconds, miou, base, per_class in rows:
-        print(f"{name:<12}{params:>12,}{seconds:>10.2f}{miou:>17.4f}{base:>10.4f}"
-              + "".join(f"{v:>12.4f}" for v in per_class))  # fmt: skip
+        print(
+            f"{name:<12}{params:>12,}{seconds:>10.2f}{miou:>17.4f}{base:>10.4f}"
+            + "".join(f"{v:>12.4f}" for v in per_class)
+        )
 
 
 if __name__ == "__main__":

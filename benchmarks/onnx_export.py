@@ -34,8 +34,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = create_model(args.arch, weights="random", seed=0).eval()
         ckpt = Path(tmp) / "model.pth"
-        meta = {"imgsz": args.imgsz, "class_names": ["background", "person"], "mean": list(IMAGENET_MEAN),
-                "std": list(IMAGENET_STD), "config": {}, "head_name": "simple"}  # fmt: skip
+        meta = {
+            "imgsz": args.imgsz,
+            "class_names": ["background", "person"],
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "config": {},
+            "head_name": "simple",
+        }
         save_model(ckpt, model, backbone_identity(model.backbone, "random", 0), meta)
         start = time.perf_counter()
         info = export_onnx(ckpt, Path(tmp) / "model.onnx", tuple(args.imgsz))
@@ -62,13 +68,19 @@ def main() -> None:
                     fn()
                 runs.append((time.perf_counter() - t0) / args.images)
             figures[name] = runs
-        print(f"{args.arch} at {args.imgsz[0]}x{args.imgsz[1]}, {torch.get_num_threads()} CPU threads, torch "
-              f"{torch.__version__}, onnxruntime {ort.__version__}")  # fmt: skip
-        print(f"export: {info['bytes'] / 2**20:.0f} MiB in {export_s:.0f} s; max abs logit difference onnxruntime vs "
-              f"PyTorch {info['max_abs_diff']:.2e}")  # fmt: skip
+        print(
+            f"{args.arch} at {args.imgsz[0]}x{args.imgsz[1]}, {torch.get_num_threads()} CPU threads, torch "
+            f"{torch.__version__}, onnxruntime {ort.__version__}"
+        )
+        print(
+            f"export: {info['bytes'] / 2**20:.0f} MiB in {export_s:.0f} s; max abs logit difference onnxruntime vs "
+            f"PyTorch {info['max_abs_diff']:.2e}"
+        )
         for name, runs in figures.items():
-            print(f"{name:<12} {1000 * statistics.median(runs):8.0f} ms/image (median of {len(runs)}; "
-                  f"min {1000 * min(runs):.0f}, max {1000 * max(runs):.0f})")  # fmt: skip
+            print(
+                f"{name:<12} {1000 * statistics.median(runs):8.0f} ms/image (median of {len(runs)}; "
+                f"min {1000 * min(runs):.0f}, max {1000 * max(runs):.0f})"
+            )
         ratio = statistics.median(figures["pytorch"]) / statistics.median(figures["onnxruntime"])
         print(f"onnxruntime / PyTorch speed: {ratio:.2f}x")
 

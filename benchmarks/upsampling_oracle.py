@@ -154,14 +154,21 @@ def main() -> None:
         return upsampler(coarse_input(oracle_grid(mask)), image)
 
     params = sum(p.numel() for p in upsampler.parameters())
-    print(f"guided upsampler: {params:,} parameters; {len(train_ds)} training images, {len(design)} held out for the "
-          f"design, {args.epochs} epochs, seed {args.seed}")
+    print(
+        f"guided upsampler: {params:,} parameters; {len(train_ds)} training images, {len(design)} held out for the "
+        f"design, {args.epochs} epochs, seed {args.seed}"
+    )
     start = time.perf_counter()
     for epoch in range(args.epochs):
         upsampler.train()
         train_ds.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch, shuffle=True, num_workers=2,
-                                             generator=torch.Generator().manual_seed(args.seed + epoch))  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            train_ds,
+            batch_size=args.batch,
+            shuffle=True,
+            num_workers=2,
+            generator=torch.Generator().manual_seed(args.seed + epoch),
+        )
         total = 0.0
         for images, masks in loader:
             logits = upsampler(coarse_input(oracle_grid(masks)), images)
@@ -174,8 +181,11 @@ def main() -> None:
         schedule.step()
         upsampler.eval()
         held, held_band = score(guided, design, args.band)
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {total / len(train_ds):.4f}, design split mIoU {held:.4f} "
-              f"(band {held_band:.4f}), {time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: train loss {total / len(train_ds):.4f}, design split mIoU {held:.4f} "
+            f"(band {held_band:.4f}), {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     seconds = time.perf_counter() - start
 
     scored = valid if args.final else design
@@ -195,9 +205,11 @@ def main() -> None:
     }
     results = {name: score(fn, scored, args.band) for name, fn in rows.items()}
     which = "valid split, scored once" if args.final else "design split (--final scores the valid split)"
-    print(f"\n{which}: {len(scored)} images at full resolution; input {size[0]}x{size[1]}, token grid "
-          f"{size[0] // PATCH}x{size[1] // PATCH}; band: within {args.band} px of a boundary; training "
-          f"{seconds:.0f} s on this machine ({args.epochs} epochs)")  # fmt: skip
+    print(
+        f"\n{which}: {len(scored)} images at full resolution; input {size[0]}x{size[1]}, token grid "
+        f"{size[0] // PATCH}x{size[1] // PATCH}; band: within {args.band} px of a boundary; training "
+        f"{seconds:.0f} s on this machine ({args.epochs} epochs)"
+    )
     print(f"{'':<38}{'mIoU':>8}{'band mIoU':>11}")
     for name, (miou, band) in results.items():
         print(f"{name:<38}{miou:>8.4f}{band:>11.4f}")

@@ -98,13 +98,21 @@ def main() -> None:
             if draw is not None:
                 overlay_mod_draw = predictor.draw
                 predictor.draw = lambda image, mask, f=draw: f(image, mask, colors=predictor.colors)  # type: ignore
-            result = run_video(predictor, args.video, Path(work) / f"{len(rows)}.mp4", max_frames=args.frames,
-                               progress=False, codec_threads=threads)  # fmt: skip
+            result = run_video(
+                predictor,
+                args.video,
+                Path(work) / f"{len(rows)}.mp4",
+                max_frames=args.frames,
+                progress=False,
+                codec_threads=threads,
+            )
             if draw is not None:
                 predictor.draw = overlay_mod_draw  # type: ignore[method-assign]
             rows.append((label, result["fps"], result["fps"] / rows[0][1]))
-    print(f"clip {args.video.name}, {args.frames} frames, torch threads {torch.get_num_threads()}, codec threads "
-          f"{threads}; the model labels {args.foreground:.0%} of the first frame person")  # fmt: skip
+    print(
+        f"clip {args.video.name}, {args.frames} frames, torch threads {torch.get_num_threads()}, codec threads "
+        f"{threads}; the model labels {args.foreground:.0%} of the first frame person"
+    )
     print(f"{'pipeline':34} {'FPS':>7} {'x bare':>7}")
     for label, fps, ratio in rows:
         print(f"{label:34} {fps:7.1f} {'' if ratio is None else f'{ratio:7.2f}'}")

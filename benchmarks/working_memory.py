@@ -27,8 +27,15 @@ def measure(arch: str, head: str, size: int, batch: int) -> None:
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     width, p = model.backbone.embed_dim, model.backbone.patch_size
     layers = getattr(model.head, "layers", 1)
-    plan = plan_store(1, (layers * width, size // p, size // p), (size, size), torch.device("cpu"), batch=batch,
-                      free={"cpu": 2**50}, width=width)  # fmt: skip
+    plan = plan_store(
+        1,
+        (layers * width, size // p, size // p),
+        (size, size),
+        torch.device("cpu"),
+        batch=batch,
+        free={"cpu": 2**50},
+        width=width,
+    )
     print(f"{head:<12}{grown / 2**20:>14.0f}{plan.working_bytes / 2**20:>14.0f}")
 
 
@@ -46,8 +53,21 @@ def main() -> None:
     print(f"{args.arch}, batch {args.batch} at {args.imgsz}x{args.imgsz}, float32 on the CPU")
     print(f"{'head':<12}{'measured MiB':>14}{'estimate MiB':>14}")
     for head in ("simple", "linear4", "multilayer", "guided"):
-        subprocess.run([sys.executable, __file__, "--arch", args.arch, "--imgsz", str(args.imgsz), "--batch",
-                        str(args.batch), "--child", head], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--arch",
+                args.arch,
+                "--imgsz",
+                str(args.imgsz),
+                "--batch",
+                str(args.batch),
+                "--child",
+                head,
+            ],
+            check=True,
+        )
 
 
 if __name__ == "__main__":

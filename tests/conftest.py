@@ -59,7 +59,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if data:
         terminalreporter.write_line(
             f"{data} test(s) skipped: they need the full datasets (Penn-Fudan, CamVid); run them with "
-            "WEBDINO_SEG_DATA=/path/to/data (holding PennFudanPed/ and camvid/) make test", yellow=True)
+            "WEBDINO_SEG_DATA=/path/to/data (holding PennFudanPed/ and camvid/) make test",
+            yellow=True,
+        )
     if gpu:
         terminalreporter.write_line(f"{gpu} test(s) skipped: they need a CUDA GPU (run pytest -m cuda on one)")
 
@@ -150,8 +152,9 @@ def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A real (short) training run of the tiny random backbone on the 24-image prepared set."""
     from webdino_seg import train
 
-    cfg = tiny_config(prepared, tmp_path_factory.mktemp("runs") / "tiny", imgsz=(224, 224), epochs=6, batch=8,
-                      cache_views=2, seed=0)  # fmt: skip
+    cfg = tiny_config(
+        prepared, tmp_path_factory.mktemp("runs") / "tiny", imgsz=(224, 224), epochs=6, batch=8, cache_views=2, seed=0
+    )
     return train(cfg, log=lambda *_: None)
 
 
@@ -164,8 +167,19 @@ def ckpt(trained_run: Path) -> Path:
 def tiny_settings(data: Path, out: Path, **overrides: object) -> dict:
     """The one tiny training run the tests build on: the tiny random backbone on a small dataset (112x112,
     4 epochs); `overrides` win. `tiny_config` and `tiny_train_cli` are this run as settings and as a command."""
-    base = {"data": str(data), "out": str(out), "arch": "webdino-tiny", "weights": "random", "imgsz": (112, 112),
-            "epochs": 4, "lr": 1e-3, "batch": 4, "workers": 0, "cache_views": 4, "seed": 3}  # fmt: skip
+    base = {
+        "data": str(data),
+        "out": str(out),
+        "arch": "webdino-tiny",
+        "weights": "random",
+        "imgsz": (112, 112),
+        "epochs": 4,
+        "lr": 1e-3,
+        "batch": 4,
+        "workers": 0,
+        "cache_views": 4,
+        "seed": 3,
+    }
     return base | overrides
 
 

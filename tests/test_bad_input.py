@@ -98,8 +98,13 @@ def test_mask_values_outside_classes(prepared: Path, tmp_path: Path, capsys) -> 
     data = make_subset(prepared, tmp_path / "d", 2, 1)
     mask = next((data / "valid_masks").iterdir())
     Image.fromarray((read_mask(mask) * 7).astype(np.uint8)).save(mask)  # instance-like ids read as class ids
-    cli_error(tiny_train_cli(data, tmp_path / "r", "--cache-views", "1"), capsys, mask.name,
-                      "outside the 2 classes", "--mask-mode binary")  # fmt: skip
+    cli_error(
+        tiny_train_cli(data, tmp_path / "r", "--cache-views", "1"),
+        capsys,
+        mask.name,
+        "outside the 2 classes",
+        "--mask-mode binary",
+    )
 
 
 def test_cli_input_errors(prepared: Path, tmp_path: Path, trained_run: Path, capsys) -> None:
@@ -228,7 +233,18 @@ def test_a_checkpoint_whose_head_no_longer_fits_is_named(ckpt: Path, tmp_path: P
     saved["head"] = {k.replace("decode.0", "decode.old"): v for k, v in saved["head"].items()}
     old = tmp_path / "old.pth"
     torch.save(saved, old)
-    cli_error(["predict", "--input", str(FIXTURES / "pennfudan-mini" / "images"), "--model", str(old), "--out",
-               str(tmp_path / "p")], capsys, f"{old}: its 'simple' head does not fit this version's (missing "
-              "decode.0.bias, decode.0.weight; unexpected decode.old.bias, decode.old.weight)")  # fmt: skip
+    cli_error(
+        [
+            "predict",
+            "--input",
+            str(FIXTURES / "pennfudan-mini" / "images"),
+            "--model",
+            str(old),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        capsys,
+        f"{old}: its 'simple' head does not fit this version's (missing "
+        "decode.0.bias, decode.0.weight; unexpected decode.old.bias, decode.old.weight)",
+    )
     assert not (tmp_path / "p").exists()

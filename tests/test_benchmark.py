@@ -23,15 +23,38 @@ def tiny_data(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow  # 10 s: the default run stays under 3 minutes
 def test_benchmark_prints_the_table(tiny_data: Path, test_video: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    argv = ["benchmark", "--arch", "webdino-tiny", "--imgsz", "56", "56", "--device", "cpu", "--quick",
-            "--video", str(test_video), "--data", str(tiny_data), "--epochs", "3", "--tutorial-epochs", "1",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "benchmark",
+        "--arch",
+        "webdino-tiny",
+        "--imgsz",
+        "56",
+        "56",
+        "--device",
+        "cpu",
+        "--quick",
+        "--video",
+        str(test_video),
+        "--data",
+        str(tiny_data),
+        "--epochs",
+        "3",
+        "--tutorial-epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     table = captured.out
     assert "  ours_backbone_img_s_b1: " in captured.err  # each figure is logged as soon as it is measured
-    for row in ("training, 3 epochs, seconds (tutorial: extrapolated*)", "backbone images/s, batch 1",
-                "video end to end", "median [min-max] of 3 runs", "attention: tutorial math"):  # fmt: skip
+    for row in (
+        "training, 3 epochs, seconds (tutorial: extrapolated*)",
+        "backbone images/s, batch 1",
+        "video end to end",
+        "median [min-max] of 3 runs",
+        "attention: tutorial math",
+    ):
         assert row in table, table
     figures = json.loads(out.read_text())
     for key in ("ours_train_s", "tutorial_train_extrapolated_s", "ours_video_fps", "ours_backbone_img_s_b1"):
@@ -55,8 +78,15 @@ def test_each_recipe_does_what_its_row_says(tiny_data: Path, tmp_path: Path, mon
         return real(self, x)
 
     monkeypatch.setattr(DinoVisionTransformer, "forward_features", counting)
-    common = {"arch": "webdino-tiny", "weights": "random", "imgsz": (56, 56), "epochs": 3, "batch": 2, "workers": 0,
-              "cache_views": 2}  # fmt: skip
+    common = {
+        "arch": "webdino-tiny",
+        "weights": "random",
+        "imgsz": (56, 56),
+        "epochs": 3,
+        "batch": 2,
+        "workers": 0,
+        "cache_views": 2,
+    }
     with bench.tutorial_mode():
         train(bench.tutorial_config(tiny_data, tmp_path / "t", **common), log=lambda *_: None)
     tutorial = list(seen)
@@ -110,10 +140,19 @@ def test_no_warm_up_lands_inside_a_timed_repetition() -> None:
 def test_a_spread_wider_than_its_median_is_flagged_not_turned_into_a_speed_up() -> None:
     steady, wild = bench.summarise([3.2, 3.3, 3.1]), bench.summarise([3.2, 55.1, 3.0])
     assert steady["reliable"] and not wild["reliable"]
-    res = {"runtime": {"device": "cpu", "torch": "x", "cuda": None, "amp_dtype": "None"}, "arch": "webdino-tiny",
-           "imgsz": [112, 112], "sdpa": {"tutorial": "math", "ours": "flash"}, "repeats": 3, "quick": True,
-           "batches": [1, 2], "tutorial_backbone_img_s_b1": wild, "ours_backbone_img_s_b1": steady,
-           "tutorial_backbone_img_s_b2": steady, "ours_backbone_img_s_b2": bench.summarise([6.4, 6.5, 6.6])}
+    res = {
+        "runtime": {"device": "cpu", "torch": "x", "cuda": None, "amp_dtype": "None"},
+        "arch": "webdino-tiny",
+        "imgsz": [112, 112],
+        "sdpa": {"tutorial": "math", "ours": "flash"},
+        "repeats": 3,
+        "quick": True,
+        "batches": [1, 2],
+        "tutorial_backbone_img_s_b1": wild,
+        "ours_backbone_img_s_b1": steady,
+        "tutorial_backbone_img_s_b2": steady,
+        "ours_backbone_img_s_b2": bench.summarise([6.4, 6.5, 6.6]),
+    }
     table = bench.format_table(res).splitlines()
     row1 = next(line for line in table if "batch 1" in line)
     row2 = next(line for line in table if "batch 2" in line)

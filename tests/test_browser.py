@@ -29,9 +29,18 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1800"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1800",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
@@ -48,8 +57,22 @@ def test_report_renders_offline(browser, trained_run: Path, tmp_path: Path) -> N
 
     report = tmp_path / "report"
     ckpt = trained_run / "best_model_iou.pth"
-    assert main(["evaluate", "--data", str(SAMPLE), "--model", str(ckpt), "--out", str(tmp_path / "e.json"),
-                 "--report", str(report)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(SAMPLE),
+                "--model",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "e.json"),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     browser.get((report / "index.html").as_uri())
     rows = browser.find_elements(By.CSS_SELECTOR, "#summary tr")
     labels = [row.find_element(By.TAG_NAME, "th").text for row in rows]

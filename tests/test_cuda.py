@@ -45,12 +45,29 @@ def test_training_steps_with_the_cache_on_the_gpu_and_in_cpu_memory(
 
 
 def test_video_on_cuda_draws_the_masks(data: Path, test_video: Path, tmp_path: Path) -> None:
-    run = train(tiny_config(data, tmp_path / "run", device="cuda", imgsz=(224, 224), epochs=4, lr=1e-2),
-                log=lambda *_: None)  # fmt: skip
+    run = train(
+        tiny_config(data, tmp_path / "run", device="cuda", imgsz=(224, 224), epochs=4, lr=1e-2), log=lambda *_: None
+    )
     out = tmp_path / "out.mp4"
     ckpt = run / "best_model_iou.pth"
-    assert main(["video", "--input", str(test_video), "--model", str(ckpt), "--device", "cuda", "--out", str(out),
-                 "--max-frames", "16"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "video",
+                "--input",
+                str(test_video),
+                "--model",
+                str(ckpt),
+                "--device",
+                "cuda",
+                "--out",
+                str(out),
+                "--max-frames",
+                "16",
+            ]
+        )
+        == 0
+    )
     from webdino_seg.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(ckpt, device="cuda")
@@ -66,16 +83,42 @@ def test_video_on_cuda_draws_the_masks(data: Path, test_video: Path, tmp_path: P
 
 
 def test_one_process_nccl_run(data: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
-           "webdino_seg", *tiny_train_cli(data, tmp_path / "ddp", "--device", "cuda")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "1",
+        "-m",
+        "webdino_seg",
+        *tiny_train_cli(data, tmp_path / "ddp", "--device", "cuda"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(metrics_rows(tmp_path / "ddp")) == 1
 
 
 def test_benchmark_quick_table_on_cuda(data: Path, test_video: Path, capsys) -> None:
-    argv = ["benchmark", "--arch", "webdino-tiny", "--imgsz", "224", "224", "--device", "cuda", "--quick",
-            "--video", str(test_video), "--data", str(data), "--epochs", "3", "--tutorial-epochs", "1"]  # fmt: skip
+    argv = [
+        "benchmark",
+        "--arch",
+        "webdino-tiny",
+        "--imgsz",
+        "224",
+        "224",
+        "--device",
+        "cuda",
+        "--quick",
+        "--video",
+        str(test_video),
+        "--data",
+        str(data),
+        "--epochs",
+        "3",
+        "--tutorial-epochs",
+        "1",
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     print(table)

@@ -32,8 +32,10 @@ def server(ckpt: Path):
 
 def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n")  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
@@ -67,8 +69,13 @@ def test_limits_hold_however_the_body_comes(server, tmp_path: Path) -> None:
     assert status == 413 and "too large" in page
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # over the limit, chunked: no length given
     body, kind = _multipart(b"y" * (900 * 1024), "chunked.png")
-    conn.request("POST", "/", body=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
-                 headers={"Content-Type": kind}, encode_chunked=True)  # fmt: skip
+    conn.request(
+        "POST",
+        "/",
+        body=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+        headers={"Content-Type": kind},
+        encode_chunked=True,
+    )
     response = conn.getresponse()
     assert response.status == 413
     huge_png(tmp_path / "bomb.png")  # a few KB that would decode to 400 MP
@@ -88,8 +95,10 @@ def test_limits_hold_however_the_body_comes(server, tmp_path: Path) -> None:
 def test_concurrent_uploads_and_a_slow_client_leave_the_server_answering(server) -> None:
     port, app = server
     slow = socket.create_connection(("127.0.0.1", port))  # sends half a request, then nothing
-    slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=q\r\n"
-                 b"Content-Length: 100000\r\n\r\n--q\r\n")  # fmt: skip
+    slow.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=q\r\n"
+        b"Content-Length: 100000\r\n\r\n--q\r\n"
+    )
     image = _png((320, 240))
     with ThreadPoolExecutor(8) as pool:
         uploads = [pool.submit(_post, port, image, f"p{i}.png") for i in range(8)]

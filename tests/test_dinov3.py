@@ -56,8 +56,12 @@ def test_tiny_models_match_every_official_tensor(inputs: dict, name: str, source
                 check(out[token], want[token])
             check(model(x), want["forward"])
             layers = model.get_intermediate_layers(x, n=4, norm=True, return_class_token=True, return_extra_tokens=True)
-            refs = zip(want["intermediate_norm"], want["intermediate_norm_clstoken"],
-                       want["intermediate_norm_storage_tokens"], strict=True)  # fmt: skip
+            refs = zip(
+                want["intermediate_norm"],
+                want["intermediate_norm_clstoken"],
+                want["intermediate_norm_storage_tokens"],
+                strict=True,
+            )
             for (patch, cls, extra), (p, c, e) in zip(layers, refs, strict=True):
                 check(patch, p), check(cls, c), check(extra, e)
             sin, cos = model.rope_embed(x.shape[2] // 16, x.shape[3] // 16)
@@ -86,9 +90,16 @@ def test_released_variants_have_the_official_keys(fixture: str) -> None:
         assert {k: list(v.shape) for k, v in back.items()} == official
 
 
-@pytest.mark.parametrize(("arch", "count"), [("dinov3-vits16", "21,601,152"), ("dinov3-vitb16", "85,669,632"),
-                                             ("dinov3-vitl16", "303,154,176"), ("dinov3-vith16plus", "840,633,600"),
-                                             ("dinov3-vit7b16", "6,716,043,264")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("arch", "count"),
+    [
+        ("dinov3-vits16", "21,601,152"),
+        ("dinov3-vitb16", "85,669,632"),
+        ("dinov3-vitl16", "303,154,176"),
+        ("dinov3-vith16plus", "840,633,600"),
+        ("dinov3-vit7b16", "6,716,043,264"),
+    ],
+)
 def test_info_counts_equal_the_official_ones(arch: str, count: str, capsys) -> None:
     assert main(["info", "--arch", arch, "--imgsz", "224", "224"]) == 0
     assert f"Backbone params: {count}" in capsys.readouterr().out
@@ -130,8 +141,10 @@ def test_strict_loading_names_what_is_wrong(tmp_path: Path) -> None:
 
 def test_a_dinov3_backbone_trains_predicts_and_segments_video(prepared: Path, tmp_path: Path, capsys) -> None:
     data = make_subset(prepared, tmp_path / "data", 16, 4)
-    run = train(tiny_config(data, tmp_path / "run", arch="dinov3-tiny", imgsz=(224, 224), epochs=5, lr=3e-3,
-                            cache_views=1), log=lambda *_: None)  # fmt: skip
+    run = train(
+        tiny_config(data, tmp_path / "run", arch="dinov3-tiny", imgsz=(224, 224), epochs=5, lr=3e-3, cache_views=1),
+        log=lambda *_: None,
+    )
     rows = metrics_rows(run)
     baseline = torch.load(run / "final_model.pth", weights_only=True)["baseline"]["miou"]
     assert max(float(r["valid_miou"]) for r in rows) > baseline + 0.02  # learns above all-background
@@ -140,16 +153,19 @@ def test_a_dinov3_backbone_trains_predicts_and_segments_video(prepared: Path, tm
     masks = sorted((tmp_path / "p").glob("*_mask.png"))
     assert len(masks) == 4
     clip = Path(__file__).resolve().parents[1] / "examples" / "people_walking_clip.mp4"
-    assert main(["video", "--input", str(clip), "--model", model, "--out", str(tmp_path / "v.mp4"),
-                 "--max-frames", "4"]) == 0  # fmt: skip
+    assert (
+        main(["video", "--input", str(clip), "--model", model, "--out", str(tmp_path / "v.mp4"), "--max-frames", "4"])
+        == 0
+    )
     assert (tmp_path / "v.mp4").stat().st_size > 0
     assert main(["train", "--data", str(data), "--arch", "dinov3-tiny", "--weights", "random", "--epochs", "1"]) == 2
     assert "use 640 or 656" in capsys.readouterr().err  # the default 644 is not a multiple of 16
     assert np.isfinite([float(r["valid_loss"]) for r in rows]).all()
 
 
-@pytest.mark.parametrize(("head", "grid"), [("simple", (4, 6)), ("linear4", (4, 6)), ("multilayer", (16, 24)),
-                                            ("guided", (16, 24))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("head", "grid"), [("simple", (4, 6)), ("linear4", (4, 6)), ("multilayer", (16, 24)), ("guided", (16, 24))]
+)
 def test_every_head_on_a_dinov3_backbone(head: str, grid: tuple[int, int]) -> None:
     from webdino_seg import create_model
 

@@ -24,8 +24,17 @@ def test_two_processes_match_one(prepared: Path, tmp_path: Path, cache: bool, he
     settings = {"imgsz": (56, 56), "cache": cache, "head": head, **SETTINGS}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train_args = tiny_train_cli(data, tmp_path / "ddp", *([] if cache else ["--no-cache"]), **settings)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "webdino_seg", *train_args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "webdino_seg",
+        *train_args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = train(tiny_config(data, tmp_path / "one", **settings), log=lambda *_: None)
@@ -39,8 +48,17 @@ def test_two_processes_match_one(prepared: Path, tmp_path: Path, cache: bool, he
 
 
 def _torchrun(nproc: int, train_args: list[str], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *extra, "-m", "webdino_seg",
-            *train_args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        *extra,
+        "-m",
+        "webdino_seg",
+        *train_args,
+    ]
 
 
 def _same_metrics(run: Path, single: Path) -> None:
@@ -56,8 +74,10 @@ def _isolated(shm_size: str, cmd: list[str], shm_list: Path) -> list[str]:
     """`cmd` in its own mount namespace with a fresh /dev/shm of `shm_size` (as a container or another machine
     has), listing what /dev/shm holds afterwards into `shm_list`."""
     quoted = " ".join(f"'{c}'" for c in cmd)
-    script = (f"mount -t tmpfs -o size={shm_size} tmpfs /dev/shm && {quoted}; code=$?; ls -A /dev/shm > "
-              f"'{shm_list}'; exit $code")  # fmt: skip
+    script = (
+        f"mount -t tmpfs -o size={shm_size} tmpfs /dev/shm && {quoted}; code=$?; ls -A /dev/shm > "
+        f"'{shm_list}'; exit $code"
+    )
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
 
 
@@ -66,8 +86,10 @@ def _can_isolate() -> bool:
 
     if os.geteuid() != 0 or not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            "mount -t tmpfs -o size=1m tmpfs /dev/shm"], capture_output=True)  # fmt: skip
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
@@ -90,10 +112,27 @@ def test_two_machines_with_their_own_dev_shm_train_as_one_process(prepared: Path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = []
     for node in (0, 1):
-        cmd = _torchrun(1, train_args, "--nnodes", "2", "--node-rank", str(node), "--master-addr", "127.0.0.1",
-                        "--master-port", str(port))  # fmt: skip
-        procs.append(subprocess.Popen(_isolated("256m", cmd, tmp_path / f"shm{node}.txt"), env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        cmd = _torchrun(
+            1,
+            train_args,
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(node),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                _isolated("256m", cmd, tmp_path / f"shm{node}.txt"),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     single = train(tiny_config(data, tmp_path / "one", **settings), log=lambda *_: None)
@@ -109,8 +148,9 @@ def test_a_small_dev_shm_falls_back_to_files_and_says_so(prepared: Path, tmp_pat
     cmd = _torchrun(2, tiny_train_cli(data, tmp_path / "ddp", **settings), "--standalone")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
-    proc = subprocess.run(_isolated("64k", cmd, tmp_path / "shm.txt"), capture_output=True, text=True, timeout=300,
-                          env=env)  # fmt: skip
+    proc = subprocess.run(
+        _isolated("64k", cmd, tmp_path / "shm.txt"), capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "/dev/shm has 0 MiB free, the shared feature cache needs" in proc.stderr
     single = train(tiny_config(data, tmp_path / "one", **settings), log=lambda *_: None)
@@ -123,8 +163,13 @@ def test_more_processes_than_valid_images(prepared: Path, tmp_path: Path) -> Non
     data = make_subset(prepared, tmp_path / "data", 4, 2)
     settings = {"imgsz": (56, 56), **SETTINGS}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(_torchrun(3, tiny_train_cli(data, tmp_path / "ddp", **settings), "--standalone"),
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    proc = subprocess.run(
+        _torchrun(3, tiny_train_cli(data, tmp_path / "ddp", **settings), "--standalone"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same_metrics(tmp_path / "ddp", train(tiny_config(data, tmp_path / "one", **settings), log=lambda *_: None))
 
@@ -178,8 +223,16 @@ def test_a_finish_longer_than_the_collective_timeout_completes(prepared: Path, t
     script.write_text(SLOW_FINISH)
     train_args = tiny_train_cli(data, tmp_path / "ddp", imgsz=(56, 56), epochs=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WEBDINO_SEG_DIST_TIMEOUT_S": "3"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           *train_args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+        *train_args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "final_model.pth").exists() and (tmp_path / "ddp" / "valid_preds").is_dir()
@@ -192,8 +245,21 @@ def test_resume_under_torchrun_cleans_stale_files_once(prepared: Path, tmp_path:
     for i in range(20000):  # half-written files a stopped run left: every process deleting them raced
         (run / f".stale{i}.pth.tmp").write_bytes(b"x")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "webdino_seg",
-           "train", "--resume", str(run), "--epochs", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "webdino_seg",
+        "train",
+        "--resume",
+        str(run),
+        "--epochs",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not list(run.glob(".*.tmp")) and len(metrics_rows(run)) == 2

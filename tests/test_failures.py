@@ -263,11 +263,18 @@ def test_odd_sized_video_plays_everywhere(ckpt: Path, tmp_path: Path, capsys) ->
 def test_video_out_is_checked_before_anything_runs(tmp_path: Path, capsys) -> None:
     (tmp_path / "outdir").mkdir()
     missing_model = str(tmp_path / "no_model.pth")  # the --out error comes first: nothing was loaded
-    cli_error(["video", "--input", str(CLIP), "--model", missing_model, "--out", str(tmp_path / "outdir")], capsys,
-              "outdir", "is a folder")  # fmt: skip
+    cli_error(
+        ["video", "--input", str(CLIP), "--model", missing_model, "--out", str(tmp_path / "outdir")],
+        capsys,
+        "outdir",
+        "is a folder",
+    )
     (tmp_path / "afile").write_text("x")
-    cli_error(["video", "--input", str(CLIP), "--model", missing_model, "--out", str(tmp_path / "afile" / "o.mp4")],
-              capsys, "afile is a file, not a folder")  # fmt: skip
+    cli_error(
+        ["video", "--input", str(CLIP), "--model", missing_model, "--out", str(tmp_path / "afile" / "o.mp4")],
+        capsys,
+        "afile is a file, not a folder",
+    )
     assert sorted(os.listdir(tmp_path)) == ["afile", "outdir"] and os.listdir(tmp_path / "outdir") == []
 
 
@@ -290,11 +297,26 @@ def long_video(test_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.mark.slow  # 4 s
 def test_ctrl_c_during_video_leaves_no_temp_file(ckpt: Path, long_video: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
-    cmd = [sys.executable, "-m", "webdino_seg", "video", "--input", str(long_video), "--model", str(ckpt),
-           "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "webdino_seg",
+        "video",
+        "--input",
+        str(long_video),
+        "--model",
+        str(ckpt),
+        "--out",
+        str(out),
+    ]
     # a shell's background job (`cmd &`) starts with SIGINT ignored, and a program keeps it so: restore the default
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -322,16 +344,28 @@ def test_all_digit_file_name_is_a_file_not_a_camera(ckpt: Path, tmp_path: Path, 
 def test_confusing_paths_and_flags_get_clear_messages(ckpt: Path, tmp_path: Path, pennfudan: Path, capsys) -> None:
     image = pennfudan / "PNGImages" / "FudanPed00001.png"
     (tmp_path / "file").write_text("x")
-    cli_error(["predict", "--input", str(image), "--model", str(ckpt), "--out", str(tmp_path / "file")], capsys,
-              "is a file, not a folder")  # fmt: skip
-    cli_error(["predict", "--input", str(image), "--model", str(ckpt), "--out", str(tmp_path / "file" / "sub")],
-              capsys, f"{tmp_path / 'file'} is a file")  # fmt: skip
+    cli_error(
+        ["predict", "--input", str(image), "--model", str(ckpt), "--out", str(tmp_path / "file")],
+        capsys,
+        "is a file, not a folder",
+    )
+    cli_error(
+        ["predict", "--input", str(image), "--model", str(ckpt), "--out", str(tmp_path / "file" / "sub")],
+        capsys,
+        f"{tmp_path / 'file'} is a file",
+    )
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
-    cli_error(["predict", "--input", str(tmp_path / "loop.png"), "--model", str(ckpt), "--out", str(tmp_path / "o")],
-              capsys, "loop.png", "symbolic link loop")  # fmt: skip
+    cli_error(
+        ["predict", "--input", str(tmp_path / "loop.png"), "--model", str(ckpt), "--out", str(tmp_path / "o")],
+        capsys,
+        "loop.png",
+        "symbolic link loop",
+    )
     cli_error(["info", "--imgsz", "0", "0"], capsys, "positive multiple of the patch size 14")
-    for argv in (["predict", "--input", str(image), "--model", str(ckpt), "--batch", "0"],
-                 ["video", "--input", str(CLIP), "--model", str(ckpt), "--batch", "0"]):  # fmt: skip
+    for argv in (
+        ["predict", "--input", str(image), "--model", str(ckpt), "--batch", "0"],
+        ["video", "--input", str(CLIP), "--model", str(ckpt), "--batch", "0"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and "--batch: must be at least 1, got 0" in capsys.readouterr().err
@@ -339,8 +373,22 @@ def test_confusing_paths_and_flags_get_clear_messages(ckpt: Path, tmp_path: Path
 
 def test_weights_flag_errors(ckpt: Path, tmp_path: Path, prepared: Path, capsys) -> None:
     data = make_subset(prepared, tmp_path / "d", 2, 1)
-    base = ["train", "--data", str(data), "--imgsz", "56", "56", "--epochs", "1", "--workers", "0",
-            "--arch", "webdino-tiny", "--out", str(tmp_path / "r")]  # fmt: skip
+    base = [
+        "train",
+        "--data",
+        str(data),
+        "--imgsz",
+        "56",
+        "56",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--arch",
+        "webdino-tiny",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     cli_error([*base, "--weights", str(ckpt)], capsys, "webdino-seg model checkpoint", "pass it as --model")
     sd = torch.load(FIXTURES / "tiny_official.pth", weights_only=True)
     key = next(k for k in sd if k.endswith("attn.qkv.weight"))
@@ -359,6 +407,7 @@ def test_image_limit_is_ours_and_jpegs_decode_reduced(
     from PIL import ImageFile
 
     import webdino_seg.data.images as imageio
+
     huge_png(tmp_path / "180mp.png", 13400, 13400)  # under our 256 MP, over Pillow's own 179 MP refusal
     with monkeypatch.context() as patch:  # stop where decoding would begin: the size checks passed
         patch.setattr(ImageFile.ImageFile, "load", lambda self: (_ for _ in ()).throw(OSError("decoding began")))
@@ -375,8 +424,12 @@ def test_image_limit_is_ours_and_jpegs_decode_reduced(
         photo.width // 2 + photo.width % 2,
         photo.height // 2 + photo.height % 2,
     )
-    cli_error(["predict", "--input", str(tmp_path / "big.png"), "--model", str(ckpt), "--out", str(out)], capsys,
-              "big.png", "100,000 (0 MP) allowed")  # fmt: skip
+    cli_error(
+        ["predict", "--input", str(tmp_path / "big.png"), "--model", str(ckpt), "--out", str(out)],
+        capsys,
+        "big.png",
+        "100,000 (0 MP) allowed",
+    )
 
 
 # --- 10. two runs started together --------------------------------------------------------------

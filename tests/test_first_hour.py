@@ -59,13 +59,15 @@ def test_arch_typo_suggests_the_name(small: Path, tmp_path: Path, capsys) -> Non
 
 
 def test_invalid_settings_leave_no_folder(small: Path, tmp_path: Path, capsys) -> None:
-    cases = [(["--lr", "-1"], "--lr must be a positive number"),
-             (["--cache-memory-gb", "0"], "--cache-memory-gb must be positive"),
-             (["--class-names", "a", "b", "c", "--num-classes", "2"], "--class-names: 3 names given for 2 classes"),
-             (["--class-names", "bg", "car", "car"], "class name(s) given twice: car"),
-             (["--num-classes", "300"], "hold at most 255"),
-             (["--class-weights", "1,2,3"], "3 weight(s) for 2 classes"),
-             (["--ignore-index", "-1"], "--ignore-index must be a mask value")]  # fmt: skip
+    cases = [
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--cache-memory-gb", "0"], "--cache-memory-gb must be positive"),
+        (["--class-names", "a", "b", "c", "--num-classes", "2"], "--class-names: 3 names given for 2 classes"),
+        (["--class-names", "bg", "car", "car"], "class name(s) given twice: car"),
+        (["--num-classes", "300"], "hold at most 255"),
+        (["--class-weights", "1,2,3"], "3 weight(s) for 2 classes"),
+        (["--ignore-index", "-1"], "--ignore-index must be a mask value"),
+    ]
     for flags, needle in cases:
         cli_error(tiny_train_cli(small, tmp_path / "r", *flags), capsys, needle)
         assert not (tmp_path / "r").exists()
@@ -84,8 +86,13 @@ def test_offline_default_weights_say_what_to_do(
     tiny = variants.VARIANTS["webdino-tiny"]
     monkeypatch.setitem(variants.VARIANTS, "webdino-tiny", tiny.replace(url="http://127.0.0.1:9/official.pth"))
     argv = [a for a in tiny_train_cli(small, tmp_path / "r") if a not in ("--weights", "random")]
-    cli_error(argv, capsys, "cannot download http://127.0.0.1:9/official.pth", "without internet pass --weights",
-              "--weights random")  # fmt: skip
+    cli_error(
+        argv,
+        capsys,
+        "cannot download http://127.0.0.1:9/official.pth",
+        "without internet pass --weights",
+        "--weights random",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -154,8 +161,12 @@ def test_a_flat_folders_split_never_moves(small: Path, tmp_path: Path, capsys) -
     for f in (small / "valid_images").iterdir():  # 4 new photos arrive
         shutil.copy(f, flat / "images" / f.name)
         shutil.copy(small / "valid_masks" / f.name, flat / "masks" / f.name)
-    cli_error(["train", "--resume", str(run), "--epochs", "2"], capsys, "4 image(s) are in neither split of the run",
-              "--init-from")  # fmt: skip
+    cli_error(
+        ["train", "--resume", str(run), "--epochs", "2"],
+        capsys,
+        "4 image(s) are in neither split of the run",
+        "--init-from",
+    )
     assert json.loads((run / "split.json").read_text()) == split and len(metrics_rows(run)) == 1
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--data", str(flat), "--model", str(run / "best_model_iou.pth"), "--out", str(out)]) == 0
@@ -228,8 +239,7 @@ def test_resume_applies_safe_flags_and_refuses_others(small: Path, tmp_path: Pat
         cli_error(["train", "--resume", str(not_a_run)], capsys, "no config.yaml there; is it a run folder?")
     run = tmp_path / "r"
     assert main(tiny_train_cli(small, run)) == 0  # 1 epoch
-    cli_error(["train", "--resume", str(run), "--lr", "0.5"], capsys, "--lr 0.5 (the run has 0.001)",
-              "start a new run")  # fmt: skip
+    cli_error(["train", "--resume", str(run), "--lr", "0.5"], capsys, "--lr 0.5 (the run has 0.001)", "start a new run")
     cli_error(["train", "--resume", str(run), "--imgsz", "112", "112"], capsys, "--imgsz")
     baseline_note = [line for line in (run / "config.yaml").read_text().splitlines() if line.startswith("#")]
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
@@ -250,8 +260,9 @@ def test_runs_print_their_baseline_folder_and_next_commands(small: Path, tmp_pat
     for expected in (tmp_path / "q", tmp_path / "q-2"):
         assert main(tiny_train_cli(small, tmp_path / "q")) == 0
         out = capsys.readouterr().out.splitlines()
-        assert any(line.startswith("all-background baseline on valid (predicting background everywhere): mIoU")
-                   for line in out)  # fmt: skip
+        assert any(
+            line.startswith("all-background baseline on valid (predicting background everywhere): mIoU") for line in out
+        )
         assert any("(IoU background " in line and " person " in line for line in out)  # per-class, every epoch
         assert f"run folder: {expected}" in out[-5]
         best = f"{expected}/best_model_iou.pth"
@@ -298,14 +309,19 @@ def test_ctrl_c_between_epochs_says_the_resume_command_and_a_finished_run_names_
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(small, run, imgsz=(56, 56), epochs=2), log=log_then_stop)
-    assert lines[-1] == f"interrupted after epoch 1 of 2 (saved in {run / 'last.pth'}); continue with: " \
-                        f"webdino-seg train --resume {run}"  # fmt: skip
+    assert (
+        lines[-1] == f"interrupted after epoch 1 of 2 (saved in {run / 'last.pth'}); continue with: "
+        f"webdino-seg train --resume {run}"
+    )
     capsys.readouterr()
     assert main(shlex.split(lines[-1].split("continue with: webdino-seg ")[1])) == 0
     out = capsys.readouterr().out
     assert metrics_rows(run)[-1]["epoch"] == "2"
-    nexts = [line.split("webdino-seg ", 1)[1] for line in out.splitlines() if "webdino-seg evaluate" in line
-             or "webdino-seg export" in line]  # fmt: skip
+    nexts = [
+        line.split("webdino-seg ", 1)[1]
+        for line in out.splitlines()
+        if "webdino-seg evaluate" in line or "webdino-seg export" in line
+    ]
     assert [n.split()[0] for n in nexts] == ["evaluate", "export"] and "--report" in nexts[0]
     for command in nexts:  # the commands it names work as printed
         assert main(shlex.split(command)) == 0, command
@@ -324,8 +340,10 @@ def test_ctrl_c_while_the_final_images_are_drawn_says_how_to_finish(small: Path,
         m.setattr(artifacts_mod, "write_valid_preds", stop)
         with pytest.raises(KeyboardInterrupt):
             train(tiny_config(small, run, imgsz=(56, 56), epochs=1), log=lines.append)
-    assert lines[-1] == f"interrupted after epoch 1 of 1 (saved in {run / 'last.pth'}); continue with: " \
-                        f"webdino-seg train --resume {run}"  # fmt: skip
+    assert (
+        lines[-1] == f"interrupted after epoch 1 of 1 (saved in {run / 'last.pth'}); continue with: "
+        f"webdino-seg train --resume {run}"
+    )
     assert main(["train", "--resume", str(run)]) == 0  # no epoch left: it makes the final files
     assert len(list((run / "valid_preds").iterdir())) == 4 and len(metrics_rows(run)) == 1
 
@@ -340,14 +358,16 @@ def test_a_long_job_says_how_long_and_how_to_go_faster(monkeypatch: pytest.Monke
     estimate = eta.Estimate("caching train features", 584, "image", cpu, after=3, faster=faster)
     assert [estimate.update() for _ in range(3)] == [[], [], []]
     lines = estimate.update()  # 5 s of warm-up + 583 images at (9.75 - 5) / 3 s
-    assert lines == ["caching train features: about 15 min on this CPU for 584 images (1.58 s/image, measured on "
-                     "3 after the first 1)", faster]  # fmt: skip
+    assert lines == [
+        "caching train features: about 15 min on this CPU for 584 images (1.58 s/image, measured on "
+        "3 after the first 1)",
+        faster,
+    ]
     assert estimate.update() == []  # said once
     assert [eta.duration(s) for s in (0.2, 59, 600, 9600)] == ["1 s", "59 s", "10 min", "2 h 40 min"]
     clock = iter([0.0, 4.0, 0.0, 1.0])
     medium = eta.Estimate("training 4 epoch(s)", 10, "step", cpu, after=1, warmup=0)
-    assert medium.update() == ["training 4 epoch(s): about 40 s on this CPU for 10 steps (4.00 s/step, measured on "
-                               "1)"]  # fmt: skip
+    assert medium.update() == ["training 4 epoch(s): about 40 s on this CPU for 10 steps (4.00 s/step, measured on 1)"]
     assert eta.Estimate("short", 10, "step", cpu, after=1, warmup=0).update() == []  # 10 s: not worth saying
     clock = iter([0.0, 4.0])
     gpu = eta.Estimate("training 4 epoch(s)", 10, "step", torch.device("cuda"), after=1, warmup=0).update()
@@ -360,12 +380,15 @@ def test_the_advice_comes_from_the_runs_own_settings() -> None:
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert faster_options((644, 644), 14, "webdino-300m", cpu) == (
-        "faster: a smaller --imgsz (e.g. --imgsz 322 322), a GPU (--device cuda)")  # nothing smaller has weights
+        "faster: a smaller --imgsz (e.g. --imgsz 322 322), a GPU (--device cuda)"
+    )  # nothing smaller has weights
     assert faster_options((168, 224), 14, "webdino-tiny", cpu) == (
-        "faster: a smaller --imgsz (e.g. --imgsz 84 112), a GPU (--device cuda)")  # fmt: skip
+        "faster: a smaller --imgsz (e.g. --imgsz 84 112), a GPU (--device cuda)"
+    )
     assert faster_options((644, 644), 14, "webdino-1b", gpu) == (
         "faster: a smaller --imgsz (e.g. --imgsz 322 322), the --weights of a smaller --arch (e.g. webdino-300m "
-        "instead of webdino-1b)")  # fmt: skip
+        "instead of webdino-1b)"
+    )
     assert faster_options((56, 56), 14, "webdino-tiny", gpu) is None
 
 
@@ -378,18 +401,23 @@ def test_a_run_folders_config_reproduces_the_run_and_bad_configs_name_the_key(
     assert main(["train", "--config", str(first / "config.yaml"), "--out", str(again)]) == 0
     assert_same_metrics(metrics_rows(again), metrics_rows(first))
     assert yaml.safe_load((again / "config.yaml").read_text()) == yaml.safe_load(
-        (first / "config.yaml").read_text()) | {"out": str(again)}  # fmt: skip
+        (first / "config.yaml").read_text()
+    ) | {"out": str(again)}
     capsys.readouterr()
     longer = tmp_path / "longer"  # a flag given on the command line wins over the file
     assert main(["train", "--config", str(first / "config.yaml"), "--out", str(longer), "--epochs", "3"]) == 0
     assert len(metrics_rows(longer)) == 3
     assert yaml.safe_load((longer / "config.yaml").read_text()) == yaml.safe_load(
-        (first / "config.yaml").read_text()) | {"out": str(longer), "epochs": 3}  # fmt: skip
+        (first / "config.yaml").read_text()
+    ) | {"out": str(longer), "epochs": 3}
     bad = tmp_path / "bad.yaml"
-    for text, needle in (("data: x\nepoch: 3\n", "unknown setting(s) epoch"), ("epochs: three\n", "epochs is 'three'"),
-                         ("imgsz: 224\n", "imgsz is 224; it must be a list of 2 values, each an integer"),
-                         ("- a\n", "not a settings file"),
-                         ("lr: [\n", "not valid YAML")):  # fmt: skip
+    for text, needle in (
+        ("data: x\nepoch: 3\n", "unknown setting(s) epoch"),
+        ("epochs: three\n", "epochs is 'three'"),
+        ("imgsz: 224\n", "imgsz is 224; it must be a list of 2 values, each an integer"),
+        ("- a\n", "not a settings file"),
+        ("lr: [\n", "not valid YAML"),
+    ):
         bad.write_text(text)
         cli_error(["train", "--config", str(bad), "--out", str(tmp_path / "never")], capsys, str(bad), needle)
     assert not (tmp_path / "never").exists()
@@ -418,7 +446,8 @@ def test_tensorboard_events_hold_every_epochs_scores_and_previews(small: Path, t
             got = [(e.step, e.value) for e in events.Scalars(f"{key}/{split}")]
             assert got == [(int(r["epoch"]), pytest.approx(float(r[f"{split}_{key}"]), rel=1e-6)) for r in rows]
     assert [e.value for e in events.Scalars("valid_iou/person")] == pytest.approx(
-        [float(r["valid_iou_person"]) for r in rows], rel=1e-6)  # fmt: skip
+        [float(r["valid_iou_person"]) for r in rows], rel=1e-6
+    )
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([float(r["lr"]) for r in rows])
     previews = [t for t in tags["images"] if t.startswith("valid_preds/")]
     assert len(previews) == 3 and all(len(events.Images(t)) == 3 for t in previews)
@@ -426,8 +455,9 @@ def test_tensorboard_events_hold_every_epochs_scores_and_previews(small: Path, t
     assert picture.width > 2 * 56 and picture.height > 56  # ground truth | prediction, captioned
 
 
-def test_tensorboard_missing_is_said_before_anything_is_made(small: Path, tmp_path: Path, capsys,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_tensorboard_missing_is_said_before_anything_is_made(
+    small: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.util
 
     real = importlib.util.find_spec

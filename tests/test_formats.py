@@ -47,21 +47,22 @@ def test_palette_png_is_read_as_indices(tmp_path: Path) -> None:
 def test_ignore_index_reduce_labels_16_bit_and_negative(tmp_path: Path) -> None:
     camvid = np.array([[0, 3, 11], [10, 11, 2]], np.uint8)  # CamVid: 11 means ignore
     Image.fromarray(camvid).save(tmp_path / "camvid.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "camvid.png", "ids", 11, Coding(ignore_index=11)),
-                                  [[0, 3, 255], [10, 255, 2]])  # fmt: skip
+    np.testing.assert_array_equal(
+        read_mask(tmp_path / "camvid.png", "ids", 11, Coding(ignore_index=11)), [[0, 3, 255], [10, 255, 2]]
+    )
     with pytest.raises(ImageError, match=r"value\(s\) \[11\] outside the 11 classes.*--ignore-index N"):
         read_mask(tmp_path / "camvid.png", "ids", 11)
     ade = np.array([[0, 1, 150]], np.uint8)  # ADE20K: 0 is "other" (ignore), class k stored as k + 1
     Image.fromarray(ade).save(tmp_path / "ade.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "ade.png", "ids", 150, Coding(reduce_labels=True)),
-                                  [[255, 0, 149]])  # fmt: skip
+    np.testing.assert_array_equal(
+        read_mask(tmp_path / "ade.png", "ids", 150, Coding(reduce_labels=True)), [[255, 0, 149]]
+    )
     deep = np.array([[0, 7, 65535]], np.uint16)  # 16-bit with 65535 as ignore
     Image.fromarray(deep).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
     with pytest.raises(ImageError, match=r"mask value 65535 does not fit a class id.*--ignore-index 65535"):
         read_mask(tmp_path / "deep.png", "ids", 8)
-    np.testing.assert_array_equal(read_mask(tmp_path / "deep.png", "ids", 8, Coding(ignore_index=65535)),
-                                  [[0, 7, 255]])  # fmt: skip
+    np.testing.assert_array_equal(read_mask(tmp_path / "deep.png", "ids", 8, Coding(ignore_index=65535)), [[0, 7, 255]])
     Image.fromarray(np.array([[0, -3]], np.int32), mode="I").save(tmp_path / "neg.tif")  # 32-bit signed
     with pytest.raises(ImageError, match="negative value"):
         read_mask(tmp_path / "neg.tif", "ids", 2)
@@ -141,23 +142,44 @@ def test_coco_polygons_rle_and_crowd(tmp_path: Path, capsys) -> None:
     crowd[10:14, 0:4] = True
     runs = {"size": [16, 20], "counts": _rle_encode(crowd)}
     data = {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 16},
-                   {"id": 2, "file_name": "b.jpg", "width": 20, "height": 16},
-                   {"id": 3, "file_name": "c.jpg", "width": 20, "height": 16}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 20, "height": 16},
+            {"id": 2, "file_name": "b.jpg", "width": 20, "height": 16},
+            {"id": 3, "file_name": "c.jpg", "width": 20, "height": 16},
+        ],
         "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 3, "iscrowd": 0, "segmentation": [[1, 1, 8, 1, 8, 8, 1, 8]]},
-            {"id": 2, "image_id": 1, "category_id": 7, "iscrowd": 0,
-             "segmentation": {"size": [16, 20], "counts": _rle_encode(dog)}},
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 7,
+                "iscrowd": 0,
+                "segmentation": {"size": [16, 20], "counts": _rle_encode(dog)},
+            },
             {"id": 3, "image_id": 1, "category_id": 7, "iscrowd": 1, "segmentation": runs},
             {"id": 4, "image_id": 2, "category_id": 3, "iscrowd": 0, "segmentation": [[0, 0, 19, 0, 19, 15, 0, 15]]},
             {"id": 5, "image_id": 2, "category_id": 7, "iscrowd": 0, "segmentation": [[5, 5, 10, 5, 10, 10, 5, 10]]},
         ],
-    }  # fmt: skip
+    }
     (tmp_path / "coco" / "instances.json").write_text(json.dumps(data))
     out = tmp_path / "out"
-    assert main(["prepare-data", "--format", "coco", "--source", str(tmp_path / "coco" / "instances.json"),
-                 "--out", str(out), "--valid-fraction", "0.34"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--format",
+                "coco",
+                "--source",
+                str(tmp_path / "coco" / "instances.json"),
+                "--out",
+                str(out),
+                "--valid-fraction",
+                "0.34",
+            ]
+        )
+        == 0
+    )
     classes = read_classes_file(out)
     assert classes["names"] == ["background", "cat", "dog"] and classes["ignore_index"] == 255  # category id order
     masks = _masks(out, "train") | _masks(out, "valid")
@@ -179,8 +201,13 @@ def test_yolo_segmentation(tmp_path: Path) -> None:
     _image(root / "images" / "test" / "c.png")
     (root / "labels" / "train").mkdir(parents=True)
     (root / "labels" / "train" / "a.txt").write_text("1 0.0 0.0 0.5 0.0 0.5 0.5 0.0 0.5\n0 0.75 0.5 0.1 0.2\n")
-    config = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test",
-              "names": {0: "person", 1: "car"}}  # fmt: skip
+    config = {
+        "path": ".",
+        "train": "images/train",
+        "val": "images/val",
+        "test": "images/test",
+        "names": {0: "person", 1: "car"},
+    }
     (root / "data.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
     assert main(["prepare-data", "--format", "yolo", "--source", str(root / "data.yaml"), "--out", str(out)]) == 0
@@ -204,9 +231,19 @@ def test_labelme_shapes(tmp_path: Path, capsys) -> None:
             {"label": "sign", "points": [[15, 4], [17, 4]], "shape_type": "circle"},
             {"label": "car", "points": [[0, 0], [19, 0]], "shape_type": "line"},
         ]
-        (root / f"{name}.json").write_text(json.dumps({"version": "5.4.1", "flags": {}, "shapes": shapes,
-                                                       "imagePath": f"{name}.jpg", "imageData": None,
-                                                       "imageHeight": 16, "imageWidth": 20}))  # fmt: skip
+        (root / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "version": "5.4.1",
+                    "flags": {},
+                    "shapes": shapes,
+                    "imagePath": f"{name}.jpg",
+                    "imageData": None,
+                    "imageHeight": 16,
+                    "imageWidth": 20,
+                }
+            )
+        )
     out = tmp_path / "out"
     assert main(["prepare-data", "--format", "labelme", "--source", str(root), "--out", str(out)]) == 0
     assert "2 LabelMe shape(s) without area" in capsys.readouterr().out
@@ -226,15 +263,26 @@ def test_labelme_embedded_images_windows_paths_and_label_spellings(tmp_path: Pat
     photo = _image(tmp_path / "elsewhere" / "inside.png")
     _image(root / "images" / "win.png")
     records = {
-        "inside": {"imagePath": "inside.png", "imageData": base64.b64encode(photo.read_bytes()).decode(),
-                   "label": "Person "},
+        "inside": {
+            "imagePath": "inside.png",
+            "imageData": base64.b64encode(photo.read_bytes()).decode(),
+            "label": "Person ",
+        },
         "win": {"imagePath": "..\\lm\\images\\win.png", "imageData": None, "label": "person"},
-    }  # fmt: skip
+    }
     for name, rec in records.items():
         shapes = [{"label": rec["label"], "points": [[0, 0], [9, 0], [9, 7], [0, 7]], "shape_type": "polygon"}]
-        (root / f"{name}.json").write_text(json.dumps({"shapes": shapes, "imagePath": rec["imagePath"],
-                                                       "imageData": rec["imageData"], "imageHeight": 16,
-                                                       "imageWidth": 20}))  # fmt: skip
+        (root / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "shapes": shapes,
+                    "imagePath": rec["imagePath"],
+                    "imageData": rec["imageData"],
+                    "imageHeight": 16,
+                    "imageWidth": 20,
+                }
+            )
+        )
     out = tmp_path / "out"
     assert main(["prepare-data", "--format", "labelme", "--source", str(root), "--out", str(out)]) == 0
     said = capsys.readouterr().out
@@ -286,8 +334,19 @@ def test_folders_with_an_ignore_value_and_nothing_overwritten(tmp_path: Path, ca
             Image.fromarray(label).save(root / f"{split}annot" / f"{split}{i}.png")
     out = tmp_path / "out"
     names = ["Sky", "Building", "Pole", "Road"]
-    argv = ["prepare-data", "--format", "folders", "--source", str(root), "--out", str(out), "--ignore-index", "11",
-            "--class-names", *names]  # fmt: skip
+    argv = [
+        "prepare-data",
+        "--format",
+        "folders",
+        "--source",
+        str(root),
+        "--out",
+        str(out),
+        "--ignore-index",
+        "11",
+        "--class-names",
+        *names,
+    ]
     assert main(argv) == 0
     assert read_classes_file(out)["names"] == names
     m = _masks(out, "valid")["val1.png"]
@@ -299,8 +358,9 @@ def test_folders_with_an_ignore_value_and_nothing_overwritten(tmp_path: Path, ca
     (out / "notes.txt").write_text("mine")  # a folder that holds anything else is the user's: refused
     cli_error(argv, capsys, "output folder exists and is not empty")  # nothing of the user's is replaced
     assert (out / "notes.txt").read_text() == "mine"
-    cli_error([*argv[:5], "--out", str(tmp_path / "o2"), "--class-names", "Sky", "Building"], capsys,
-              "outside the 2 classes")  # fmt: skip
+    cli_error(
+        [*argv[:5], "--out", str(tmp_path / "o2"), "--class-names", "Sky", "Building"], capsys, "outside the 2 classes"
+    )
     assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))  # no half-written folder
 
 
@@ -316,19 +376,52 @@ def test_imported_classes_reach_training_and_evaluation(tmp_path: Path) -> None:
             label[0, 0] = 255
             (root / f"{split}_masks").mkdir(exist_ok=True)
             Image.fromarray(label).save(root / f"{split}_masks" / f"{split}{i}.png")
-    (root / "classes.json").write_text(json.dumps({"names": ["sky", "road", "car"],
-                                                   "colors": [[10, 20, 30], [40, 50, 60], [70, 80, 90]]}))  # fmt: skip
+    (root / "classes.json").write_text(
+        json.dumps({"names": ["sky", "road", "car"], "colors": [[10, 20, 30], [40, 50, 60], [70, 80, 90]]})
+    )
     run = tmp_path / "run"
-    argv = ["train", "--data", str(root), "--out", str(run), "--arch", "webdino-tiny", "--weights", "random",
-            "--imgsz", "28", "28", "--epochs", "1", "--workers", "0", "--class-weights", "median-freq"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(root),
+        "--out",
+        str(run),
+        "--arch",
+        "webdino-tiny",
+        "--weights",
+        "random",
+        "--imgsz",
+        "28",
+        "28",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--class-weights",
+        "median-freq",
+    ]
     assert main(argv) == 0
     ckpt = torch.load(run / "best_model_iou.pth", weights_only=True)
     assert ckpt["class_names"] == ["sky", "road", "car"] and ckpt["class_colors"][2] == [70, 80, 90]
     assert ckpt["class_weights"] is not None and len(ckpt["class_weights"]) == 3
     assert yaml.safe_load((run / "config.yaml").read_text())["class_weights"] == "median-freq"
     report = tmp_path / "report"
-    assert main(["evaluate", "--data", str(root), "--model", str(run / "best_model_iou.pth"), "--report", str(report),
-                 "--out", str(tmp_path / "e.json")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(root),
+                "--model",
+                str(run / "best_model_iou.pth"),
+                "--report",
+                str(report),
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     page = (report / "index.html").read_text()
     assert "rgb(70, 80, 90)" in page and "car" in page
 
@@ -340,8 +433,22 @@ def test_pairs_that_cannot_be_told_apart_and_masks_with_nothing_labelled(tmp_pat
             _image(root / f"{split}_images" / f"{split}{i}.png")
             (root / f"{split}_masks").mkdir(exist_ok=True)
             Image.fromarray(np.full((16, 20), i, np.uint8)).save(root / f"{split}_masks" / f"{split}{i}.png")
-    base = ["train", "--data", str(root), "--arch", "webdino-tiny", "--weights", "random", "--imgsz", "28", "28",
-            "--epochs", "1", "--workers", "0"]  # fmt: skip
+    base = [
+        "train",
+        "--data",
+        str(root),
+        "--arch",
+        "webdino-tiny",
+        "--weights",
+        "random",
+        "--imgsz",
+        "28",
+        "28",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+    ]
     _image(root / "train_images" / "train0.jpg")
     cli_error([*base, "--out", str(tmp_path / "r1")], capsys, "train0.jpg and train0.png both pair as 'train0'")
     (root / "train_images" / "train0.jpg").unlink()
@@ -358,12 +465,21 @@ def test_init_from_checks_backbone_classes_and_head(small: Path, tmp_path: Path,
 
     assert main(tiny_train_cli(small, tmp_path / "a")) == 0
     model = str(tmp_path / "a" / "best_model_iou.pth")
-    cli_error(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--head", "linear4"), capsys,
-              "its head is simple, this run's --head is linear4")  # fmt: skip
-    cli_error(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--class-names", "bg", "people"), capsys,
-              "its classes ['background', 'person'] are not this run's ['bg', 'people']")  # fmt: skip
-    cli_error(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--seed", "5"), capsys,
-              "trained on another backbone")  # a random backbone of another seed  # fmt: skip
+    cli_error(
+        tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--head", "linear4"),
+        capsys,
+        "its head is simple, this run's --head is linear4",
+    )
+    cli_error(
+        tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--class-names", "bg", "people"),
+        capsys,
+        "its classes ['background', 'person'] are not this run's ['bg', 'people']",
+    )
+    cli_error(
+        tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--seed", "5"),
+        capsys,
+        "trained on another backbone",
+    )  # a random backbone of another seed
     assert main(tiny_train_cli(small, tmp_path / "b", "--init-from", model, "--lr", "1e-9")) == 0
     a = torch.load(model, weights_only=True)["head"]
     b = torch.load(tmp_path / "b" / "best_model_iou.pth", weights_only=True)["head"]
@@ -390,8 +506,9 @@ def _pennfudan_polygons() -> list[tuple[int, int, list[np.ndarray]]]:
         instances = np.asarray(Image.open(path))
         h, w = instances.shape
         for value in np.unique(instances)[1:]:
-            contours, _ = cv2.findContours((instances == value).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                           cv2.CHAIN_APPROX_SIMPLE)  # fmt: skip
+            contours, _ = cv2.findContours(
+                (instances == value).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
             polygons = [cv2.approxPolyDP(c, 1.0, True).reshape(-1, 2) + 0.37 for c in contours if len(c) >= 3]
             found.append((h, w, [p for p in polygons if len(p) >= 3]))
     return found
@@ -428,10 +545,20 @@ def test_coco_polygons_are_drawn_as_pycocotools_draws_them() -> None:
 def _coco_file(path: Path, images: list[str], categories: list[str]) -> None:
     """A COCO JSON for `images` (20x16, each with one square of category 1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"images": [{"id": i + 1, "file_name": n, "width": 20, "height": 16} for i, n in enumerate(images)],
-            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(categories)],
-            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
-                             "segmentation": [[2, 2, 10, 2, 10, 10, 2, 10]]} for i in range(len(images))]}  # fmt: skip
+    data = {
+        "images": [{"id": i + 1, "file_name": n, "width": 20, "height": 16} for i, n in enumerate(images)],
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(categories)],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[2, 2, 10, 2, 10, 10, 2, 10]],
+            }
+            for i in range(len(images))
+        ],
+    }
     path.write_text(json.dumps(data))
 
 
@@ -456,12 +583,26 @@ def test_coco_exports_with_several_files_keep_their_splits(tmp_path: Path, capsy
     valid = _masks(tmp_path / "o2", "valid")
     assert list(valid) == ["c.png"] and (valid["c.png"] == 1).sum() == 64  # found in val2017/, drawn
     _coco_file(coco / "annotations" / "instances_val2017.json", ["c.jpg"], ["dog"])
-    cli_error(["prepare-data", "--format", "coco", "--source", str(coco), "--out", str(tmp_path / "o3")], capsys,
-              "its categories ['dog'] are not those of")  # fmt: skip
+    cli_error(
+        ["prepare-data", "--format", "coco", "--source", str(coco), "--out", str(tmp_path / "o3")],
+        capsys,
+        "its categories ['dog'] are not those of",
+    )
 
 
-CAMVID = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
-          "Bicyclist"]  # fmt: skip
+CAMVID = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+]
 
 
 def test_a_dataset_keeps_its_own_colours(tmp_path: Path) -> None:

@@ -62,18 +62,65 @@ def _parse(text: str) -> _Page:
     return page
 
 
-ALLOWED_ATTRS = {"class", "id", "href", "src", "alt", "style", "data-name", "data-miou", "lang", "charset", "name",
-                 "content", "rel", "placeholder", "download", "controls", "method", "action", "enctype", "type",
-                 "accept", "required"}  # fmt: skip
+ALLOWED_ATTRS = {
+    "class",
+    "id",
+    "href",
+    "src",
+    "alt",
+    "style",
+    "data-name",
+    "data-miou",
+    "lang",
+    "charset",
+    "name",
+    "content",
+    "rel",
+    "placeholder",
+    "download",
+    "controls",
+    "method",
+    "action",
+    "enctype",
+    "type",
+    "accept",
+    "required",
+}
 
 
 def _no_markup_from_names(page: _Page, folder: Path | None = None) -> None:
     """No attribute a name could have made (on*, or anything unknown), no tag a name could have made, every
     local link leads to a file that exists."""
     tags = {tag for tag, _ in page.tags}
-    assert tags <= {"html", "head", "meta", "title", "link", "style", "body", "h1", "h2", "div", "table", "tr", "th",
-                    "td", "b", "img", "p", "input", "span", "figure", "figcaption", "a", "i", "script", "form",
-                    "button", "video"}, tags  # fmt: skip
+    assert tags <= {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "link",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "div",
+        "table",
+        "tr",
+        "th",
+        "td",
+        "b",
+        "img",
+        "p",
+        "input",
+        "span",
+        "figure",
+        "figcaption",
+        "a",
+        "i",
+        "script",
+        "form",
+        "button",
+        "video",
+    }, tags
     for tag, attrs in page.tags:
         assert set(attrs) <= ALLOWED_ATTRS, (tag, attrs)
         if tag == "img":
@@ -97,10 +144,18 @@ def test_the_report_keeps_hostile_file_class_and_dataset_names_inert(tmp_path: P
         mask = rng.integers(0, len(classes), (40, 60)).astype(np.uint8)
         scores = {"miou": 0.1 * i, **{f"iou_{c}": 0.5 for c in classes}}
         writer.add(f"{name}.jpg", image, mask, mask, scores)
-    report = {"model": HOSTILE[0] + ".pth", "data": HOSTILE[1], "split": HOSTILE[2], "images": 4,
-              "imgsz": [112, 112], "tta": None, "miou": 0.5, "pixel_accuracy": 0.5,
-              "iou": dict.fromkeys(classes, 0.5), "baseline": {"class": HOSTILE[3], "miou": 0.1,
-              "pixel_accuracy": 0.2}}  # fmt: skip
+    report = {
+        "model": HOSTILE[0] + ".pth",
+        "data": HOSTILE[1],
+        "split": HOSTILE[2],
+        "images": 4,
+        "imgsz": [112, 112],
+        "tta": None,
+        "miou": 0.5,
+        "pixel_accuracy": 0.5,
+        "iou": dict.fromkeys(classes, 0.5),
+        "baseline": {"class": HOSTILE[3], "miou": 0.1, "pixel_accuracy": 0.2},
+    }
     info = {HOSTILE[0]: HOSTILE[1], "weights": HOSTILE[3]}
     page_path = writer.write(report, np.ones((5, 5), np.int64), info, None)
     page = _parse(page_path.read_text())
@@ -145,8 +200,10 @@ def _post_png(port: int, name: str) -> tuple[int, str]:
     Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(buf, "PNG")
     boundary = "b0undary"
     quoted = name.replace('"', "%22")  # as browsers send a quote in a file name
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{quoted}\"\r\n"
-            "Content-Type: image/png\r\n\r\n")  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    )
     body = head.encode() + buf.getvalue() + f"\r\n--{boundary}--\r\n".encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("POST", "/", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
@@ -162,8 +219,10 @@ def test_the_demo_cuts_off_a_body_that_never_comes(ckpt: Path) -> None:
     app = create_app(Predictor.from_checkpoint(ckpt, device="cpu"), body_timeout=1.0)
     with serving(app) as port:
         sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 5000\r\n\r\n--b\r\n")  # fmt: skip
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 5000\r\n\r\n--b\r\n"
+        )
         start = time.monotonic()
         answer = sock.recv(4096).decode(errors="replace")
         assert answer.startswith("HTTP/1.1 408") and time.monotonic() - start < 10
@@ -198,8 +257,18 @@ def test_the_resume_hint_pasted_into_a_shell_runs_exactly_its_command(tmp_path: 
     last, prev = run_dir / "last.pth", run_dir / "last.prev.pth"
     import torch
 
-    torch.save({"format": "webdino-seg/last", "run_id": None, "epoch": 2, "head": {}, "optimizer": {},
-                "history": [], "best": {}}, prev)  # fmt: skip
+    torch.save(
+        {
+            "format": "webdino-seg/last",
+            "run_id": None,
+            "epoch": 2,
+            "head": {},
+            "optimizer": {},
+            "history": [],
+            "best": {},
+        },
+        prev,
+    )
     hint = RunFolder(run_dir)._recovery()
     pasted = hint.split("continue from it with `", 1)[1].rsplit("`; ", 1)[0]  # the name holds backticks too
     assert _run_pasted(pasted, tmp_path) == [[str(prev), str(last)], ["train", "--resume", str(run_dir)]]
@@ -211,8 +280,9 @@ def test_next_lines_of_prepare_data_paste_as_they_read(tmp_path: Path, capsys) -
     from webdino_seg.app.cli import main
 
     out = tmp_path / "out dir" / HOSTILE[3]
-    assert main(["prepare-data", "--format", "folders", "--source", str(_flat_folders(tmp_path)), "--out",
-                 str(out)]) == 0  # fmt: skip
+    assert (
+        main(["prepare-data", "--format", "folders", "--source", str(_flat_folders(tmp_path)), "--out", str(out)]) == 0
+    )
     line = capsys.readouterr().out.split("next: ")[1].strip()
     assert _run_pasted(line, tmp_path) == [["show-data", str(out)]]
     assert not (tmp_path / "PWNED").exists()
@@ -374,8 +444,9 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("two")
     runs = []
     for seed in (1, 2):
-        cfg = TrainConfig(**tiny_settings(SAMPLE, base / f"run{seed}", epochs=2, seed=seed, imgsz=(56, 56),
-                                          cache_views=1))  # fmt: skip
+        cfg = TrainConfig(
+            **tiny_settings(SAMPLE, base / f"run{seed}", epochs=2, seed=seed, imgsz=(56, 56), cache_views=1)
+        )
         runs.append(train(cfg, log=lambda *_: None))
     return runs[0], runs[1]
 
@@ -415,8 +486,9 @@ def test_resume_refuses_a_hand_edited_config(two_runs, tmp_path: Path, capsys) -
         assert f"{key} " in err and "differs from the settings the run started with" in err, err
 
 
-def test_resume_refuses_a_damaged_state_before_extracting_features(two_runs, tmp_path: Path, capsys,
-                                                                   monkeypatch) -> None:  # fmt: skip
+def test_resume_refuses_a_damaged_state_before_extracting_features(
+    two_runs, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Fails if a damaged last.pth is found only after the backbone and the features were computed."""
     import torch
 
@@ -458,8 +530,9 @@ BAD_CONFIGS = {  # a settings file's text -> what the one-line error must say
 }
 
 
-@pytest.mark.parametrize("text", BAD_CONFIGS, ids=["float-size", "number-names", "nested-names", "colour",
-                                                   "epochs", "duplicate", "huge"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text", BAD_CONFIGS, ids=["float-size", "number-names", "nested-names", "colour", "epochs", "duplicate", "huge"]
+)
 def test_a_bad_config_is_one_short_line_and_makes_no_run_folder(text: str, tmp_path: Path, capsys) -> None:
     """Fails if a config with a mistyped element, a key given twice or a huge value gives a traceback, prints the
     value whole, or leaves a run folder behind."""
@@ -468,8 +541,21 @@ def test_a_bad_config_is_one_short_line_and_makes_no_run_folder(text: str, tmp_p
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     out = tmp_path / "runs" / "x"
-    args = ["train", "--data", str(SAMPLE), "--arch", "webdino-tiny", "--weights", "random",
-            "--epochs", "1", "--out", str(out), "--config", str(config)]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(SAMPLE),
+        "--arch",
+        "webdino-tiny",
+        "--weights",
+        "random",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert BAD_CONFIGS[text] in err and "Traceback" not in err and len(err) < 2000, err[:3000]
@@ -501,11 +587,24 @@ def test_no_output_or_cache_folder_lands_inside_the_data(tmp_path: Path, capsys)
     data = tmp_path / "data"
     shutil.copytree(SAMPLE, data)
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
-    base = ["train", "--data", str(data), "--arch", "webdino-tiny", "--weights", "random", "--imgsz", "112", "112",
-            "--epochs", "1"]  # fmt: skip
-    for extra, flag in ((["--out", str(data / "runs" / "a")], "--out"),
-                        (["--out", str(tmp_path / "r"), "--feature-cache-dir", str(data / "cache")],
-                         "--feature-cache-dir")):  # fmt: skip
+    base = [
+        "train",
+        "--data",
+        str(data),
+        "--arch",
+        "webdino-tiny",
+        "--weights",
+        "random",
+        "--imgsz",
+        "112",
+        "112",
+        "--epochs",
+        "1",
+    ]
+    for extra, flag in (
+        (["--out", str(data / "runs" / "a")], "--out"),
+        (["--out", str(tmp_path / "r"), "--feature-cache-dir", str(data / "cache")], "--feature-cache-dir"),
+    ):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert f"{flag} {data}" in err and "is inside the input folder" in err, err
@@ -518,9 +617,9 @@ def test_no_output_or_cache_folder_lands_inside_the_data(tmp_path: Path, capsys)
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before and not (tmp_path / "r").exists()
 
 
-def test_a_full_disk_during_the_report_names_the_report_and_keeps_the_old_one(ckpt: Path, prepared: Path,
-                                                                              tmp_path: Path, capsys,
-                                                                              monkeypatch) -> None:  # fmt: skip
+def test_a_full_disk_during_the_report_names_the_report_and_keeps_the_old_one(
+    ckpt: Path, prepared: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Fails if a write failure while the report is drawn leaves a partial report or a temp folder, loses the
     report already there, or blames the image being read."""
     import errno
@@ -529,8 +628,18 @@ def test_a_full_disk_during_the_report_names_the_report_and_keeps_the_old_one(ck
     from webdino_seg.utils import files
 
     report = tmp_path / "report"
-    args = ["evaluate", "--model", str(ckpt), "--data", str(prepared), "--out", str(tmp_path / "e.json"),
-            "--report", str(report), "--overwrite"]  # fmt: skip
+    args = [
+        "evaluate",
+        "--model",
+        str(ckpt),
+        "--data",
+        str(prepared),
+        "--out",
+        str(tmp_path / "e.json"),
+        "--report",
+        str(report),
+        "--overwrite",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     old = {p.relative_to(report): p.read_bytes() for p in report.rglob("*") if p.is_file()}
@@ -589,10 +698,13 @@ def _photo(path: Path, w: int = 64, h: int = 48, orientation: int | None = None)
 def _coco(tmp_path: Path, **changes: object) -> Path:
     """A one-image COCO file (64x48, one person polygon) with `changes` applied to its top-level lists."""
     _photo(tmp_path / "coco" / "a.jpg")
-    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
-            "categories": [{"id": 1, "name": "person"}],
-            "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0,
-                             "segmentation": [[4, 4, 30, 4, 30, 30, 4, 30]]}]}  # fmt: skip
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+        "categories": [{"id": 1, "name": "person"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [[4, 4, 30, 4, 30, 30, 4, 30]]}
+        ],
+    }
     data |= changes
     path = tmp_path / "coco" / "instances.json"
     path.write_text(json.dumps(data))
@@ -607,24 +719,30 @@ IMAGE = {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}
 COCO_REFUSED = {  # what is changed -> what the one-line error says (after the file's name)
     "two records one id": ({"images": [IMAGE, IMAGE | {"file_name": "b.jpg"}]}, "image id 1 is given 2 times"),
     "one file twice": ({"images": [IMAGE, IMAGE | {"id": 2}]}, "image file_name 'a.jpg' is given 2 times"),
-    "two categories one id": ({"categories": [{"id": 1, "name": "person"}, {"id": 1, "name": "dog"}]},
-                              "category id 1 is given 2 times"),
+    "two categories one id": (
+        {"categories": [{"id": 1, "name": "person"}, {"id": 1, "name": "dog"}]},
+        "category id 1 is given 2 times",
+    ),
     "NaN": ({"annotations": _ann([[4, 4, float("nan"), 4, 30, 30]])}, "annotation 10: polygon a coordinate is not"),
     "inf": ({"annotations": _ann([[4, 4, float("inf"), 4, 30, 30]])}, "not finite"),
     "huge": ({"annotations": _ann([[4, 4, 3e9, 4, 30, 30]])}, "x = 3e+09 lies outside the image (0-64)"),
     "negative run": ({"annotations": _ann({"size": [48, 64], "counts": [100, -20, 2992]})}, "run is negative"),
     "unknown segmentation": ({"annotations": _ann("polygon")}, "segmentation 'polygon' is neither polygons"),
     "no height": ({"images": [{"id": 1, "file_name": "a.jpg", "width": 64}]}, "image 1 has height None"),
-    "no image_id": ({"annotations": [{"id": 10, "category_id": 1, "segmentation": [[4, 4, 30, 4, 30, 30]]}]},
-                    "annotation 10 has image_id None"),
+    "no image_id": (
+        {"annotations": [{"id": 10, "category_id": 1, "segmentation": [[4, 4, 30, 4, 30, 30]]}]},
+        "annotation 10 has image_id None",
+    ),
     "no category name": ({"categories": [{"id": 1}]}, "category 1 has name None"),
     "RLE without size": ({"annotations": _ann({"counts": [3072]})}, "an RLE segmentation needs counts and size"),
     "truncated RLE": ({"annotations": _ann({"size": [48, 64], "counts": "0k"})}, "ends inside a number (truncated)"),
     "RLE alphabet": ({"annotations": _ann({"size": [48, 64], "counts": "0~1"})}, "'~', outside COCO's alphabet"),
     "RLE of another size": ({"annotations": _ann({"size": [10, 10], "counts": [100]})}, "RLE size 10x10 (h x w)"),
-    "huge declared size": ({"images": [IMAGE | {"width": 200_000, "height": 190_000}]},
-                           "is declared 200000x190000, the file is 64x48 upright"),
-}  # fmt: skip
+    "huge declared size": (
+        {"images": [IMAGE | {"width": 200_000, "height": 190_000}]},
+        "is declared 200000x190000, the file is 64x48 upright",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", COCO_REFUSED)
@@ -652,19 +770,25 @@ def test_coco_annotations_left_out_are_counted_and_rotated_photos_are_upright(tm
 
     _photo(tmp_path / "coco" / "x" / "a.jpg")
     _photo(tmp_path / "coco" / "y" / "a.jpg")
-    images = [{"id": 1, "file_name": "x/a.jpg", "width": 64, "height": 48},
-              {"id": 2, "file_name": "y/a.jpg", "width": 64, "height": 48}]  # fmt: skip
+    images = [
+        {"id": 1, "file_name": "x/a.jpg", "width": 64, "height": 48},
+        {"id": 2, "file_name": "y/a.jpg", "width": 64, "height": 48},
+    ]
     source = _coco(tmp_path, images=images)
     assert main(["prepare-data", "--format", "coco", "--source", str(source), "--out", str(tmp_path / "o1")]) == 2
     assert "both would be imported as a.jpg" in capsys.readouterr().err
 
     _photo(tmp_path / "coco" / "turned.jpg", 64, 48, orientation=6)  # stored 64x48, shown 48x64
-    images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
-              {"id": 2, "file_name": "turned.jpg", "width": 48, "height": 64}]  # fmt: skip
-    annotations = [*_ann([[4, 4, 30, 4, 30, 30, 4, 30]]), {"id": 11, "image_id": 9, "category_id": 1,
-                   "segmentation": [[1, 1, 5, 1, 5, 5]]}, {"id": 12, "image_id": 2, "category_id": 1,
-                   "segmentation": [[2, 50, 40, 50, 40, 60, 2, 60]]}, {"id": 13, "image_id": 1, "category_id": 1,
-                   "bbox": [1, 1, 3, 3]}]  # fmt: skip
+    images = [
+        {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+        {"id": 2, "file_name": "turned.jpg", "width": 48, "height": 64},
+    ]
+    annotations = [
+        *_ann([[4, 4, 30, 4, 30, 30, 4, 30]]),
+        {"id": 11, "image_id": 9, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},
+        {"id": 12, "image_id": 2, "category_id": 1, "segmentation": [[2, 50, 40, 50, 40, 60, 2, 60]]},
+        {"id": 13, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3]},
+    ]
     source = _coco(tmp_path, images=images, annotations=annotations)
     out = tmp_path / "o2"
     assert main(["prepare-data", "--format", "coco", "--source", str(source), "--out", str(out)]) == 0
@@ -686,8 +810,12 @@ def test_yolo_and_labelme_coordinates_are_checked_before_drawing(tmp_path: Path,
     _photo(root / "images" / "train" / "a.png")
     (root / "labels" / "train").mkdir(parents=True)
     (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [person]\n")
-    for line, needle in (("0 0.1 0.1 inf 0.1 0.5 0.5", "not finite"), ("0 0.1 nan 0.5 0.1 0.5 0.5", "not finite"),
-                         ("0 0.1 0.1 40 0.1 0.5 0.5", "x = 40 lies outside"), ("3 0.1 0.1 0.2 0.2", "class 3")):
+    for line, needle in (
+        ("0 0.1 0.1 inf 0.1 0.5 0.5", "not finite"),
+        ("0 0.1 nan 0.5 0.1 0.5 0.5", "not finite"),
+        ("0 0.1 0.1 40 0.1 0.5 0.5", "x = 40 lies outside"),
+        ("3 0.1 0.1 0.2 0.2", "class 3"),
+    ):
         (root / "labels" / "train" / "a.txt").write_text(f"0 0.1 0.1 0.2 0.2\n{line}\n")
         started = time.perf_counter()
         assert main(["prepare-data", "--format", "yolo", "--source", str(root), "--out", str(tmp_path / "y")]) == 2
@@ -696,12 +824,15 @@ def test_yolo_and_labelme_coordinates_are_checked_before_drawing(tmp_path: Path,
 
     lm = tmp_path / "lm"
     _photo(lm / "a.jpg")
-    for shape, needle in (({"label": "p", "points": [[1, 1], [9, 9]], "shape_type": "mask"}, "shape_type 'mask'"),
-                          ({"points": [[1, 1], [9, 1], [9, 9]]}, "has no label"),
-                          ({"label": "p", "points": [[1, 1], [9, 1], [1e30, 9]]}, "x = 1e+30 lies outside"),
-                          ({"label": "p", "points": [[1, 1], [9, 1]]}, "needs at least 3")):  # fmt: skip
-        (lm / "a.json").write_text(json.dumps({"shapes": [shape], "imagePath": "a.jpg", "imageHeight": 48,
-                                               "imageWidth": 64}))  # fmt: skip
+    for shape, needle in (
+        ({"label": "p", "points": [[1, 1], [9, 9]], "shape_type": "mask"}, "shape_type 'mask'"),
+        ({"points": [[1, 1], [9, 1], [9, 9]]}, "has no label"),
+        ({"label": "p", "points": [[1, 1], [9, 1], [1e30, 9]]}, "x = 1e+30 lies outside"),
+        ({"label": "p", "points": [[1, 1], [9, 1]]}, "needs at least 3"),
+    ):
+        (lm / "a.json").write_text(
+            json.dumps({"shapes": [shape], "imagePath": "a.jpg", "imageHeight": 48, "imageWidth": 64})
+        )
         assert main(["prepare-data", "--format", "labelme", "--source", str(lm), "--out", str(tmp_path / "l")]) == 2
         err = capsys.readouterr().err
         assert f"{lm / 'a.json'}: shape 1" in err and needle in err, err

@@ -126,8 +126,9 @@ def _runs(mask: np.ndarray) -> list[int]:
 
 @st.composite
 def coco_segmentation(draw):
-    kind = draw(st.sampled_from(["polygons"] * 4 + ["rle-list", "rle-list", "rle-string", "rle-string", "none",
-                                 "junk"]))  # fmt: skip
+    kind = draw(
+        st.sampled_from(["polygons"] * 4 + ["rle-list", "rle-list", "rle-string", "rle-string", "none", "junk"])
+    )
     if kind == "polygons":
         return [_hostile(draw, draw(polygon)) for _ in range(draw(st.integers(0, 2)))]
     if kind == "none":
@@ -151,8 +152,10 @@ def coco_segmentation(draw):
 
 @st.composite
 def coco_files(draw) -> dict:
-    images = [{"id": 1, "file_name": "a.jpg", "width": W, "height": H},
-              {"id": 2, "file_name": "b.jpg", "width": W, "height": H}]  # fmt: skip
+    images = [
+        {"id": 1, "file_name": "a.jpg", "width": W, "height": H},
+        {"id": 2, "file_name": "b.jpg", "width": W, "height": H},
+    ]
     change = draw(st.sampled_from(["same id", "same name", "size", "huge", "no height"])) if _rarely(draw) else ""
     if change == "same id":
         images[1]["id"] = 1
@@ -165,14 +168,23 @@ def coco_files(draw) -> dict:
     elif change == "no height":
         del images[1]["height"]
     ids = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3, unique=not _rarely(draw)))
-    names = draw(st.lists(st.sampled_from(["person", "dog", "cat"]), min_size=len(ids), max_size=len(ids),
-                          unique=not _rarely(draw)))  # fmt: skip
+    names = draw(
+        st.lists(
+            st.sampled_from(["person", "dog", "cat"]), min_size=len(ids), max_size=len(ids), unique=not _rarely(draw)
+        )
+    )
     categories = [{"id": i, "name": n} for i, n in zip(ids, names, strict=True)]
     ids = [c["id"] for c in categories]
-    annotations = [{"id": 100 + i, "image_id": draw(st.sampled_from([1, 2, 2, 9])),
-                    "category_id": 8 if _rarely(draw) and _rarely(draw) else draw(st.sampled_from(ids)),
-                    "iscrowd": draw(st.sampled_from([0, 0, 0, 0, 0, 0, 1, 2])),
-                    "segmentation": draw(coco_segmentation())} for i in range(draw(st.integers(0, 4)))]  # fmt: skip
+    annotations = [
+        {
+            "id": 100 + i,
+            "image_id": draw(st.sampled_from([1, 2, 2, 9])),
+            "category_id": 8 if _rarely(draw) and _rarely(draw) else draw(st.sampled_from(ids)),
+            "iscrowd": draw(st.sampled_from([0, 0, 0, 0, 0, 0, 1, 2])),
+            "segmentation": draw(coco_segmentation()),
+        }
+        for i in range(draw(st.integers(0, 4)))
+    ]
     return {"images": images, "categories": categories, "annotations": annotations}
 
 
@@ -281,8 +293,16 @@ def _yolo_reference(lines: list[list], names: int) -> dict[str, np.ndarray]:
             raise Refused
         if len(coords) == 4:
             cx, cy, bw, bh = coords
-            coords = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, cx - bw / 2,
-                      cy + bh / 2]  # fmt: skip
+            coords = [
+                cx - bw / 2,
+                cy - bh / 2,
+                cx + bw / 2,
+                cy - bh / 2,
+                cx + bw / 2,
+                cy + bh / 2,
+                cx - bw / 2,
+                cy + bh / 2,
+            ]
         if len(coords) % 2 or len(coords) < 6:
             raise Refused
         _within(coords, 1, 1)
@@ -330,11 +350,13 @@ KINDS = ["polygon", "polygon", "rectangle", "circle", "line", "point", None]
 def labelme_files(draw) -> dict:
     shapes = []
     for _ in range(draw(st.integers(0, 4))):
-        points = draw(st.lists(st.tuples(coordinate, coordinate).map(list), min_size=0 if _rarely(draw) else 3,
-                               max_size=5))  # fmt: skip
+        points = draw(
+            st.lists(st.tuples(coordinate, coordinate).map(list), min_size=0 if _rarely(draw) else 3, max_size=5)
+        )
         if points and _rarely(draw):
             points[draw(st.integers(0, len(points) - 1))][draw(st.integers(0, 1))] = draw(
-                st.sampled_from([*HOSTILE_NUMBERS, "1", None]))  # fmt: skip
+                st.sampled_from([*HOSTILE_NUMBERS, "1", None])
+            )
         label = 3 if _rarely(draw) and _rarely(draw) else draw(st.sampled_from(["road", "car"]))
         kind = "mask" if _rarely(draw) and _rarely(draw) else draw(st.sampled_from(KINDS))
         shape = {"label": label, "points": points, "shape_type": kind}
@@ -344,8 +366,9 @@ def labelme_files(draw) -> dict:
 
 
 def _labelme_reference(data: dict) -> dict[str, np.ndarray]:
-    if (data["imageHeight"], data["imageWidth"]) != (H, W) or any(not isinstance(s["label"], str) for s in
-                                                                  data["shapes"]):  # fmt: skip
+    if (data["imageHeight"], data["imageWidth"]) != (H, W) or any(
+        not isinstance(s["label"], str) for s in data["shapes"]
+    ):
         raise Refused
     names = ["background", *sorted({s["label"] for s in data["shapes"]})]
     mask = np.zeros((H, W), np.uint8)

@@ -100,11 +100,15 @@ def test_predict_with_onnx_equals_the_pth_path(ckpt: Path, tmp_path: Path, capsy
     for mask in masks:
         a, b = np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "onnx" / mask.name))
         assert (a != b).mean() < 1e-4, mask.name
-    cli_error(["predict", "--input", images, "--model", str(onnx_path), "--imgsz", "112", "112"], capsys,
-              "was exported at 224x224")  # fmt: skip
+    cli_error(
+        ["predict", "--input", images, "--model", str(onnx_path), "--imgsz", "112", "112"],
+        capsys,
+        "was exported at 224x224",
+    )
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
-    cli_error(["predict", "--input", images, "--model", str(tmp_path / "junk.onnx")], capsys, "junk.onnx",
-              "not an ONNX model")  # fmt: skip
+    cli_error(
+        ["predict", "--input", images, "--model", str(tmp_path / "junk.onnx")], capsys, "junk.onnx", "not an ONNX model"
+    )
 
 
 def test_export_int8_quantizes_the_matmuls_and_predict_says_so(ckpt: Path, tmp_path: Path, capsys) -> None:
@@ -129,5 +133,6 @@ def test_export_int8_quantizes_the_matmuls_and_predict_says_so(ckpt: Path, tmp_p
         assert (b.text["Precision"], b.text["Engine"]) == ("int8", "onnxruntime")
         same, total = same + int((a == np.asarray(b)).sum()), total + a.size
     assert total and same / total >= 0.99
-    cli_error(["predict", "--input", images, "--model", str(onnx_path), "--precision", "bf16"], capsys,
-              "computing in int8")  # fmt: skip
+    cli_error(
+        ["predict", "--input", images, "--model", str(onnx_path), "--precision", "bf16"], capsys, "computing in int8"
+    )

@@ -127,9 +127,23 @@ def test_tests_do_not_import_each_other() -> None:
 
 # --- the public API ------------------------------------------------------------------------------
 
-PUBLIC = {"create_backbone", "create_model", "list_variants", "DinoVisionTransformer", "DinoV3VisionTransformer",
-          "SimpleDecoder", "Linear4", "MultiLayerDecoder", "GuidedDecoder", "Predictor", "load_model", "run_video",
-          "train", "TrainConfig", "evaluate"}  # fmt: skip
+PUBLIC = {
+    "create_backbone",
+    "create_model",
+    "list_variants",
+    "DinoVisionTransformer",
+    "DinoV3VisionTransformer",
+    "SimpleDecoder",
+    "Linear4",
+    "MultiLayerDecoder",
+    "GuidedDecoder",
+    "Predictor",
+    "load_model",
+    "run_video",
+    "train",
+    "TrainConfig",
+    "evaluate",
+}
 
 
 def test_public_api_holds_what_users_reach_for() -> None:

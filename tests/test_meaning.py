@@ -25,15 +25,30 @@ from webdino_seg.app.cli import main
 SLOW = pytest.mark.slow  # the other heads in the long run: the default run stays under 3 minutes
 
 
-@pytest.mark.parametrize(("head", "fine_tune"), [("simple", False), pytest.param("linear4", False, marks=SLOW),
-                                                 pytest.param("multilayer", False, marks=SLOW),
-                                                 pytest.param("guided", False, marks=SLOW), ("simple", True)])
-def test_resume_equals_uninterrupted_with_every_stateful_option(small: Path, tmp_path: Path, head: str,
-                                                                fine_tune: bool) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("head", "fine_tune"),
+    [
+        ("simple", False),
+        pytest.param("linear4", False, marks=SLOW),
+        pytest.param("multilayer", False, marks=SLOW),
+        pytest.param("guided", False, marks=SLOW),
+        ("simple", True),
+    ],
+)
+def test_resume_equals_uninterrupted_with_every_stateful_option(
+    small: Path, tmp_path: Path, head: str, fine_tune: bool
+) -> None:
     """The lr drops at epoch 3, after the resume point: a scheduler that is not restored trains at the wrong rate;
     BatchNorm statistics (linear4), the guided head's image branch and a fine-tuned backbone must all come back."""
-    common = {"imgsz": (56, 56), "head": head, "fine_tune": fine_tune, "scheduler": True, "scheduler_epochs": [3],
-              "cache_views": 2, "lr": 3e-3}  # fmt: skip
+    common = {
+        "imgsz": (56, 56),
+        "head": head,
+        "fine_tune": fine_tune,
+        "scheduler": True,
+        "scheduler_epochs": [3],
+        "cache_views": 2,
+        "lr": 3e-3,
+    }
     whole = train(tiny_config(small, tmp_path / "whole", epochs=4, **common), log=lambda *_: None)
     part = train(tiny_config(small, tmp_path / "part", epochs=1, **common), log=lambda *_: None)
     assert main(["train", "--resume", str(part), "--epochs", "4"]) == 0
@@ -103,10 +118,17 @@ def _float_overlay(image: np.ndarray, mask: np.ndarray, alpha: float, colors: np
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 12), st.sampled_from([0.5, 0.3, 0.45, 0.7, 1 / 3]),
-       st.integers(0, 2**32 - 1), st.sampled_from(["default", "palette", "black class", "strided"]))  # fmt: skip
-def test_overlay_equals_the_float_blend_pixel_for_pixel(h: int, w: int, classes: int, alpha: float, seed: int,
-                                                        kind: str) -> None:  # fmt: skip
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(1, 12),
+    st.sampled_from([0.5, 0.3, 0.45, 0.7, 1 / 3]),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["default", "palette", "black class", "strided"]),
+)
+def test_overlay_equals_the_float_blend_pixel_for_pixel(
+    h: int, w: int, classes: int, alpha: float, seed: int, kind: str
+) -> None:
     """Fails if the cv2 lookup overlay differs anywhere from the float blending it replaced (void, classes
     coloured black, colours past the palette, a strided image)."""
     from webdino_seg.utils.overlay import overlay, palette
@@ -153,9 +175,27 @@ def test_video_frames_carry_the_class_colour_in_rgb(ckpt: Path, tmp_path: Path) 
 
 
 @settings(max_examples=25, deadline=None)
-@given(change=st.sampled_from(["imgsz", "augment", "seed", "views", "mask_mode", "ignore_index", "reduce_labels",
-                               "mean", "weights", "fingerprint", "layers", "images", "image_bytes", "mask_bytes"]),
-       value=st.integers(1, 7))  # fmt: skip
+@given(
+    change=st.sampled_from(
+        [
+            "imgsz",
+            "augment",
+            "seed",
+            "views",
+            "mask_mode",
+            "ignore_index",
+            "reduce_labels",
+            "mean",
+            "weights",
+            "fingerprint",
+            "layers",
+            "images",
+            "image_bytes",
+            "mask_bytes",
+        ]
+    ),
+    value=st.integers(1, 7),
+)
 def test_every_input_of_the_features_changes_the_cache_key(change: str, value: int, tmp_path_factory) -> None:
     from types import SimpleNamespace
 
@@ -171,14 +211,25 @@ def test_every_input_of_the_features_changes_the_cache_key(change: str, value: i
 
     def key(**over) -> str:
         coding = Coding(over.get("ignore_index", 255), over.get("reduce_labels", False))
-        ds = SegmentationDataset(root, "train", over.get("imgsz", (28, 28)), over.get("mean", (0.5, 0.5, 0.5)),
-                                 (0.2, 0.2, 0.2), mask_mode=over.get("mask_mode", "ids"),
-                                 augment=over.get("augment", True), seed=over.get("seed", 0),
-                                 coding=coding)  # fmt: skip
+        ds = SegmentationDataset(
+            root,
+            "train",
+            over.get("imgsz", (28, 28)),
+            over.get("mean", (0.5, 0.5, 0.5)),
+            (0.2, 0.2, 0.2),
+            mask_mode=over.get("mask_mode", "ids"),
+            augment=over.get("augment", True),
+            seed=over.get("seed", 0),
+            coding=coding,
+        )
         head = SimpleNamespace(layers=over.get("layers", 1))
         model = SimpleNamespace(head=head, needs_image=over.get("images", False))
-        identity = {"arch": "webdino-tiny", "weights": over.get("weights", "random"), "seed": 0,
-                    "fingerprint": over.get("fingerprint", 1.5)}  # fmt: skip
+        identity = {
+            "arch": "webdino-tiny",
+            "weights": over.get("weights", "random"),
+            "seed": 0,
+            "fingerprint": over.get("fingerprint", 1.5),
+        }
         return cache_key(ds, model, over.get("views", 2), identity)
 
     base = key()
@@ -189,10 +240,20 @@ def test_every_input_of_the_features_changes_the_cache_key(change: str, value: i
         Image.fromarray(fill.astype(np.uint8)).save(root / folder / "a.png")
         assert key() != base
         return
-    changed = {"imgsz": (28 + 14 * value, 28), "augment": False, "seed": value, "views": 2 + value,
-               "mask_mode": "binary", "ignore_index": 255 - value, "reduce_labels": True,
-               "mean": (0.5, 0.5, 0.5 - value / 100), "weights": f"w{value}.pth", "fingerprint": 1.5 + value,
-               "layers": 4, "images": True}[change]  # fmt: skip
+    changed = {
+        "imgsz": (28 + 14 * value, 28),
+        "augment": False,
+        "seed": value,
+        "views": 2 + value,
+        "mask_mode": "binary",
+        "ignore_index": 255 - value,
+        "reduce_labels": True,
+        "mean": (0.5, 0.5, 0.5 - value / 100),
+        "weights": f"w{value}.pth",
+        "fingerprint": 1.5 + value,
+        "layers": 4,
+        "images": True,
+    }[change]
     assert key(**{change: changed}) != base, change
 
 
@@ -234,7 +295,7 @@ def test_checkpoints_are_never_written_at_their_final_path(tmp_path: Path, monke
 
     monkeypatch.setattr(checkpoint.torch, "save", watching)
     save_model(target, model, backbone_identity(model.backbone, None, 7), {"class_names": ["a", "b"]})
-    (name, during), = seen
+    ((name, during),) = seen
     assert name != "m.pth" and name.startswith(".m.pth.") and during == b"previous version"
     assert torch.load(target, weights_only=True)["class_names"] == ["a", "b"]
     assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]
@@ -338,8 +399,17 @@ def test_the_palette_past_the_fixed_colours_is_the_voc_colour_map() -> None:
     entry 7, grey, is void's colour here)."""
     from webdino_seg.utils.overlay import palette
 
-    voc = [(128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128), (64, 0, 0),
-           (192, 0, 0), (64, 128, 0)]  # fmt: skip
+    voc = [
+        (128, 0, 0),
+        (0, 128, 0),
+        (128, 128, 0),
+        (0, 0, 128),
+        (128, 0, 128),
+        (0, 128, 128),
+        (64, 0, 0),
+        (192, 0, 0),
+        (64, 128, 0),
+    ]
     colours = [tuple(c) for c in palette(16).tolist()]
     assert colours[:2] == [(0, 0, 0), (255, 0, 160)] and colours[7:] == voc
     assert len(set(colours)) == 16 and (128, 128, 128) not in colours  # grey is void's

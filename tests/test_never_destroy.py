@@ -38,12 +38,25 @@ def test_no_command_writes_onto_its_inputs(ckpt: Path, small: Path, tmp_path: Pa
     os.link(clip, tmp_path / "same.mp4")  # a hard link: another name, the same file
     cli_error([*video, "--out", str(tmp_path / "same.mp4")], capsys, "the same file under another name")
     (tmp_path / "M.json").symlink_to(model)  # a symbolic link to the model
-    cli_error(["evaluate", "--data", str(small), "--model", str(model), "--out", str(tmp_path / "M.json")], capsys,
-              "would overwrite the input", "M.pth")  # fmt: skip
+    cli_error(
+        ["evaluate", "--data", str(small), "--model", str(model), "--out", str(tmp_path / "M.json")],
+        capsys,
+        "would overwrite the input",
+        "M.pth",
+    )
     (tmp_path / "M.onnx").symlink_to(model)
     cli_error(["export", "--model", str(model), "--out", str(tmp_path / "M.onnx")], capsys, "would overwrite the input")
-    cli_error(["convert-weights", str(FIXTURES / "tiny_official.pth"), str(FIXTURES / "tiny_official.pth"), "--to",
-               "official"], capsys, "would overwrite the input")  # fmt: skip
+    cli_error(
+        [
+            "convert-weights",
+            str(FIXTURES / "tiny_official.pth"),
+            str(FIXTURES / "tiny_official.pth"),
+            "--to",
+            "official",
+        ],
+        capsys,
+        "would overwrite the input",
+    )
     assert {p: _digest(p) for p in keep} == keep
     image = sorted((small / "train_images").iterdir())[0]
     before = _digest(image)
@@ -53,15 +66,27 @@ def test_no_command_writes_onto_its_inputs(ckpt: Path, small: Path, tmp_path: Pa
     photos.mkdir()
     shutil.copy(image, photos / "a.png")
     shutil.copy(image, photos / "a_mask.png")  # a photo that predict's mask of a.png would replace
-    cli_error(["predict", "--input", str(photos), "--model", str(model), "--out", str(photos)], capsys,
-              "a_mask.png would overwrite the input")  # fmt: skip
+    cli_error(
+        ["predict", "--input", str(photos), "--model", str(model), "--out", str(photos)],
+        capsys,
+        "a_mask.png would overwrite the input",
+    )
     assert _digest(photos / "a_mask.png") == before
 
 
 def test_a_report_never_goes_into_the_run_folder(trained_run: Path, prepared: Path, tmp_path: Path, capsys) -> None:
     curves = _digest(trained_run / "miou.png")
-    argv = ["evaluate", "--data", str(prepared), "--model", str(trained_run / "best_model_iou.pth"), "--report",
-            str(trained_run), "--out", str(tmp_path / "e.json")]  # fmt: skip
+    argv = [
+        "evaluate",
+        "--data",
+        str(prepared),
+        "--model",
+        str(trained_run / "best_model_iou.pth"),
+        "--report",
+        str(trained_run),
+        "--out",
+        str(tmp_path / "e.json"),
+    ]
     cli_error(argv, capsys, "holds inputs of this evaluation")
     assert _digest(trained_run / "miou.png") == curves and not (trained_run / "index.html").exists()
 
@@ -100,8 +125,9 @@ def test_outputs_are_written_in_the_format_their_name_says(small: Path, tmp_path
 
 
 def _run_until(argv: list[str], ready, sig: int, timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([sys.executable, "-m", "webdino_seg", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webdino_seg", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -159,10 +185,16 @@ def test_a_damaged_or_foreign_feature_cache_is_said_and_recomputed(small: Path, 
 
 def test_an_unwritable_cache_folder_is_found_first(small: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "file").write_text("x")
-    cli_error([*tiny_train_cli(small, tmp_path / "r"), "--feature-cache-dir", str(tmp_path / "file" / "c")], capsys,
-              "--feature-cache-dir")  # fmt: skip
-    cli_error([*tiny_train_cli(small, tmp_path / "r"), "--feature-cache-dir", "/proc/webdino-cache"], capsys,
-              "--feature-cache-dir /proc/webdino-cache: cannot write there")  # fmt: skip
+    cli_error(
+        [*tiny_train_cli(small, tmp_path / "r"), "--feature-cache-dir", str(tmp_path / "file" / "c")],
+        capsys,
+        "--feature-cache-dir",
+    )
+    cli_error(
+        [*tiny_train_cli(small, tmp_path / "r"), "--feature-cache-dir", "/proc/webdino-cache"],
+        capsys,
+        "--feature-cache-dir /proc/webdino-cache: cannot write there",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -191,16 +223,21 @@ def test_broken_hf_folders_and_weights_say_what_is_wrong(tmp_path: Path, capsys)
     shutil.copytree(FIXTURES / "tiny_hf", hf)
     convert = ["convert-weights", str(hf), str(tmp_path / "out.pth"), "--to", "official"]
     config = json.loads((hf / "config.json").read_text())
-    for broken, needle in (([config], "holds an object of settings, found a list"),
-                           ({k: v for k, v in config.items() if k != "hidden_size"}, "lacks 'hidden_size'"),
-                           (config | {"num_hidden_layers": "four"}, "'num_hidden_layers' is 'four'")):  # fmt: skip
+    for broken, needle in (
+        ([config], "holds an object of settings, found a list"),
+        ({k: v for k, v in config.items() if k != "hidden_size"}, "lacks 'hidden_size'"),
+        (config | {"num_hidden_layers": "four"}, "'num_hidden_layers' is 'four'"),
+    ):
         (hf / "config.json").write_text(json.dumps(broken))
         cli_error(convert, capsys, "config.json", needle)
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
-    cli_error(["convert-weights", str(shards), str(tmp_path / "o.pth"), "--to", "official"], capsys,
-              "model.safetensors.index.json: has no \"weight_map\"")  # fmt: skip
+    cli_error(
+        ["convert-weights", str(shards), str(tmp_path / "o.pth"), "--to", "official"],
+        capsys,
+        'model.safetensors.index.json: has no "weight_map"',
+    )
     sd = torch.load(FIXTURES / "tiny_official.pth", weights_only=True)
     sd["cls_token"] = sd["cls_token"].to(torch.int8)
     torch.save(sd, tmp_path / "int8.pth")
@@ -224,8 +261,11 @@ def test_a_seed_too_large_and_16_bit_binary_masks(small: Path, tmp_path: Path, c
     logs: list[str] = []
     train(tiny_config(data, tmp_path / "run", epochs=1), log=logs.append)
     assert any("only the values 0 and 65535: reading them as binary" in line for line in logs), logs
-    cli_error(["show-data", str(data), "--out", str(tmp_path / "g.png"), "--mask-mode", "ids"], capsys,
-              "0/65535 masks are two-class masks: pass --mask-mode binary")  # fmt: skip
+    cli_error(
+        ["show-data", str(data), "--out", str(tmp_path / "g.png"), "--mask-mode", "ids"],
+        capsys,
+        "0/65535 masks are two-class masks: pass --mask-mode binary",
+    )
 
 
 # --- 7. video timing kept ------------------------------------------------------------------------
@@ -258,14 +298,18 @@ def test_variable_frame_rate_keeps_its_timestamps_and_raw_h264_its_rate(ckpt: Pa
 
     times = [0, 100, 150, 400, 450, 500, 900, 1000, 1033, 1066, 1400, 1800]
     _encode(tmp_path / "vfr.mp4", times)
-    assert main(["video", "--model", str(ckpt), "--input", str(tmp_path / "vfr.mp4"), "--out",
-                 str(tmp_path / "out.mp4")]) == 0  # fmt: skip
+    assert (
+        main(["video", "--model", str(ckpt), "--input", str(tmp_path / "vfr.mp4"), "--out", str(tmp_path / "out.mp4")])
+        == 0
+    )
     with av.open(str(tmp_path / "out.mp4")) as container:
         got = [round(float(f.time) * 1000) for f in container.decode(video=0)]
     assert got == times  # not flattened to the average rate (9.1 fps)
     _encode(tmp_path / "raw.h264", None, rate=25, fmt="h264")
-    assert main(["video", "--model", str(ckpt), "--input", str(tmp_path / "raw.h264"), "--out",
-                 str(tmp_path / "raw.mp4")]) == 0  # fmt: skip
+    assert (
+        main(["video", "--model", str(ckpt), "--input", str(tmp_path / "raw.h264"), "--out", str(tmp_path / "raw.mp4")])
+        == 0
+    )
     with av.open(str(tmp_path / "raw.mp4")) as container:
         stream = container.streams.video[0]
         assert stream.average_rate == 25 and abs(float(container.duration) / 1e6 - 30 / 25) < 0.05

@@ -29,8 +29,23 @@ def test_mask_values_and_probabilities(ckpt: Path, pennfudan: Path, tmp_path: Pa
     outs = {}
     for how in ("ids", "255", "color"):
         outs[how] = tmp_path / how
-        assert main(["predict", "--input", str(src), "--model", str(ckpt), "--out", str(outs[how]),
-                     "--mask-values", how, *(["--save-probs"] if how == "ids" else [])]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "predict",
+                    "--input",
+                    str(src),
+                    "--model",
+                    str(ckpt),
+                    "--out",
+                    str(outs[how]),
+                    "--mask-values",
+                    how,
+                    *(["--save-probs"] if how == "ids" else []),
+                ]
+            )
+            == 0
+        )
     colors = Predictor.from_checkpoint(ckpt, device="cpu").colors
     for photo in _photos(pennfudan):
         ids = np.asarray(Image.open(outs["ids"] / f"{photo.stem}_mask.png"))
@@ -62,8 +77,23 @@ def _first_frames(path: Path, n: int) -> list[np.ndarray]:
 
 def test_video_without_the_fps_label(ckpt: Path, test_video: Path, tmp_path: Path) -> None:
     for name, extra in (("with", []), ("without", ["--no-fps-label"])):
-        assert main(["video", "--input", str(test_video), "--model", str(ckpt), "--out", str(tmp_path / f"{name}.mp4"),
-                     "--max-frames", "4", *extra]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "video",
+                    "--input",
+                    str(test_video),
+                    "--model",
+                    str(ckpt),
+                    "--out",
+                    str(tmp_path / f"{name}.mp4"),
+                    "--max-frames",
+                    "4",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     labelled, plain = _first_frames(tmp_path / "with.mp4", 4), _first_frames(tmp_path / "without.mp4", 4)
     for a, b in zip(labelled, plain, strict=True):
         corner = np.abs(a[:30, :200].astype(int) - b[:30, :200]).mean()
@@ -101,13 +131,25 @@ def test_a_big_photo_is_noted_once_without_tile(ckpt: Path, pennfudan: Path, tmp
     assert "is shrunk" not in capsys.readouterr().err
 
 
-
 def test_evaluate_with_tiles(ckpt: Path, prepared: Path, tmp_path: Path) -> None:
     import json
 
     for name, extra in (("plain", []), ("tiled", ["--tile"])):
-        assert main(["evaluate", "--data", str(prepared), "--model", str(ckpt), "--out", str(tmp_path / f"{name}.json"),
-                     *extra]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--data",
+                    str(prepared),
+                    "--model",
+                    str(ckpt),
+                    "--out",
+                    str(tmp_path / f"{name}.json"),
+                    *extra,
+                ]
+            )
+            == 0
+        )
     plain, tiled = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "tiled"))
     assert plain["tile"] is False and tiled["tile"] is True
     assert 0 < tiled["miou"] < 1 and tiled["miou"] != plain["miou"]

@@ -59,8 +59,9 @@ def test_every_view_from_one_decode_equals_the_item_drawn_alone(small: Path) -> 
     assert images.dtype == masks.dtype == torch.uint8 and images.shape == (4, 3, 56, 70)
     for view in range(4):
         image, mask = ds[(view, 3)]
-        expected = ((image * torch.tensor(variant.std).view(3, 1, 1) + torch.tensor(variant.mean).view(3, 1, 1))
-                    * 255).round()  # fmt: skip
+        expected = (
+            (image * torch.tensor(variant.std).view(3, 1, 1) + torch.tensor(variant.mean).view(3, 1, 1)) * 255
+        ).round()
         torch.testing.assert_close(images[view].float(), expected, atol=0, rtol=0)
         assert torch.equal(masks[view].long(), mask)
     assert not torch.equal(images[0], images[1]) or not torch.equal(images[1], images[2])  # the views differ
@@ -166,8 +167,9 @@ def test_a_frozen_bf16_backbone_runs_without_autocast_and_the_head_with_it() -> 
     model = create_model("webdino-tiny", head="multilayer", seed=0).eval().freeze_in(torch.bfloat16)
     seen: dict[str, object] = {}
     norm = model.backbone.blocks[0].norm1
-    norm.register_forward_pre_hook(lambda m, args: seen.update(autocast=torch.is_autocast_enabled("cpu"),
-                                                              dtype=args[0].dtype))  # fmt: skip
+    norm.register_forward_pre_hook(
+        lambda m, args: seen.update(autocast=torch.is_autocast_enabled("cpu"), dtype=args[0].dtype)
+    )
     head_layer = next(m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d))
     head_layer.register_forward_pre_hook(lambda m, args: seen.update(head=torch.is_autocast_enabled("cpu")))
     with torch.autocast("cpu", dtype=torch.bfloat16):

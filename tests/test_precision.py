@@ -51,8 +51,9 @@ def test_lower_precision_masks_agree_with_float32(real_ckpt: Path, prepared: Pat
         largest = max(largest, float((a - b).abs().max()))
         same, total = same + int((a.argmax(0) == b.argmax(0)).sum()), total + a[0].numel()
         person += int(a.argmax(0).sum())
-    print(f"{precision} by {engine}: {same / total:.4%} of valid pixels as in float32; largest logit change "
-          f"{largest:.4f}")  # fmt: skip
+    print(
+        f"{precision} by {engine}: {same / total:.4%} of valid pixels as in float32; largest logit change {largest:.4f}"
+    )
     assert person > 0.02 * total  # the masks are not all background: the agreement means something
     assert largest > 1e-4  # the precision really changed the computation
     assert same / total >= 0.99
@@ -63,8 +64,9 @@ def test_int8_quantizes_a_copy_and_lists_what_it_quantized(ckpt: Path) -> None:
 
     model, _ = load_model(ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    predictor = Predictor(model, (112, 112), (0.5,) * 3, (0.25,) * 3, ["background", "person"], precision="int8",
-                          engine="torch")  # fmt: skip
+    predictor = Predictor(
+        model, (112, 112), (0.5,) * 3, (0.25,) * 3, ["background", "person"], precision="int8", engine="torch"
+    )
     assert predictor.model is not model and predictor.precision == "int8"
     linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
     assert predictor.quantized == linears and any(".attn.qkv" in n for n in linears)
@@ -122,8 +124,16 @@ def test_openvino_int8_quantizes_a_copy_and_runs_every_size(ckpt: Path) -> None:
 
     model, _ = load_model(ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    predictor = Predictor(model, (112, 112), (0.5,) * 3, (0.25,) * 3, ["background", "person"], precision="int8",
-                          engine="openvino", tta=True)  # fmt: skip
+    predictor = Predictor(
+        model,
+        (112, 112),
+        (0.5,) * 3,
+        (0.25,) * 3,
+        ["background", "person"],
+        precision="int8",
+        engine="openvino",
+        tta=True,
+    )
     lowered = predictor.model
     linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
     assert predictor.quantized == linears and any(".attn.qkv" in n for n in linears)
@@ -147,8 +157,23 @@ def test_predict_and_evaluate_with_int8(ckpt: Path, prepared: Path, tmp_path: Pa
     import json
 
     images = prepared / "valid_images"
-    assert main(["predict", "--input", str(images), "--model", str(ckpt), "--out", str(tmp_path / "p"),
-                 "--precision", "auto", "--debug"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--input",
+                str(images),
+                "--model",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "p"),
+                "--precision",
+                "auto",
+                "--debug",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     engine = "OpenVINO" if ov_engine.available() else "PyTorch"
     assert f"precision: int8 by {engine} (auto:" in err and "Linear layers quantized: backbone.blocks.0.attn.qkv" in err
@@ -159,26 +184,55 @@ def test_predict_and_evaluate_with_int8(ckpt: Path, prepared: Path, tmp_path: Pa
         assert Image.open(png).text["Precision"] == "int8", png
         assert Image.open(png).text["Engine"] == ("openvino" if ov_engine.available() else "torch"), png
     out = tmp_path / "e.json"
-    assert main(["evaluate", "--data", str(prepared), "--model", str(ckpt), "--out", str(out), "--precision",
-                 "int8"]) == 0  # fmt: skip
+    assert (
+        main(["evaluate", "--data", str(prepared), "--model", str(ckpt), "--out", str(out), "--precision", "int8"]) == 0
+    )
     report = json.loads(out.read_text())
     assert report["precision"] == "int8" and report["engine"] in ("openvino", "torch") and 0 < report["miou"] < 1
-    assert main(["predict", "--input", str(images), "--model", str(ckpt), "--out", str(tmp_path / "never"),
-                 "--precision", "fp32", "--engine", "openvino"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--input",
+                str(images),
+                "--model",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "never"),
+                "--precision",
+                "fp32",
+                "--engine",
+                "openvino",
+            ]
+        )
+        == 2
+    )
     assert "float32 runs in PyTorch" in capsys.readouterr().err and not (tmp_path / "never").exists()
     assert np.isfinite(report["miou"])
 
 
-def test_threads_are_set_once_for_the_model_and_the_codecs(ckpt: Path, prepared: Path, test_video: Path,
-                                                           tmp_path: Path, capsys, monkeypatch) -> None:  # fmt: skip
+def test_threads_are_set_once_for_the_model_and_the_codecs(
+    ckpt: Path, prepared: Path, test_video: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     import av
 
     from webdino_seg.utils import runtime
 
     before = torch.get_num_threads()
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before anything is made
-        main(["predict", "--input", str(prepared / "valid_images"), "--model", str(ckpt), "--out",
-              str(tmp_path / "bad"), "--threads", "0"])  # fmt: skip
+        main(
+            [
+                "predict",
+                "--input",
+                str(prepared / "valid_images"),
+                "--model",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "bad"),
+                "--threads",
+                "0",
+            ]
+        )
     assert exit_info.value.code == 2 and "--threads" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     streams: list = []
     real_add_stream = av.container.OutputContainer.add_stream
@@ -189,13 +243,43 @@ def test_threads_are_set_once_for_the_model_and_the_codecs(ckpt: Path, prepared:
 
     monkeypatch.setattr(av.container.OutputContainer, "add_stream", add_stream)
     try:
-        assert main(["video", "--input", str(test_video), "--model", str(ckpt), "--out", str(tmp_path / "v.mp4"),
-                     "--max-frames", "4", "--threads", "1"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "video",
+                    "--input",
+                    str(test_video),
+                    "--model",
+                    str(ckpt),
+                    "--out",
+                    str(tmp_path / "v.mp4"),
+                    "--max-frames",
+                    "4",
+                    "--threads",
+                    "1",
+                ]
+            )
+            == 0
+        )
         assert torch.get_num_threads() == 1 and [s.codec_context.thread_count for s in streams] == [1]
         with av.open(str(tmp_path / "v.mp4")) as video:
             assert video.metadata["comment"] == "webdino-seg video; precision fp32"
-        assert main(["predict", "--input", str(prepared / "valid_images"), "--model", str(ckpt), "--out",
-                     str(tmp_path / "p"), "--threads", "2"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "predict",
+                    "--input",
+                    str(prepared / "valid_images"),
+                    "--model",
+                    str(ckpt),
+                    "--out",
+                    str(tmp_path / "p"),
+                    "--threads",
+                    "2",
+                ]
+            )
+            == 0
+        )
         assert torch.get_num_threads() == 2 and len(list((tmp_path / "p").glob("*_mask.png"))) > 0
     finally:
         torch.set_num_threads(before)

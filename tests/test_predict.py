@@ -159,8 +159,10 @@ def test_checkpoint_names_missing_backbone_weights(prepared: Path, tmp_path: Pat
     weights.parent.mkdir()
     shutil.copy(FIXTURES / "tiny_official.pth", weights)
     data = make_subset(prepared, tmp_path / "d", 4, 2)
-    run = train(tiny_config(data, tmp_path / "run", weights=str(weights), imgsz=(56, 56), epochs=1, cache_views=1),
-                log=lambda *_: None)  # fmt: skip
+    run = train(
+        tiny_config(data, tmp_path / "run", weights=str(weights), imgsz=(56, 56), epochs=1, cache_views=1),
+        log=lambda *_: None,
+    )
     model_path = run / "final_model.pth"
     Predictor.from_checkpoint(model_path, device="cpu")  # found where training found it
     moved = tmp_path / "moved.pth"

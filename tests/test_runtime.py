@@ -45,8 +45,9 @@ def test_frozen_backbone_is_cast_once_where_autocast_would_run(monkeypatch: pyte
 
 
 @pytest.mark.parametrize(("capability", "native"), [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
-def test_bf16_only_where_the_gpu_has_it_natively(monkeypatch: pytest.MonkeyPatch, capability: tuple, native: bool
-                                                 ) -> None:  # fmt: skip
+def test_bf16_only_where_the_gpu_has_it_natively(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple, native: bool
+) -> None:
     """V100 (7.0) and T4 / RTX 20xx (7.5) emulate bf16, and torch.cuda.is_bf16_supported() says yes for them."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
@@ -116,8 +117,9 @@ def test_cache_planning_counts_dtype_masks_and_working_memory() -> None:
 
 def test_a_disk_cache_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OSError, match=r"needs 4\.4 GiB.*more than the 1\.0 GiB free on disk at .*--no-cache") as err:
-        plan_store(1000, (1024, 46, 46), (644, 644), torch.device("cpu"), disk=tmp_path,
-                   free={"cpu": 1 * GIB, "disk": 1 * GIB})  # fmt: skip
+        plan_store(
+            1000, (1024, 46, 46), (644, 644), torch.device("cpu"), disk=tmp_path, free={"cpu": 1 * GIB, "disk": 1 * GIB}
+        )
     assert err.value.errno == errno.ENOSPC
 
 
@@ -159,8 +161,11 @@ def test_nccl_only_for_cuda_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda index: None)
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group",
-                        lambda backend, timeout: chosen.append((backend, timeout.total_seconds())))  # fmt: skip
+    monkeypatch.setattr(
+        distributed.dist,
+        "init_process_group",
+        lambda backend, timeout: chosen.append((backend, timeout.total_seconds())),
+    )
     monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
     monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
     for device in ("cpu", "auto", "cuda"):
@@ -176,8 +181,17 @@ def test_torchrun_fine_tune_runs_several_steps(prepared: Path, tmp_path: Path) -
     """Two gloo processes fine-tuning: every trainable parameter takes part in every step (DDP's check)."""
     data = make_subset(prepared, tmp_path / "data", 8, 2)
     args = tiny_train_cli(data, tmp_path / "ddp", "--fine-tune", "--epochs", "2", "--batch", "2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "webdino_seg", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "webdino_seg",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(metrics_rows(tmp_path / "ddp")) == 2

@@ -87,8 +87,11 @@ def test_every_train_flag_takes_its_default_and_choices_from_the_library() -> No
         elif isinstance(action.default, bool) or action.nargs == 0:
             assert action.default is False and default is False, name
         else:
-            shown = tuple(action.default) if isinstance(action.default, list) and isinstance(default, tuple) else (
-                action.default)  # fmt: skip
+            shown = (
+                tuple(action.default)
+                if isinstance(action.default, list) and isinstance(default, tuple)
+                else (action.default)
+            )
             assert shown == default or (action.default is None and default is None), (name, action.default, default)
     assert seen == set(fields) - {"class_colors"}, set(fields) - seen  # colours: from classes.json, no flag
     choices = {a.dest: a.choices for a in train._actions if a.choices}

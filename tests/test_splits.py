@@ -54,8 +54,18 @@ def test_a_grown_flat_folder_and_init_from_leak_nothing(prepared: Path, tmp_path
     trained = json.loads((first / "split.json").read_text())["train"]
     _flat(prepared, flat, images[19:])  # 5 images arrive
     second = tmp_path / "second"
-    assert main([*tiny_train_cli(flat, second), "--valid-fraction", "0.25", "--init-from",
-                 str(first / "best_model_iou.pth")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *tiny_train_cli(flat, second),
+                "--valid-fraction",
+                "0.25",
+                "--init-from",
+                str(first / "best_model_iou.pth"),
+            ]
+        )
+        == 0
+    )
     split = json.loads((second / "split.json").read_text())
     assert not set(trained) & set(split["valid"]) and set(trained) <= set(split["train"])
     assert len(split["train"]) + len(split["valid"]) == 24
@@ -71,8 +81,18 @@ def test_sixty_real_images_then_five_more_leak_nothing(prepared_full: Path, tmp_
     before = json.loads((first / "split.json").read_text())
     _flat(prepared_full, flat, images[60:])
     second = tmp_path / "second"
-    assert main([*tiny_train_cli(flat, second), "--valid-fraction", "0.15", "--init-from",
-                 str(first / "best_model_iou.pth")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *tiny_train_cli(flat, second),
+                "--valid-fraction",
+                "0.15",
+                "--init-from",
+                str(first / "best_model_iou.pth"),
+            ]
+        )
+        == 0
+    )
     after = json.loads((second / "split.json").read_text())
     assert not set(before["train"]) & set(after["valid"]), "a trained-on image in the new valid split"
     assert set(before["valid"]) <= set(after["valid"]) and len(after["train"]) + len(after["valid"]) == 65
@@ -86,8 +106,12 @@ def test_init_from_refuses_a_valid_split_it_trained_on(small: Path, tmp_path: Pa
     moved = sorted((data / "train_images").iterdir())[0].name
     for kind in ("images", "masks"):  # a trained-on image moved to valid, under another name
         (data / f"train_{kind}" / moved).rename(data / f"valid_{kind}" / f"renamed_{moved}")
-    cli_error([*tiny_train_cli(data, tmp_path / "second"), "--init-from", str(first / "best_model_iou.pth")], capsys,
-              "1 of this run's 5 valid images were in the training set of that model", f"renamed_{moved}")  # fmt: skip
+    cli_error(
+        [*tiny_train_cli(data, tmp_path / "second"), "--init-from", str(first / "best_model_iou.pth")],
+        capsys,
+        "1 of this run's 5 valid images were in the training set of that model",
+        f"renamed_{moved}",
+    )
     assert not (tmp_path / "second").exists() or not (tmp_path / "second" / "last.pth").exists()
 
 
@@ -97,13 +121,25 @@ def test_the_same_image_in_two_splits_is_refused_everywhere(small: Path, tmp_pat
     twin = sorted((data / "train_images").iterdir())[0]
     shutil.copy(twin, data / "valid_images" / "twin.png")
     shutil.copy(data / "train_masks" / twin.name, data / "valid_masks" / "twin.png")
-    cli_error(tiny_train_cli(data, tmp_path / "r"), capsys, f"{twin} (train) and",
-              "twin.png (valid) are the same image")  # fmt: skip
+    cli_error(
+        tiny_train_cli(data, tmp_path / "r"), capsys, f"{twin} (train) and", "twin.png (valid) are the same image"
+    )
     assert not (tmp_path / "r").exists()
     clean = tmp_path / "clean"
     assert main(tiny_train_cli(small, clean)) == 0
-    cli_error(["evaluate", "--data", str(data), "--model", str(clean / "best_model_iou.pth"), "--out",
-               str(tmp_path / "e.json")], capsys, "are the same image")  # fmt: skip
+    cli_error(
+        [
+            "evaluate",
+            "--data",
+            str(data),
+            "--model",
+            str(clean / "best_model_iou.pth"),
+            "--out",
+            str(tmp_path / "e.json"),
+        ],
+        capsys,
+        "are the same image",
+    )
     source = tmp_path / "src"
     for split, folder in (("train", "train"), ("val", "val")):
         (source / folder).mkdir(parents=True)
@@ -111,8 +147,12 @@ def test_the_same_image_in_two_splits_is_refused_everywhere(small: Path, tmp_pat
         image = twin if split == "train" else data / "valid_images" / "twin.png"
         shutil.copy(image, source / folder / f"{split}.png")
         shutil.copy(data / "train_masks" / twin.name, source / f"{folder}annot" / f"{split}.png")
-    cli_error(["prepare-data", "--format", "folders", "--source", str(source), "--out", str(tmp_path / "o")], capsys,
-              "train.png (train) and", "val.png (valid) are the same image")  # fmt: skip
+    cli_error(
+        ["prepare-data", "--format", "folders", "--source", str(source), "--out", str(tmp_path / "o")],
+        capsys,
+        "train.png (train) and",
+        "val.png (valid) are the same image",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -126,7 +166,8 @@ def test_resume_refuses_data_that_changed_under_a_split_folder_run(small: Path, 
     extra = sorted((small / "valid_images").iterdir())[0]  # a new photo: a valid one, mirrored
     Image.open(extra).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(data / "train_images" / "new.png")
     Image.open(small / "valid_masks" / extra.name).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
-        data / "train_masks" / "new.png")
+        data / "train_masks" / "new.png"
+    )
     cli_error(["train", "--resume", str(run), "--epochs", "2"], capsys, "1 train image(s) added (e.g. new.png)")
     (data / "train_images" / "new.png").unlink()
     (data / "train_masks" / "new.png").unlink()
@@ -155,8 +196,12 @@ def test_a_published_test_split_is_imported_and_scored_alone(tmp_path: Path, cap
     source = tmp_path / "camvid"
     _segnet(source, {"train": 6, "val": 2, "test": 3})
     out = tmp_path / "prepared"
-    assert main(["prepare-data", "--format", "folders", "--source", str(source), "--out", str(out),
-                 "--ignore-index", "11"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["prepare-data", "--format", "folders", "--source", str(source), "--out", str(out), "--ignore-index", "11"]
+        )
+        == 0
+    )
     assert "wrote 6 train, 2 valid and 3 test pairs" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "test_images").iterdir()) == ["test0.png", "test1.png", "test2.png"]
     run = tmp_path / "run"
@@ -173,8 +218,11 @@ def test_a_published_test_split_is_imported_and_scored_alone(tmp_path: Path, cap
     assert json.loads(every.read_text())["images"] == 11
     shutil.rmtree(out / "test_images")
     shutil.rmtree(out / "test_masks")
-    cli_error(["evaluate", "--data", str(out), "--model", model, "--split", "test"], capsys,
-              "has no test_images/ + test_masks/; its splits are train, valid")  # fmt: skip
+    cli_error(
+        ["evaluate", "--data", str(out), "--model", model, "--split", "test"],
+        capsys,
+        "has no test_images/ + test_masks/; its splits are train, valid",
+    )
 
 
 def test_prepare_data_on_a_grown_export_keeps_every_earlier_image_in_its_split(tmp_path: Path, capsys) -> None:
@@ -190,8 +238,18 @@ def test_prepare_data_on_a_grown_export_keeps_every_earlier_image_in_its_split(t
     for i in range(40):
         add(i)
     out = tmp_path / "prepared"
-    argv = ["prepare-data", "--format", "folders", "--source", str(source), "--out", str(out), "--class-names",
-            "background", "thing"]  # fmt: skip
+    argv = [
+        "prepare-data",
+        "--format",
+        "folders",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--class-names",
+        "background",
+        "thing",
+    ]
     assert main(argv) == 0
     before = json.loads((out / "split.json").read_text())
     for i in range(40, 52):

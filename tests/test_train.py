@@ -213,8 +213,10 @@ def test_written_files_get_normal_permissions(trained_run: Path, prepared: Path)
 @pytest.mark.slow
 @pytest.mark.fulldata
 def test_training_on_the_full_set_beats_all_background(prepared_full: Path, tmp_path: Path) -> None:
-    run = train(tiny_config(prepared_full, tmp_path / "run", imgsz=(224, 224), epochs=6, batch=8, cache_views=2,
-                            seed=0), log=lambda *_: None)  # fmt: skip
+    run = train(
+        tiny_config(prepared_full, tmp_path / "run", imgsz=(224, 224), epochs=6, batch=8, cache_views=2, seed=0),
+        log=lambda *_: None,
+    )
     rows = metrics_rows(run)
     baseline = _background_miou(prepared_full, (224, 224))
     best = max(float(r["valid_miou"]) for r in rows)
@@ -227,9 +229,18 @@ def test_an_epoch_line_stays_short_with_many_classes_and_names_absent_ones() -> 
     from webdino_seg.engine.train import _epoch_line
 
     names = [f"class{i}" for i in range(81)]  # COCO's 80 and background
-    row = {"epoch": 3, "lr": 1e-3, "train_loss": 0.5, "train_pixel_acc": 0.8, "train_miou": 0.3, "valid_loss": 0.6,
-           "valid_pixel_acc": 0.7, "valid_miou": 0.25, "seconds": 2.0,
-           **{f"valid_iou_{n}": (float("nan") if i % 2 else i / 100) for i, n in enumerate(names)}}  # fmt: skip
+    row = {
+        "epoch": 3,
+        "lr": 1e-3,
+        "train_loss": 0.5,
+        "train_pixel_acc": 0.8,
+        "train_miou": 0.3,
+        "valid_loss": 0.6,
+        "valid_pixel_acc": 0.7,
+        "valid_miou": 0.25,
+        "seconds": 2.0,
+        **{f"valid_iou_{n}": (float("nan") if i % 2 else i / 100) for i, n in enumerate(names)},
+    }
     line = _epoch_line(row, 10, names)
     assert len(line) < 240 and "worst IoU class0 0.0000 class2 0.0200 class4 0.0400" in line, line
     assert "40 class(es) absent from valid" in line and "nan" not in line

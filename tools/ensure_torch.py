@@ -71,14 +71,20 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         reason = probe(url, args.timeout)
         if reason is not None:
-            print(f"error: cannot reach {url} ({reason}; gave up after {time.monotonic() - start:.0f} s), "
-                  f"so torch cannot be installed with TORCH_PIP=\"{' '.join(pip_args)}\".\n{HINT}", file=sys.stderr)
+            print(
+                f"error: cannot reach {url} ({reason}; gave up after {time.monotonic() - start:.0f} s), "
+                f'so torch cannot be installed with TORCH_PIP="{" ".join(pip_args)}".\n{HINT}',
+                file=sys.stderr,
+            )
             return 1
-    print(f"installing torch: pip install {' '.join(pip_args)}  (CPU build: about 0.9 GB installed; "
-          "CUDA build: about 5.5 GB)", flush=True)
+    print(
+        f"installing torch: pip install {' '.join(pip_args)}  (CPU build: about 0.9 GB installed; "
+        "CUDA build: about 5.5 GB)",
+        flush=True,
+    )
     cmd = [args.python, "-m", "pip", "install", "--retries", "2", "--timeout", "30", "--progress-bar", "on", *pip_args]
     if subprocess.run(cmd).returncode != 0:
-        print(f"error: pip could not install torch from TORCH_PIP=\"{' '.join(pip_args)}\".\n{HINT}", file=sys.stderr)
+        print(f'error: pip could not install torch from TORCH_PIP="{" ".join(pip_args)}".\n{HINT}', file=sys.stderr)
         return 1
     return 0
 

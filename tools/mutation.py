@@ -54,10 +54,23 @@ EQUIVALENT: dict[str, str] = {
 }
 
 SWAPS = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-    ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
-    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.And: ast.Or, ast.Or: ast.And,
-}  # fmt: skip
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.And: ast.Or,
+    ast.Or: ast.And,
+}
 
 
 @dataclass
@@ -171,8 +184,13 @@ def run_one(copy: Path, mutant: Mutant, timeout: float) -> None:
     env = os.environ | {"PYTHONPATH": str(copy / "src")}
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                              cwd=copy, env=env, capture_output=True, timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            timeout=timeout,
+        )
         mutant.status = "caught" if done.returncode != 0 else "survived"
     except subprocess.TimeoutExpired:
         mutant.status = "timeout"  # counted as caught: the tests did not pass
@@ -187,8 +205,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one mutant's tests may take")
     parser.add_argument("--out", help="also write the results as JSON here")
-    parser.add_argument("--only", nargs="+", metavar="KEY", help="run just these mutants (module:line:col:operator, "
-                        "as printed), e.g. again after a test was added")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="KEY",
+        help="run just these mutants (module:line:col:operator, as printed), e.g. again after a test was added",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     mutants = []
@@ -209,13 +231,17 @@ def main() -> int:
                 mutant.status = "equivalent"
             else:
                 run_one(copy, mutant, args.timeout)
-            print(f"[{i}/{len(mutants)}] {mutant.status:<10} {mutant.seconds:6.1f}s {mutant.key}  {mutant.code[:70]}",
-                  flush=True)  # fmt: skip
+            print(
+                f"[{i}/{len(mutants)}] {mutant.status:<10} {mutant.seconds:6.1f}s {mutant.key}  {mutant.code[:70]}",
+                flush=True,
+            )
     counted = [m for m in mutants if m.status != "equivalent"]
     caught = sum(m.status in ("caught", "timeout") for m in counted)
     minutes = (time.perf_counter() - start) / 60
-    print(f"\nmutation score: {caught} of {len(counted)} caught ({100 * caught / max(len(counted), 1):.0f}%), "
-          f"{len(mutants) - len(counted)} equivalent left out, {minutes:.1f} min")  # fmt: skip
+    print(
+        f"\nmutation score: {caught} of {len(counted)} caught ({100 * caught / max(len(counted), 1):.0f}%), "
+        f"{len(mutants) - len(counted)} equivalent left out, {minutes:.1f} min"
+    )
     for m in counted:
         if m.status == "survived":
             print(f"  survived: {m.key}  {m.code}")

@@ -52,8 +52,13 @@ def summarise(values: list[float]) -> dict:
     """Median, min, max and every repetition; `reliable` is False where the spread (max - min) is wider than the
     median, so no ratio should be read off it."""
     median = statistics.median(values)
-    return {"median": median, "min": min(values), "max": max(values), "runs": values,
-            "reliable": max(values) - min(values) <= median}  # fmt: skip
+    return {
+        "median": median,
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+        "reliable": max(values) - min(values) <= median,
+    }
 
 
 def repeat(fn: Callable[[], float], repeats: int, warmup: int = WARMUP) -> dict:
@@ -119,16 +124,25 @@ def bench_training(
     The tutorial's full-schedule figure is its measured run plus (epochs - measured) times the mean
     of its own measured epoch times. An untimed one-epoch run of each recipe comes first.
     """
-    common = {"arch": arch, "weights": "random", "imgsz": imgsz, "batch": batch, "lr": 1e-4, "device": str(device),
-              "seed": 0, "cache_views": views}  # fmt: skip
+    common = {
+        "arch": arch,
+        "weights": "random",
+        "imgsz": imgsz,
+        "batch": batch,
+        "lr": 1e-4,
+        "device": str(device),
+        "seed": 0,
+        "cache_views": views,
+    }
     ours, tutorial, tutorial_full = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up, untimed: one epoch of each recipe (first-call costs of kernels, loaders and imports)
         _timed_train(our_config(data, Path(tmp) / "warm-ours", epochs=1, **common), device, contextlib.nullcontext())
         _timed_train(tutorial_config(data, Path(tmp) / "warm-tut", epochs=1, **common), device, tutorial_mode())
         for i in range(repeats):
-            seconds, run = _timed_train(our_config(data, Path(tmp) / f"ours{i}", epochs=epochs, **common), device,
-                                        contextlib.nullcontext())  # fmt: skip
+            seconds, run = _timed_train(
+                our_config(data, Path(tmp) / f"ours{i}", epochs=epochs, **common), device, contextlib.nullcontext()
+            )
             ours.append(seconds)
             timings = json.loads((run / TIMINGS).read_text())
             cfg = tutorial_config(data, Path(tmp) / f"tut{i}", epochs=tutorial_epochs, **common)
@@ -146,8 +160,9 @@ def bench_training(
     }
 
 
-def bench_backbone(model, imgsz: tuple[int, int], device: torch.device, batches: tuple[int, ...], iters: int,
-                   repeats: int, recipe: str) -> dict:  # fmt: skip
+def bench_backbone(
+    model, imgsz: tuple[int, int], device: torch.device, batches: tuple[int, ...], iters: int, repeats: int, recipe: str
+) -> dict:
     """Backbone images/s per batch size for one recipe: ``tutorial`` (fp32, math attention) or ``ours``."""
     out: dict = {}
     h, w = imgsz
@@ -187,8 +202,9 @@ def bench_whole(model, size: int, device: torch.device, iters: int, repeats: int
     return {f"{recipe}_whole_fps_b1": repeat(once, repeats), "whole_side": side}
 
 
-def bench_video(model, imgsz: tuple[int, int], device: torch.device, video: str | Path, frames: int,
-                repeats: int, recipe: str) -> dict:  # fmt: skip
+def bench_video(
+    model, imgsz: tuple[int, int], device: torch.device, video: str | Path, frames: int, repeats: int, recipe: str
+) -> dict:
     """End-to-end video FPS for one recipe: ``tutorial`` (frame by frame, fp32) or ``ours`` (batched, bf16 on GPU)."""
     cfg = model.backbone.cfg
     tutorial = recipe == "tutorial"
@@ -203,8 +219,11 @@ def bench_video(model, imgsz: tuple[int, int], device: torch.device, video: str 
 
         first = first_frame(video)
         share = float((predictor.predict(first) != 0).mean())  # what the drawing costs depends on it
-        return {f"{recipe}_video_fps": repeat(once, repeats, warmup=1), "video_frames": frames,
-                "video_foreground": share}  # fmt: skip
+        return {
+            f"{recipe}_video_fps": repeat(once, repeats, warmup=1),
+            "video_frames": frames,
+            "video_foreground": share,
+        }
 
 
 def benchmark(
@@ -227,8 +246,15 @@ def benchmark(
     torch.manual_seed(0)
     model = create_model(arch, num_classes=2, seed=0).to(dev).eval()
     h, w = imgsz
-    res: dict = {"arch": arch, "imgsz": [h, w], "quick": quick, "repeats": repeats, "batches": list(batches),
-                 "views": views, "sdpa": {}}  # fmt: skip
+    res: dict = {
+        "arch": arch,
+        "imgsz": [h, w],
+        "quick": quick,
+        "repeats": repeats,
+        "batches": list(batches),
+        "views": views,
+        "sdpa": {},
+    }
     with speed_flags(dev):
         res["runtime"] = describe(dev)  # the flags as every figure ran
         if data is not None:
@@ -262,6 +288,31 @@ def _as_measured(figures: dict, log: Callable[[str], None]) -> dict:
     return figures
 
 
+def _rows(res: dict) -> list[tuple[str, dict, dict, bool]]:
+    """The table's rows: (figure, tutorial's summary, ours, whether lower is better) for each figure measured."""
+    rows = []
+    if "ours_train_s" in res:
+        name = f"training, {res['epochs']} epochs, seconds (tutorial: extrapolated*)"
+        rows.append((name, res["tutorial_train_extrapolated_s"], res["ours_train_s"], True))
+    for b in res["batches"]:
+        rows.append(
+            (
+                f"backbone images/s, batch {b}",
+                res[f"tutorial_backbone_img_s_b{b}"],
+                res[f"ours_backbone_img_s_b{b}"],
+                False,
+            )
+        )
+    if "ours_whole_fps_b1" in res:
+        name = f"whole model frames/s, batch 1, {res['whole_side']}x{res['whole_side']}"
+        rows.append((name, res["tutorial_whole_fps_b1"], res["ours_whole_fps_b1"], False))
+    if "ours_video_fps" in res:
+        share = f", {res['video_foreground']:.0%} foreground" if "video_foreground" in res else ""
+        name = f"video end to end, FPS ({res['video_frames']} frames{share})"
+        rows.append((name, res["tutorial_video_fps"], res["ours_video_fps"], False))
+    return rows
+
+
 def format_table(res: dict) -> str:
     """The figures as a table: median [min-max] of the repetitions, and the ratio of the medians."""
     rt = res["runtime"]
@@ -275,21 +326,7 @@ def format_table(res: dict) -> str:
         + (" (--quick: fewer iterations)" if res["quick"] else ""),
         f"{'figure':<52}{'tutorial':>28}{'ours':>28}{'speed-up':>10}",
     ]
-    rows: list[tuple[str, dict, dict, bool]] = []
-    if "ours_train_s" in res:
-        rows.append((f"training, {res['epochs']} epochs, seconds (tutorial: extrapolated*)",
-                     res["tutorial_train_extrapolated_s"], res["ours_train_s"], True))  # fmt: skip
-    for b in res["batches"]:
-        rows.append((f"backbone images/s, batch {b}", res[f"tutorial_backbone_img_s_b{b}"],
-                     res[f"ours_backbone_img_s_b{b}"], False))  # fmt: skip
-    if "ours_whole_fps_b1" in res:
-        side = res["whole_side"]
-        rows.append((f"whole model frames/s, batch 1, {side}x{side}", res["tutorial_whole_fps_b1"],
-                     res["ours_whole_fps_b1"], False))  # fmt: skip
-    if "ours_video_fps" in res:
-        share = f", {res['video_foreground']:.0%} foreground" if "video_foreground" in res else ""
-        rows.append((f"video end to end, FPS ({res['video_frames']} frames{share})", res["tutorial_video_fps"],
-                     res["ours_video_fps"], False))  # fmt: skip
+    rows = _rows(res)
     unreliable = False
     for name, tut, ours, lower_is_better in rows:
         ratio = tut["median"] / ours["median"] if lower_is_better else ours["median"] / tut["median"]
@@ -297,8 +334,10 @@ def format_table(res: dict) -> str:
         unreliable |= not trusted
         lines.append(f"{name:<52}{_fmt(tut):>28}{_fmt(ours):>28}{f'{ratio:.1f}x' if trusted else 'unreliable':>10}")
     if unreliable:
-        lines.append("unreliable: a spread (max - min) wider than its median; no speed-up is read off it. Run again on "
-                     "an idle machine, with more --repeats or without --quick.")
+        lines.append(
+            "unreliable: a spread (max - min) wider than its median; no speed-up is read off it. Run again on "
+            "an idle machine, with more --repeats or without --quick."
+        )
     if "ours_train_s" in res:
         lines.append(
             f"* the tutorial's recipe ran {res['tutorial_epochs_measured']} real epochs "

@@ -54,13 +54,27 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
         return
     from ..data.formats.prepare import prepare_dataset
 
-    info = prepare_dataset(args.format, args.source, args.out, args.valid_fraction, args.seed, args.class_names,
-                           args.ignore_index, args.reduce_labels, args.images)  # fmt: skip
+    info = prepare_dataset(
+        args.format,
+        args.source,
+        args.out,
+        args.valid_fraction,
+        args.seed,
+        args.class_names,
+        args.ignore_index,
+        args.reduce_labels,
+        args.images,
+    )
     nxt = command("webdino-seg", "show-data", info["out"])
-    counts = f"{info['train']} train, {info['valid']} valid and {info['test']} test" if info.get("test") else (
-        f"{info['train']} train and {info['valid']} valid")  # fmt: skip
-    print(f"wrote {counts} pairs of {info['classes']} classes to {info['out']} (classes in {info['classes_file']}, "
-          f"split in split.json); next: {nxt}")
+    counts = (
+        f"{info['train']} train, {info['valid']} valid and {info['test']} test"
+        if info.get("test")
+        else (f"{info['train']} train and {info['valid']} valid")
+    )
+    print(
+        f"wrote {counts} pairs of {info['classes']} classes to {info['out']} (classes in {info['classes_file']}, "
+        f"split in split.json); next: {nxt}"
+    )
 
 
 def cmd_download_data(args: argparse.Namespace) -> None:
@@ -127,8 +141,14 @@ def _predictor(args: argparse.Namespace):
 
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(
-        args.model, args.device, tuple(args.imgsz) if args.imgsz else None, args.weights, tta=args.tta,
-        tile=getattr(args, "tile", False), precision=args.precision, engine=args.engine,
+        args.model,
+        args.device,
+        tuple(args.imgsz) if args.imgsz else None,
+        args.weights,
+        tta=args.tta,
+        tile=getattr(args, "tile", False),
+        precision=args.precision,
+        engine=args.engine,
     )
     if predictor.tta:
         print(predictor.describe_tta(), file=sys.stderr)
@@ -136,8 +156,11 @@ def _predictor(args: argparse.Namespace):
         built = getattr(predictor.model, "build_seconds", None)  # OpenVINO's: exported and compiled once
         print(predictor.precision_note + (f"; built in {built:.1f}s" if built else ""), file=sys.stderr)
     if predictor.quantized and getattr(args, "debug", False):
-        print(f"int8 ({predictor.engine}): {len(predictor.quantized)} Linear layers quantized: "
-              f"{', '.join(predictor.quantized)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"int8 ({predictor.engine}): {len(predictor.quantized)} Linear layers quantized: "
+            f"{', '.join(predictor.quantized)}",
+            file=sys.stderr,
+        )
     return predictor
 
 
@@ -145,8 +168,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ..inference.evaluate import evaluate, format_report, plan_evaluate
 
     plan_evaluate(args.model, args.data, args.out, args.report, args.overwrite)  # before the model is loaded
-    report = evaluate(_predictor(args), args.model, args.data, args.split, args.mask_mode, args.out,
-                      report_dir=args.report, overwrite=args.overwrite, labels=_labels(args))  # fmt: skip
+    report = evaluate(
+        _predictor(args),
+        args.model,
+        args.data,
+        args.split,
+        args.mask_mode,
+        args.out,
+        report_dir=args.report,
+        overwrite=args.overwrite,
+        labels=_labels(args),
+    )
     print(format_report(report))
     if args.report:
         print(f"HTML report: {report['html_report']} (open it in a browser; works offline)")
@@ -169,8 +201,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from ..inference.predict import plan_outputs, predict_paths
 
     plan_outputs(args.input, args.out, args.overwrite, _model_files(args), args.save_probs)  # before the model loads
-    info = predict_paths(_predictor(args), args.input, args.out, args.batch, args.skip_bad, args.overwrite,
-                         args.mask_values, args.save_probs)  # fmt: skip
+    info = predict_paths(
+        _predictor(args),
+        args.input,
+        args.out,
+        args.batch,
+        args.skip_bad,
+        args.overwrite,
+        args.mask_values,
+        args.save_probs,
+    )
     print(
         f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
     )
@@ -183,8 +223,16 @@ def cmd_video(args: argparse.Namespace) -> None:
     name = "camera" + src.removeprefix("camera:") if is_camera(src) else Path(src).stem
     out = plan_video(src, args.out or Path("outputs") / f"{name}_seg.mp4", args.overwrite, _model_files(args))
     predictor = _predictor(args)  # only once the output is known to be safe
-    info = run_video(predictor, src, out, batch=args.batch, max_frames=args.max_frames, show=args.show,
-                     overwrite=args.overwrite, fps_label=not args.no_fps_label)  # fmt: skip
+    info = run_video(
+        predictor,
+        src,
+        out,
+        batch=args.batch,
+        max_frames=args.max_frames,
+        show=args.show,
+        overwrite=args.overwrite,
+        fps_label=not args.no_fps_label,
+    )
     for warning in info["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
@@ -202,8 +250,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from ..inference.onnx import export_onnx
 
-    export_onnx(args.model, args.out, tuple(args.imgsz) if args.imgsz else None, args.dynamic, args.weights,
-                overwrite=args.overwrite, int8=args.int8)  # fmt: skip
+    export_onnx(
+        args.model,
+        args.out,
+        tuple(args.imgsz) if args.imgsz else None,
+        args.dynamic,
+        args.weights,
+        overwrite=args.overwrite,
+        int8=args.int8,
+    )
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:

@@ -87,8 +87,9 @@ class _Demo:
     """The demo's request handlers and what they share: the model (one upload at a time), the limits, the
     results folder."""
 
-    def __init__(self, predictor: Predictor, max_bytes: int, results: Path, max_waiting: int,
-                 body_timeout: float = BODY_TIMEOUT) -> None:  # fmt: skip
+    def __init__(
+        self, predictor: Predictor, max_bytes: int, results: Path, max_waiting: int, body_timeout: float = BODY_TIMEOUT
+    ) -> None:
         self.predictor, self.max_bytes, self.results, self.max_waiting = predictor, max_bytes, results, max_waiting
         self.body_timeout = body_timeout
         self.limit_text = f"{max_bytes / 2**20:.0f} MB"
@@ -157,9 +158,13 @@ class _Demo:
 
 
 def create_app(
-    predictor: Predictor, max_bytes: int = 20 * 2**20, workdir: str | Path | None = None, max_waiting: int = 4,
-    *, body_timeout: float = BODY_TIMEOUT,
-):  # fmt: skip
+    predictor: Predictor,
+    max_bytes: int = 20 * 2**20,
+    workdir: str | Path | None = None,
+    max_waiting: int = 4,
+    *,
+    body_timeout: float = BODY_TIMEOUT,
+):
     """The demo's ASGI app around `predictor`: uploads over `max_bytes` (or `MAX_PIXELS` once decoded) are refused,
     one upload is segmented at a time off the event loop (other requests, /health among them, are served
     meanwhile), at most `max_waiting` more wait (the rest get 503), and the results folder is removed at
@@ -181,8 +186,11 @@ def create_app(
         if workdir is None:  # the uploads and results go with the server
             shutil.rmtree(results, ignore_errors=True)
 
-    routes = [Route("/", demo.index, methods=["GET", "POST"]), Route("/results/{name}", demo.result),
-              Route("/health", demo.health)]  # fmt: skip
+    routes = [
+        Route("/", demo.index, methods=["GET", "POST"]),
+        Route("/results/{name}", demo.result),
+        Route("/health", demo.health),
+    ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[_security_headers()])
     app.state.results = results
     return app
@@ -224,8 +232,10 @@ def _image(predictor: Predictor, data: bytes, filename: str, results: Path) -> s
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:  # checked on the header, before anything is decoded
-                raise ImageError(f"{filename}: {img.width}x{img.height} is more than the {MAX_PIXELS // 10**6} "
-                                 "megapixels this demo decodes")  # fmt: skip
+                raise ImageError(
+                    f"{filename}: {img.width}x{img.height} is more than the {MAX_PIXELS // 10**6} "
+                    "megapixels this demo decodes"
+                )
             image = to_rgb(img)
     except Image.DecompressionBombError:  # Pillow's own check, on the header, past 2x its pixel limit
         raise ImageError(f"{filename}: more megapixels than this demo decodes") from None

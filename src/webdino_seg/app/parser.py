@@ -71,9 +71,13 @@ def _mask_mode(parser: argparse.ArgumentParser, **kw: object) -> None:
 
 
 def _tile(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tile", action="store_true", help="segment images larger than the model's input in "
-                        "overlapping windows of that size at full resolution, probabilities averaged (sliding "
-                        "window: slower, keeps small detail of big photos)")  # fmt: skip
+    parser.add_argument(
+        "--tile",
+        action="store_true",
+        help="segment images larger than the model's input in "
+        "overlapping windows of that size at full resolution, probabilities averaged (sliding "
+        "window: slower, keeps small detail of big photos)",
+    )
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -84,15 +88,33 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     _imgsz(parser, None)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--weights", help="where the backbone weights are, if not where training found them")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip and sizes "
-                        "0.75/1/1.25 of --imgsz, probabilities averaged (6x slower)")  # fmt: skip
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="on the CPU: fp32, bf16 (where "
-                        "the CPU has native bf16), int8 (int8 Linears: 3.1x float32 by OpenVINO, 2.6x by PyTorch at "
-                        "448x448 on 2 AVX-512 cores) or auto (int8); a GPU runs bf16 where native")  # fmt: skip
-    parser.add_argument("--engine", choices=ENGINES, default="auto", help="what runs bf16 and int8 on the "
-                        "CPU: openvino (the openvino extra), torch, or auto (OpenVINO where installed)")  # fmt: skip
-    parser.add_argument("--threads", type=positive, help="CPU threads for the model (video decoding and encoding get a "
-                        "quarter of them each, at least 1); default: the cores this process may use")  # fmt: skip
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: horizontal flip and sizes "
+        "0.75/1/1.25 of --imgsz, probabilities averaged (6x slower)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="on the CPU: fp32, bf16 (where "
+        "the CPU has native bf16), int8 (int8 Linears: 3.1x float32 by OpenVINO, 2.6x by PyTorch at "
+        "448x448 on 2 AVX-512 cores) or auto (int8); a GPU runs bf16 where native",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="what runs bf16 and int8 on the "
+        "CPU: openvino (the openvino extra), torch, or auto (OpenVINO where installed)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive,
+        help="CPU threads for the model (video decoding and encoding get a "
+        "quarter of them each, at least 1); default: the cores this process may use",
+    )
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -125,8 +147,9 @@ class _GivenTrue(argparse.Action):
 
 
 def _subparser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
-                       formatter_class=_Help)  # fmt: skip
+    p = sub.add_parser(
+        name, help=help, description=description or help[0].upper() + help[1:] + ".", formatter_class=_Help
+    )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return p
 
@@ -146,26 +169,53 @@ def _convert_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="a .pth file (--to official) or a folder (--to hf)")
     p.add_argument("--to", choices=["hf", "official"], required=True, help="the format to write")
     p.add_argument("--arch", help="the variant, when it cannot be told from the file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
-                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output webdino-seg did not write (its own earlier outputs are replaced anyway)",
+    )
 
 
 def _prepare_data(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(sub, "prepare-data", "import a dataset (Penn-Fudan, or what a labelling tool exported) into "
-                   "train/valid folders and classes.json")  # fmt: skip
-    p.add_argument("--source", required=True, help="the dataset: a folder, a zip (pennfudan), a COCO .json (or a "
-                   "folder of them named by split, or Roboflow's train/ valid/ test/) or a YOLO data.yaml")  # fmt: skip
-    p.add_argument("--out", required=True, help="new folder for train_images/ train_masks/ valid_images/ valid_masks/ "
-                   "(and test_*/ where the source has a test split), or an earlier import to add to")  # fmt: skip
-    p.add_argument("--format", default="pennfudan", choices=FORMATS, help="pennfudan (the release), folders "
-                   "(images + label maps per split, e.g. CamVid), voc, coco, yolo (YOLO-seg), labelme")  # fmt: skip
+    p = _subparser(
+        sub,
+        "prepare-data",
+        "import a dataset (Penn-Fudan, or what a labelling tool exported) into train/valid folders and classes.json",
+    )
+    p.add_argument(
+        "--source",
+        required=True,
+        help="the dataset: a folder, a zip (pennfudan), a COCO .json (or a "
+        "folder of them named by split, or Roboflow's train/ valid/ test/) or a YOLO data.yaml",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="new folder for train_images/ train_masks/ valid_images/ valid_masks/ "
+        "(and test_*/ where the source has a test split), or an earlier import to add to",
+    )
+    p.add_argument(
+        "--format",
+        default="pennfudan",
+        choices=FORMATS,
+        help="pennfudan (the release), folders "
+        "(images + label maps per split, e.g. CamVid), voc, coco, yolo (YOLO-seg), labelme",
+    )
     p.add_argument("--valid-count", type=positive, default=24, help="pennfudan: images held out for validation")
-    p.add_argument("--valid-fraction", type=float, default=0.15, help="other formats: the seeded share of images "
-                   "without a split of their own held out for validation")  # fmt: skip
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.15,
+        help="other formats: the seeded share of images without a split of their own held out for validation",
+    )
     p.add_argument("--seed", type=seed, default=_default("seed"), help="seed of the train/valid shuffle")
     p.add_argument("--class-names", nargs="+", help="folders, labelme: one name per class, background first")
-    p.add_argument("--ignore-index", type=int, default=255, help="folders: the stored value that means ignore "
-                   "(CamVid: 11); written as 255")  # fmt: skip
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=255,
+        help="folders: the stored value that means ignore (CamVid: 11); written as 255",
+    )
     p.add_argument("--reduce-labels", action="store_true", help="folders: ADE20K's labels (0 ignore, class k as k+1)")
     p.add_argument("--images", help="coco: the folder of the images (default: beside the JSON, or images/ there)")
 
@@ -184,11 +234,17 @@ def _show_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="data_samples.png", help="the PNG to write")
     p.add_argument("--split", default="train", choices=["train", "valid"], help="which split to show")
     p.add_argument("--count", type=positive, default=8, help="samples to show")
-    p.add_argument("--num-classes", type=positive, help="classes in the masks, for --mask-mode auto (default: from "
-                   "the data's classes.json, else 2)")  # fmt: skip
+    p.add_argument(
+        "--num-classes",
+        type=positive,
+        help="classes in the masks, for --mask-mode auto (default: from the data's classes.json, else 2)",
+    )
     _mask_mode(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
-                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output webdino-seg did not write (its own earlier outputs are replaced anyway)",
+    )
 
 
 def _default(name: str) -> object:
@@ -200,20 +256,43 @@ def _default(name: str) -> object:
 def _train(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "train", "train a segmentation head (or fine-tune) on an image/mask dataset")
     g = {"action": _Given}
-    p.add_argument("--config", metavar="FILE.yaml", help="settings from a YAML file with the keys of a run folder's "
-                   "config.yaml (e.g. examples/pennfudan-webdino300m.yaml); flags given here override it")  # fmt: skip
-    p.add_argument("--data", help="folder with train_images/ train_masks/ valid_images/ valid_masks/, or images/ + "
-                   "masks/ with --valid-fraction", **g)  # fmt: skip
-    p.add_argument("--valid-fraction", type=float, help="for images/ + masks/: the share held out for validation "
-                   "(e.g. 0.15), each image's side from its name and --seed alone, recorded in split.json",
-                   **g)  # fmt: skip
-    p.add_argument("--out", default=_default("out"), help="run folder (a new -2, -3... is made if it is not empty)",
-                   **g)  # fmt: skip
+    p.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="settings from a YAML file with the keys of a run folder's "
+        "config.yaml (e.g. examples/pennfudan-webdino300m.yaml); flags given here override it",
+    )
+    p.add_argument(
+        "--data",
+        help="folder with train_images/ train_masks/ valid_images/ valid_masks/, or images/ + "
+        "masks/ with --valid-fraction",
+        **g,
+    )
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        help="for images/ + masks/: the share held out for validation "
+        "(e.g. 0.15), each image's side from its name and --seed alone, recorded in split.json",
+        **g,
+    )
+    p.add_argument(
+        "--out", default=_default("out"), help="run folder (a new -2, -3... is made if it is not empty)", **g
+    )
     p.add_argument("--arch", default=_default("arch"), help="backbone variant (see `webdino-seg info --list`)", **g)
-    p.add_argument("--weights", help="official .pth, HF folder, Hub id, https:// URL, or 'random' "
-                   "(default: the variant's official .pth URL)", **g)  # fmt: skip
+    p.add_argument(
+        "--weights",
+        help="official .pth, HF folder, Hub id, https:// URL, or 'random' (default: the variant's official .pth URL)",
+        **g,
+    )
     p.add_argument("--fine-tune", action=_GivenTrue, help="train the backbone too")
     _labels(p, g)
+    _train_recipe(p, g)
+    _train_cache(p, g)
+    p.set_defaults(given=set())
+
+
+def _train_recipe(p: argparse.ArgumentParser, g: dict) -> None:
+    """train's flags for the head, the loss and the schedule."""
     p.add_argument(
         "--head",
         default=_default("head"),
@@ -234,63 +313,132 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive, default=_default("batch"), help="images per training step", **g)
     p.add_argument("--epochs", type=positive, default=_default("epochs"), help="passes over the training split", **g)
     p.add_argument("--scheduler", action=_GivenTrue, help="multiply the lr by 0.1 at --scheduler-epochs")
-    p.add_argument("--scheduler-epochs", type=positive, nargs="+", default=_default("scheduler_epochs"),
-                   help="epochs where the lr drops", **g)  # fmt: skip
+    p.add_argument(
+        "--scheduler-epochs",
+        type=positive,
+        nargs="+",
+        default=_default("scheduler_epochs"),
+        help="epochs where the lr drops",
+        **g,
+    )
     p.add_argument("--device", default=_default("device"), help="auto (CUDA when available), cpu, cuda or cuda:N", **g)
-    p.add_argument("--workers", type=non_negative, help="data-loader processes (default: one per CPU core, "
-                   "at most 8)", **g)  # fmt: skip
-    p.add_argument("--seed", type=seed, default=_default("seed"), help="seed of the head's init, augmentation and "
-                   "order", **g)  # fmt: skip
+    p.add_argument(
+        "--workers", type=non_negative, help="data-loader processes (default: one per CPU core, at most 8)", **g
+    )
+    p.add_argument(
+        "--seed", type=seed, default=_default("seed"), help="seed of the head's init, augmentation and order", **g
+    )
+
+
+def _train_cache(p: argparse.ArgumentParser, g: dict) -> None:
+    """train's flags for the feature cache, precision, logging and resuming."""
     p.add_argument("--no-cache", action=_GivenTrue, help="recompute frozen features every epoch (tutorial way)")
-    p.add_argument("--cache-views", type=positive, default=_default("cache_views"), help="augmented views per "
-                   "training image in the cache (never more than --epochs)", **g)  # fmt: skip
+    p.add_argument(
+        "--cache-views",
+        type=positive,
+        default=_default("cache_views"),
+        help="augmented views per training image in the cache (never more than --epochs)",
+        **g,
+    )
     p.add_argument("--feature-cache-dir", help="also keep the feature cache on disk here, reused when unchanged", **g)
-    p.add_argument("--cache-memory-gb", type=float, help="largest feature cache kept in memory; a larger one is "
-                   "memory-mapped on disk (default: half the free GPU or CPU memory)", **g)  # fmt: skip
+    p.add_argument(
+        "--cache-memory-gb",
+        type=float,
+        help="largest feature cache kept in memory; a larger one is "
+        "memory-mapped on disk (default: half the free GPU or CPU memory)",
+        **g,
+    )
     p.add_argument("--no-amp", action=_GivenTrue, help="no bf16 autocast on GPU")
     p.add_argument("--skip-bad", action=_GivenTrue, help="skip unreadable pairs with a warning instead of failing")
-    p.add_argument("--tensorboard", action=_GivenTrue, help="also write TensorBoard event files (scores, per-class "
-                   "IoU, lr, a few valid predictions per epoch) into the run folder: tensorboard --logdir runs")
-    p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN after its last completed epoch "
-                   "(--epochs, --device, --workers may change)")  # fmt: skip
-    p.set_defaults(given=set())
+    p.add_argument(
+        "--tensorboard",
+        action=_GivenTrue,
+        help="also write TensorBoard event files (scores, per-class "
+        "IoU, lr, a few valid predictions per epoch) into the run folder: tensorboard --logdir runs",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run folder RUN after its last completed epoch (--epochs, --device, --workers may change)",
+    )
 
 
 def _labels(p: argparse.ArgumentParser, g: dict) -> None:
     """train's flags for the classes and how the masks store them, and where the run starts from."""
-    p.add_argument("--num-classes", type=positive, help="classes, background included (default: as many as "
-                   "--class-names or the data's classes.json name, else 2)", **g)  # fmt: skip
-    p.add_argument("--class-names", nargs="+", help="one name per class (default: from the data's classes.json, "
-                   "else background person for 2)", **g)  # fmt: skip
+    p.add_argument(
+        "--num-classes",
+        type=positive,
+        help="classes, background included (default: as many as --class-names or the data's classes.json name, else 2)",
+        **g,
+    )
+    p.add_argument(
+        "--class-names",
+        nargs="+",
+        help="one name per class (default: from the data's classes.json, else background person for 2)",
+        **g,
+    )
     _mask_mode(p, **g)
-    p.add_argument("--ignore-index", type=int, default=_default("ignore_index"), help="the mask value that means "
-                   "'not scored, not learned' (CamVid: 11)", **g)  # fmt: skip
-    p.add_argument("--reduce-labels", action=_GivenTrue, help="ADE20K's labels: 0 is ignore and class k is stored as "
-                   "k+1")  # fmt: skip
-    p.add_argument("--class-weights", default=_default("class_weights"), help="per-class cross-entropy weights: "
-                   "none, median-freq (SegNet's balancing, from the training masks) or w0,w1,... one per class",
-                   **g)  # fmt: skip
-    p.add_argument("--init-from", metavar="MODEL", help="start from a trained model's head (and fine-tuned backbone): "
-                   "same backbone, classes and head", **g)  # fmt: skip
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=_default("ignore_index"),
+        help="the mask value that means 'not scored, not learned' (CamVid: 11)",
+        **g,
+    )
+    p.add_argument(
+        "--reduce-labels", action=_GivenTrue, help="ADE20K's labels: 0 is ignore and class k is stored as k+1"
+    )
+    p.add_argument(
+        "--class-weights",
+        default=_default("class_weights"),
+        help="per-class cross-entropy weights: "
+        "none, median-freq (SegNet's balancing, from the training masks) or w0,w1,... one per class",
+        **g,
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from a trained model's head (and fine-tuned backbone): same backbone, classes and head",
+        **g,
+    )
 
 
 def _evaluate(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "evaluate", "mIoU, per-class IoU and pixel accuracy of a model on a split, full resolution")
     p.add_argument("--data", required=True, help="dataset folder (its --split) or a flat images/ + masks/ folder")
     _model_args(p)
-    p.add_argument("--split", default="valid", choices=["train", "valid", "test", "all"],
-                   help="which split of --data to score (all: every split)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        default="valid",
+        choices=["train", "valid", "test", "all"],
+        help="which split of --data to score (all: every split)",
+    )
     _mask_mode(p)
-    p.add_argument("--ignore-index", type=int, default=None, help="the mask value that means 'ignore' (default: "
-                   "as the model's run read masks)")  # fmt: skip
-    p.add_argument("--reduce-labels", action="store_true", default=None, help="masks store class k as k+1, 0 is "
-                   "ignore (ADE20K; default: as the model's run read masks)")  # fmt: skip
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="the mask value that means 'ignore' (default: as the model's run read masks)",
+    )
+    p.add_argument(
+        "--reduce-labels",
+        action="store_true",
+        default=None,
+        help="masks store class k as k+1, 0 is ignore (ADE20K; default: as the model's run read masks)",
+    )
     p.add_argument("--out", default=None, help="JSON report path (default: <model>.eval.json)")
-    p.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR: scores, confusion matrix, "
-                   "curves, every image with ground truth and prediction, worst first")  # fmt: skip
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write an HTML report to DIR: scores, confusion matrix, "
+        "curves, every image with ground truth and prediction, worst first",
+    )
     _tile(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
-                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output webdino-seg did not write (its own earlier outputs are replaced anyway)",
+    )
 
 
 def _predict(sub: argparse._SubParsersAction) -> None:
@@ -298,30 +446,45 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="an image, a folder or a glob")
     _model_args(p)
     p.add_argument("--out", default="outputs/predict", help="folder for <name>_overlay.png and <name>_mask.png")
-    p.add_argument("--mask-values", choices=MASK_VALUES, default="ids", help="what <name>_mask.png holds: ids (class "
-                   "ids 0, 1, ...), 255 (two classes: 0 and 255, viewable), color (each class in its colour, RGB)")
-    p.add_argument("--save-probs", action="store_true", help="also write <name>_probs.npz: per-class probabilities "
-                   "as uint8 (probs/255), shape (classes, H, W), with the class names")  # fmt: skip
+    p.add_argument(
+        "--mask-values",
+        choices=MASK_VALUES,
+        default="ids",
+        help="what <name>_mask.png holds: ids (class "
+        "ids 0, 1, ...), 255 (two classes: 0 and 255, viewable), color (each class in its colour, RGB)",
+    )
+    p.add_argument(
+        "--save-probs",
+        action="store_true",
+        help="also write <name>_probs.npz: per-class probabilities "
+        "as uint8 (probs/255), shape (classes, H, W), with the class names",
+    )
     _tile(p)
     p.add_argument("--batch", type=positive, default=8, help="images per forward pass")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
-                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output webdino-seg did not write (its own earlier outputs are replaced anyway)",
+    )
 
 
 def _video(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "video", "segment a video file or camera into an overlay MP4 (H.264)")
-    p.add_argument("--input", required=True, help="a video file, or a camera index such as 0 (camera:0 if a file "
-                   "is named 0)")  # fmt: skip
+    p.add_argument(
+        "--input", required=True, help="a video file, or a camera index such as 0 (camera:0 if a file is named 0)"
+    )
     _model_args(p)
     p.add_argument("--out", help="output .mp4 (default: outputs/<input>_seg.mp4)")
     p.add_argument("--batch", type=positive, default=8, help="frames per forward pass")
     p.add_argument("--max-frames", type=positive, help="stop after this many frames (default: all)")
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
-    p.add_argument("--no-fps-label", action="store_true", help="leave out the frame-rate label in the top-left "
-                   "corner")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
-                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
+    p.add_argument("--no-fps-label", action="store_true", help="leave out the frame-rate label in the top-left corner")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output webdino-seg did not write (its own earlier outputs are replaced anyway)",
+    )
 
 
 def _demo(sub: argparse._SubParsersAction) -> None:
@@ -339,34 +502,61 @@ def _export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     _imgsz(p, None)
     p.add_argument("--dynamic", action="store_true", help="any batch size (the image size stays --imgsz)")
-    p.add_argument("--int8", action="store_true", help="int8 MatMuls (onnxruntime's dynamic quantization: "
-                   "2.6x float32 for Web-DINO 300M at 448x448 on 2 AVX-512 cores)")  # fmt: skip
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 MatMuls (onnxruntime's dynamic quantization: "
+        "2.6x float32 for Web-DINO 300M at 448x448 on 2 AVX-512 cores)",
+    )
     p.add_argument("--weights", help="where the backbone weights are, if not where training found them")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
-                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output webdino-seg did not write (its own earlier outputs are replaced anyway)",
+    )
 
 
 def _benchmark(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "benchmark", "time the tutorial's recipe against ours on one device")
-    p.add_argument("--arch", default=_default("arch"), help="backbone variant (random weights: speed does not "
-                   "depend on them)")  # fmt: skip
+    p.add_argument(
+        "--arch", default=_default("arch"), help="backbone variant (random weights: speed does not depend on them)"
+    )
     _imgsz(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quick", action="store_true", help="fewer iterations (and smaller batches on a CPU)")
     p.add_argument("--video", help="a video file for the end-to-end video figures")
     p.add_argument("--data", help="a prepared dataset (e.g. data/pennfudan): adds whole training runs, end to end")
     p.add_argument("--epochs", type=positive, default=60, help="our training run's epochs (the full schedule)")
-    p.add_argument("--tutorial-epochs", type=positive, default=2, help="real epochs the tutorial's recipe runs "
-                   "before it is extrapolated to --epochs")  # fmt: skip
+    p.add_argument(
+        "--tutorial-epochs",
+        type=positive,
+        default=2,
+        help="real epochs the tutorial's recipe runs before it is extrapolated to --epochs",
+    )
     p.add_argument("--repeats", type=positive, default=3, help="repetitions of every figure (median, min-max)")
     p.add_argument("--cache-views", type=positive, default=4, help="augmented views the cached recipe extracts")
     p.add_argument("--out", help="also write the figures as JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output webdino-seg did not write "
-                   "(its own earlier outputs are replaced anyway)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output webdino-seg did not write (its own earlier outputs are replaced anyway)",
+    )
 
 
-SUBCOMMANDS = (_info, _convert_weights, _prepare_data, _download_data, _show_data, _train, _evaluate, _predict, _video,
-               _demo, _export, _benchmark)  # fmt: skip
+SUBCOMMANDS = (
+    _info,
+    _convert_weights,
+    _prepare_data,
+    _download_data,
+    _show_data,
+    _train,
+    _evaluate,
+    _predict,
+    _video,
+    _demo,
+    _export,
+    _benchmark,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

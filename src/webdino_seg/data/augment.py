@@ -71,8 +71,9 @@ def normalize_batch(
     return (x - stats[0]) / stats[1]
 
 
-def denormalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
-                ) -> torch.Tensor:  # fmt: skip
+def denormalize(
+    images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
+) -> torch.Tensor:
     """Normalized (B, 3, H, W) float images back to the uint8 they were before `normalize`."""
     mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)

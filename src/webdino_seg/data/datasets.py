@@ -46,21 +46,28 @@ def find_pairs(images_dir: Path, masks_dir: Path, on_missing: str = "error") -> 
         raise DataError(f"{images_dir}: image folder not found")
     if not masks_dir.is_dir():
         raise DataError(f"{masks_dir}: mask folder not found")
-    images = _by_stem(sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), images_dir,
-                      lambda p: p.stem)  # fmt: skip
+    images = _by_stem(
+        sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), images_dir, lambda p: p.stem
+    )
     if not images:
         raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    masks = _by_stem(sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), masks_dir,
-                     lambda p: p.stem.removesuffix("_mask"))  # fmt: skip
+    masks = _by_stem(
+        sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+        masks_dir,
+        lambda p: p.stem.removesuffix("_mask"),
+    )
     pairs = [(img, masks[stem]) for stem, img in images.items() if stem in masks]
     lonely = [img for stem, img in images.items() if stem not in masks]
     orphans = sorted(set(masks) - set(images))
     if lonely:
-        _warn_or_fail(f"{len(lonely)} image(s) in {images_dir} have no mask in {masks_dir}, e.g. {lonely[0].name}",
-                      on_missing)  # fmt: skip
+        _warn_or_fail(
+            f"{len(lonely)} image(s) in {images_dir} have no mask in {masks_dir}, e.g. {lonely[0].name}", on_missing
+        )
     if orphans:
-        _warn_or_fail(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}, e.g. "
-                      f"{masks[orphans[0]].name}", on_missing)  # fmt: skip
+        _warn_or_fail(
+            f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}, e.g. {masks[orphans[0]].name}",
+            on_missing,
+        )
     if not pairs:
         raise DataError(f"{images_dir}: no image has a mask in {masks_dir}")
     return pairs
@@ -114,8 +121,10 @@ def recorded_pairs(root: Path, pairs: list[tuple[Path, Path]], recorded: dict, s
             "on the folder (a new --out; --init-from RUN/best_model_iou.pth starts from this run's model)"
         )
     if gone:
-        raise DataError(f"{root}: {len(gone)} image(s) of the run's split are missing (e.g. {gone[0]}); put them back "
-                        "or start a new run")  # fmt: skip
+        raise DataError(
+            f"{root}: {len(gone)} image(s) of the run's split are missing (e.g. {gone[0]}); put them back "
+            "or start a new run"
+        )
     return [by_name[name] for name in sorted(recorded[split])]
 
 
@@ -179,8 +188,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         mask = self.load(pair).mask
         labelled = mask != VOID
         if not labelled.any():
-            raise ImageError(f"{pair[1]}: every pixel of this mask is ignored ({self.coding.ignore_index}); there is "
-                             "nothing to learn or score in it: fix the mask or remove the pair")  # fmt: skip
+            raise ImageError(
+                f"{pair[1]}: every pixel of this mask is ignored ({self.coding.ignore_index}); there is "
+                "nothing to learn or score in it: fix the mask or remove the pair"
+            )
         counts = np.bincount(mask[labelled], minlength=self.num_classes)[: self.num_classes]
         self.class_pixels += counts
         self.image_pixels[counts > 0] += int(labelled.sum())

@@ -123,12 +123,16 @@ def read_mask(
     if mode == "auto":
         raise ValueError("mask mode 'auto' is decided for a whole split first: see resolve_mask_mode")
     if stored.format == "JPEG" and mode != "binary":
-        raise ImageError(f"{path}: a JPEG mask: lossy compression changes label values along every edge; save masks "
-                         "as PNG (or, for two-class masks, pass --mask-mode binary to threshold them)")  # fmt: skip
+        raise ImageError(
+            f"{path}: a JPEG mask: lossy compression changes label values along every edge; save masks "
+            "as PNG (or, for two-class masks, pass --mask-mode binary to threshold them)"
+        )
     rgb = img.mode in ("RGB", "RGBA") and mode == "ids" and coding.colors
     if img.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L") and not rgb:
-        raise ImageError(f"{path}: mask must be single-channel (mode L or P), found mode {img.mode}"
-                         + ("; for colour-coded masks give the colours in classes.json" if img.mode == "RGB" else ""))
+        raise ImageError(
+            f"{path}: mask must be single-channel (mode L or P), found mode {img.mode}"
+            + ("; for colour-coded masks give the colours in classes.json" if img.mode == "RGB" else "")
+        )
     values = np.asarray(img.convert("RGB") if rgb else img)
     if mode == "binary":
         mask = (values > 0).astype(np.uint8)

@@ -58,15 +58,17 @@ class Coding:
         if too_big.any():
             top = int(values[~ignore].max())
             binary = "; 0/65535 masks are two-class masks: pass --mask-mode binary" if top == 65535 else ""
-            raise ValueError(f"{where}: mask value {top} does not fit a class id (0-{VOID - 1}, {VOID} void); "
-                             f"if it means 'ignore', pass --ignore-index {top}{binary}")  # fmt: skip
+            raise ValueError(
+                f"{where}: mask value {top} does not fit a class id (0-{VOID - 1}, {VOID} void); "
+                f"if it means 'ignore', pass --ignore-index {top}{binary}"
+            )
         return np.where(ignore, VOID, values).astype(np.uint8)
 
     def _from_colors(self, rgb: np.ndarray, where: str) -> np.ndarray:
         if not self.colors:
             raise ValueError(
                 f"{where}: mask is colour-coded (RGB); give each class's colour in {CLASSES_FILE} beside the "
-                "images/ or *_images/ folders (\"colors\": [[r, g, b], ...]) so colours can be read as classes"
+                'images/ or *_images/ folders ("colors": [[r, g, b], ...]) so colours can be read as classes'
             )
         codes = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
         table = {r << 16 | g << 8 | b: i for i, (r, g, b) in enumerate(self.colors)}
@@ -77,22 +79,30 @@ class Coding:
             out[hit], unknown[hit] = index, False
         if unknown.any():
             odd = int(codes[unknown][0])
-            raise ValueError(f"{where}: {int(unknown.sum())} pixel(s) have a colour that is no class's, e.g. "
-                             f"RGB {(odd >> 16, odd >> 8 & 255, odd & 255)}")  # fmt: skip
+            raise ValueError(
+                f"{where}: {int(unknown.sum())} pixel(s) have a colour that is no class's, e.g. "
+                f"RGB {(odd >> 16, odd >> 8 & 255, odd & 255)}"
+            )
         return out
 
     def to_dict(self) -> dict:
         """As stored in config.yaml and model checkpoints."""
-        return {"ignore_index": self.ignore_index, "reduce_labels": self.reduce_labels,
-                "colors": [list(c) for c in self.colors] if self.colors else None}  # fmt: skip
+        return {
+            "ignore_index": self.ignore_index,
+            "reduce_labels": self.reduce_labels,
+            "colors": [list(c) for c in self.colors] if self.colors else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Coding:
         """The coding `to_dict` wrote (the default for checkpoints older than it)."""
         data = data or {}
         colors = data.get("colors")
-        return cls(int(data.get("ignore_index", VOID)), bool(data.get("reduce_labels", False)),
-                   tuple(tuple(int(v) for v in c) for c in colors) if colors else None)  # fmt: skip
+        return cls(
+            int(data.get("ignore_index", VOID)),
+            bool(data.get("reduce_labels", False)),
+            tuple(tuple(int(v) for v in c) for c in colors) if colors else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,10 @@ def default_class_names(count: int) -> list[str]:
 def check_class_names(names: list[str]) -> None:
     """Refuse more classes than 8-bit masks can label, and names given twice."""
     if len(names) > MAX_CLASSES:
-        raise LabelError(f"{len(names)} classes: 8-bit label maps with {VOID} as void hold at most {MAX_CLASSES} "
-                         f"(ids 0-{MAX_CLASSES - 1})")  # fmt: skip
+        raise LabelError(
+            f"{len(names)} classes: 8-bit label maps with {VOID} as void hold at most {MAX_CLASSES} "
+            f"(ids 0-{MAX_CLASSES - 1})"
+        )
     seen: set[str] = set()
     twice = [n for n in names if n in seen or seen.add(n)]
     if twice:
@@ -147,12 +159,16 @@ def read_classes_file(root: str | Path) -> dict | None:
         raise LabelError(f"{path}: not a JSON file ({err})") from None
     names = data.get("names") if isinstance(data, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise LabelError(f"{path}: needs \"names\": a list of class names, background first")
+        raise LabelError(f'{path}: needs "names": a list of class names, background first')
     colors = data.get("colors")
     if colors is not None and (len(colors) != len(names) or any(len(c) != 3 for c in colors)):
-        raise LabelError(f"{path}: \"colors\" needs one [r, g, b] per class name ({len(names)})")
-    return {"names": names, "colors": colors, "ignore_index": int(data.get("ignore_index", VOID)),
-            "reduce_labels": bool(data.get("reduce_labels", False))}  # fmt: skip
+        raise LabelError(f'{path}: "colors" needs one [r, g, b] per class name ({len(names)})')
+    return {
+        "names": names,
+        "colors": colors,
+        "ignore_index": int(data.get("ignore_index", VOID)),
+        "reduce_labels": bool(data.get("reduce_labels", False)),
+    }
 
 
 def write_classes_file(root: str | Path, classes: Classes, ignore_index: int = VOID, source: str = "") -> Path:

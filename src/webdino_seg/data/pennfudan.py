@@ -57,12 +57,19 @@ def prepare_pennfudan(source: str | Path, out: str | Path, valid_count: int = 24
         random.Random(seed).shuffle(order)
         valid = set(order[:valid_count])
         examples = [
-            Example(images_dir / f"{s}.png", partial(read_mask, masks_dir / f"{s}_mask.png", mode="binary"),
-                    "valid" if s in valid else "train")
+            Example(
+                images_dir / f"{s}.png",
+                partial(read_mask, masks_dir / f"{s}_mask.png", mode="binary"),
+                "valid" if s in valid else "train",
+            )
             for s in stems
         ]
-        record = {"source": str(source), "seed": seed, "valid_count": valid_count,
-                  "mask_values": "0 background, 1 person"}  # fmt: skip
+        record = {
+            "source": str(source),
+            "seed": seed,
+            "valid_count": valid_count,
+            "mask_values": "0 background, 1 person",
+        }
         info = write_dataset(out, examples, Classes(("background", "person")), str(source), record)
     return {"train": info["train"], "valid": info["valid"], "out": str(out)}
 
@@ -77,8 +84,9 @@ def download_pennfudan(out: str | Path, url: str = PENNFUDAN_URL, sha256: str | 
             names = zf.namelist()
     except zipfile.BadZipFile:
         bad = quarantine(path)
-        raise DataError(f"{path} (downloaded from {url}): not a zip file; moved it aside to {bad}, the next try "
-                        "downloads it again") from None
+        raise DataError(
+            f"{path} (downloaded from {url}): not a zip file; moved it aside to {bad}, the next try downloads it again"
+        ) from None
     if not any("PNGImages/" in n for n in names) or not any("PedMasks/" in n for n in names):
         raise DataError(f"{path}: zip does not hold PNGImages/ and PedMasks/")
     return path

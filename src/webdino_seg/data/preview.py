@@ -17,9 +17,15 @@ PICTURES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # written in the format th
 
 
 def show_data(
-    root: str | Path, out: str | Path, split: str = "train", count: int = 8, mask_mode: str = "auto",
-    num_classes: int | None = None, log=print, overwrite: bool = False,
-) -> Path:  # fmt: skip
+    root: str | Path,
+    out: str | Path,
+    split: str = "train",
+    count: int = 8,
+    mask_mode: str = "auto",
+    num_classes: int | None = None,
+    log=print,
+    overwrite: bool = False,
+) -> Path:
     """Write a grid PNG of `count` samples with their ground-truth masks overlaid, captioned, and the class legend
     (names and colours from the dataset's classes.json when it has one)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
@@ -49,8 +55,10 @@ def show_data(
         mask = read_mask(mask_path, mask_mode, coding=coding)
         ax.imshow(overlay(read_image(image_path), mask, colors=colors))
         present = sum(1 for i in range(len(names)) if (mask == i).any())
-        ax.set_title(f"{image_path.name}\n{present} of {len(names)} classes, {(mask == 255).mean() * 100:.0f}% ignored",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"{image_path.name}\n{present} of {len(names)} classes, {(mask == 255).mean() * 100:.0f}% ignored",
+            fontsize=9,
+        )
     handles = [Patch(facecolor=c / 255, edgecolor="black", label=n) for n, c in zip(names, colors, strict=True)]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(names)), fontsize=9, frameon=False)
     fig.suptitle(f"{Path(root).name}: {split} split, masks read as {mask_mode}", fontsize=11)

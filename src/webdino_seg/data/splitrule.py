@@ -66,7 +66,9 @@ def check_disjoint(splits: Mapping[str, Iterable[Path]]) -> dict[str, dict[str, 
             digests[split][path.name] = digest
             if digest in seen and seen[digest][0] != split:
                 other_split, other = seen[digest]
-                raise DataError(f"{other} ({other_split}) and {path} ({split}) are the same image: an image in two "
-                                "splits is scored on what it was trained on; remove one of them")  # fmt: skip
+                raise DataError(
+                    f"{other} ({other_split}) and {path} ({split}) are the same image: an image in two "
+                    "splits is scored on what it was trained on; remove one of them"
+                )
             seen.setdefault(digest, (split, path))
     return digests

@@ -94,9 +94,13 @@ def finish_run(
 
 @torch.inference_mode()
 def write_valid_preds(
-    out: Path, model: SegmentationModel, pairs: list[tuple[Path, Path]], cfg: TrainConfig, ckpt: dict,
+    out: Path,
+    model: SegmentationModel,
+    pairs: list[tuple[Path, Path]],
+    cfg: TrainConfig,
+    ckpt: dict,
     device: torch.device,
-) -> None:  # fmt: skip
+) -> None:
     """``out/<name>.png``: ground truth beside the model's prediction, at full resolution, each side captioned
     (image name, "ground truth"; "prediction" and the image's mIoU), over a legend of the classes present with
     each one's IoU on this image."""

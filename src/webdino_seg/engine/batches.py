@@ -36,8 +36,9 @@ class _Batches:
 
 def _least_free(device: torch.device) -> dict[str, int]:
     """Free GPU memory (this process's GPU) and RAM, the least over all processes: the plan must fit everywhere."""
-    free = torch.tensor([torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0, free_ram()],
-                        dtype=torch.float64)  # fmt: skip
+    free = torch.tensor(
+        [torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0, free_ram()], dtype=torch.float64
+    )
     cuda, cpu = distributed.all_min(free).tolist()
     return {"cuda": int(cuda), "cpu": int(cpu)} if device.type == "cuda" else {"cpu": int(cpu)}
 

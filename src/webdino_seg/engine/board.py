@@ -49,8 +49,15 @@ class Board:
         self.writer.flush()
 
     @torch.inference_mode()
-    def previews(self, net: torch.nn.Module, inputs: tuple, masks: torch.Tensor, images: torch.Tensor,
-                 device: torch.device, amp: bool) -> list[np.ndarray]:  # fmt: skip
+    def previews(
+        self,
+        net: torch.nn.Module,
+        inputs: tuple,
+        masks: torch.Tensor,
+        images: torch.Tensor,
+        device: torch.device,
+        amp: bool,
+    ) -> list[np.ndarray]:
         """Ground truth beside prediction for a batch: `inputs` are `net`'s, `images` the (N, 3, H, W) uint8
         pictures at the masks' size."""
         from ..models.segmentation import upsample
@@ -59,8 +66,9 @@ class Board:
             logits = net(*inputs).float()
         preds = upsample(logits, tuple(masks.shape[-2:])).argmax(1).to(torch.uint8).cpu().numpy()
         out = []
-        for image, truth, pred in zip(images.permute(0, 2, 3, 1).cpu().numpy(), masks.cpu().numpy(), preds,
-                                      strict=True):  # fmt: skip
+        for image, truth, pred in zip(
+            images.permute(0, 2, 3, 1).cpu().numpy(), masks.cpu().numpy(), preds, strict=True
+        ):
             left = caption(overlay(image, truth.astype(np.uint8), colors=self.colors), "ground truth")
             right = caption(overlay(image, pred, colors=self.colors), "prediction")
             out.append(side_by_side(left, right, gap=4))

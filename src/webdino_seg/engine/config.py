@@ -27,8 +27,14 @@ class ResumeError(ValueError):
 
 
 # settings newer than some run folders, with the value those runs had: a config.yaml may lack only these
-ADDED_LATER = {"class_colors": None, "ignore_index": VOID, "reduce_labels": False, "class_weights": "none",
-               "init_from": None, "tensorboard": False}  # fmt: skip
+ADDED_LATER = {
+    "class_colors": None,
+    "ignore_index": VOID,
+    "reduce_labels": False,
+    "class_weights": "none",
+    "init_from": None,
+    "tensorboard": False,
+}
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "None": "null"}
 
 
@@ -58,8 +64,13 @@ def matches(value: object, spec: str) -> bool:
         return all(matches(v, inner[0]) for v in value)
     if isinstance(value, bool):
         return spec == "bool"
-    return {"None": value is None, "str": isinstance(value, str), "int": isinstance(value, int),
-            "float": isinstance(value, (int, float)), "bool": False}.get(spec, True)  # fmt: skip
+    return {
+        "None": value is None,
+        "str": isinstance(value, str),
+        "int": isinstance(value, int),
+        "float": isinstance(value, (int, float)),
+        "bool": False,
+    }.get(spec, True)
 
 
 def describe(spec: str) -> str:
@@ -258,8 +269,9 @@ def read_settings(path: str | Path, error: type[ValueError] = ValueError) -> dic
     unknown = sorted(set(data) - set(fields))
     if unknown:
         names = ", ".join(clip(str(k)) for k in unknown)
-        raise error(f"{path}: unknown setting(s) {names}; the keys are those of a run folder's config.yaml: "
-                    f"{', '.join(fields)}")  # fmt: skip
+        raise error(
+            f"{path}: unknown setting(s) {names}; the keys are those of a run folder's config.yaml: {', '.join(fields)}"
+        )
     problems = [p for p in (check_setting(name, value) for name, value in data.items()) if p]
     if problems:
         raise error(f"{path}: {'; '.join(problems)}")

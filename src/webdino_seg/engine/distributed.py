@@ -143,8 +143,9 @@ def sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """Replace every BatchNorm2d in `module` (in place) by a `SyncedBatchNorm2d` holding the same state."""
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
-            synced = SyncedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                       child.track_running_stats).to(child.weight.device)  # fmt: skip
+            synced = SyncedBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            ).to(child.weight.device)
             synced.load_state_dict(child.state_dict())
             setattr(module, name, synced)
         else:

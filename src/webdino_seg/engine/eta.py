@@ -27,8 +27,11 @@ def faster_options(imgsz: tuple[int, int], patch: int, arch: str, device: torch.
         def size(v) -> int:
             return v.embed_dim**2 * v.depth
 
-        family = [v for v in VARIANTS.values() if v.name.split("-")[0] == arch.split("-")[0] and v.url
-                  and size(v) < size(ours)]  # fmt: skip
+        family = [
+            v
+            for v in VARIANTS.values()
+            if v.name.split("-")[0] == arch.split("-")[0] and v.url and size(v) < size(ours)
+        ]
         if family:
             smaller = max(family, key=size)
             options.append(f"the --weights of a smaller --arch (e.g. {smaller.name} instead of {arch})")
@@ -52,8 +55,16 @@ class Estimate:
     The warm-up units (first calls: kernels chosen, memory found, caches filled) are timed apart and counted as
     they took, not as the pace of the rest."""
 
-    def __init__(self, what: str, total: int, unit: str, device: torch.device, after: int = 2, warmup: int = 1,
-                 faster: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        unit: str,
+        device: torch.device,
+        after: int = 2,
+        warmup: int = 1,
+        faster: str | None = None,
+    ) -> None:
         self.what, self.total, self.unit, self.device, self.faster = what, total, unit, device, faster
         self.warmup = max(0, min(warmup, total - 1))
         self.after = max(1, min(after, total - self.warmup))
@@ -83,8 +94,10 @@ class Estimate:
             return []
         where = {"cpu": "this CPU", "cuda": "this GPU"}.get(self.device.type, f"this {self.device.type} device")
         skipped = f" after the first {warm_done}" if warm_done else ""
-        lines = [f"{self.what}: about {duration(total)} on {where} for {self.total} {self.unit}s "
-                 f"({rate:.2f} s/{self.unit}, measured on {measured}{skipped})"]  # fmt: skip
+        lines = [
+            f"{self.what}: about {duration(total)} on {where} for {self.total} {self.unit}s "
+            f"({rate:.2f} s/{self.unit}, measured on {measured}{skipped})"
+        ]
         if self.device.type == "cpu" and total > LONG_ON_CPU_S and self.faster:
             lines.append(self.faster)
         return lines

@@ -200,9 +200,11 @@ def _node_store(need: int, store: torch.device | Path) -> Path:
     if not distributed.any_true(need > 0.9 * free):
         return shm
     if distributed.rank() == 0:
-        print(f"note: /dev/shm has {free / 2**20:.0f} MiB free, the shared feature cache needs {need / 2**20:.0f} "
-              f"MiB: using memory-mapped files in {folder} instead (in Docker, --shm-size raises it)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"note: /dev/shm has {free / 2**20:.0f} MiB free, the shared feature cache needs {need / 2**20:.0f} "
+            f"MiB: using memory-mapped files in {folder} instead (in Docker, --shm-size raises it)",
+            file=sys.stderr,
+        )
     return folder
 
 
@@ -258,8 +260,11 @@ def extract(
     store = store or torch.device("cpu")
     # a cache in memory or files is shared by the processes of each machine, which extract it together; one on
     # a GPU is each process's own, extracted by all processes together (rows summed across them below)
-    rank, procs = (distributed.local_rank(), distributed.local_world_size()) if _node_shared(world, store) else (
-        distributed.rank(), world)  # fmt: skip
+    rank, procs = (
+        (distributed.local_rank(), distributed.local_world_size())
+        if _node_shared(world, store)
+        else (distributed.rank(), world)
+    )
     mine = list(range(rank, len(dataset), procs))
     if not len(dataset):
         raise ValueError(f"no images to extract features from in {desc}")
@@ -289,9 +294,13 @@ def extract(
 
 
 def _allocate(
-    model: SegmentationModel, dataset: SegmentationDataset, views: int, dtype: torch.dtype,
-    store: torch.device | Path, world: int,
-) -> FeatureCache:  # fmt: skip
+    model: SegmentationModel,
+    dataset: SegmentationDataset,
+    views: int,
+    dtype: torch.dtype,
+    store: torch.device | Path,
+    world: int,
+) -> FeatureCache:
     """An empty cache for `views` passes over `dataset`: in memory on `store`, in a file in a folder, or under
     torchrun off the GPU in files every process maps (unlinked once all have mapped them)."""
     n, p = len(dataset), model.backbone.patch_size
@@ -302,8 +311,9 @@ def _allocate(
         shapes.append((views * n, 3, h, w))
     names: list[str | None] = [None] * len(shapes)
     if _node_shared(world, store):
-        sizes = [math.prod(s) * (torch.empty(0, dtype=dtype).element_size() if i == 0 else 1)
-                 for i, s in enumerate(shapes)]  # fmt: skip
+        sizes = [
+            math.prod(s) * (torch.empty(0, dtype=dtype).element_size() if i == 0 else 1) for i, s in enumerate(shapes)
+        ]
         store = _node_store(sum(sizes), store)
         names = _node_files(store, len(shapes))
     feats = allocate(shapes[0], dtype, store, names[0])
@@ -334,9 +344,18 @@ PROTECT_S = 60.0  # an extraction projected to take longer is saved as it goes (
 
 
 def _compute(
-    model: SegmentationModel, dataset: SegmentationDataset, views: int, todo: list, cache: FeatureCache,
-    device: torch.device, workers: int, amp: bool, bar: tqdm, desc: str, clock: Timings,
-) -> None:  # fmt: skip
+    model: SegmentationModel,
+    dataset: SegmentationDataset,
+    views: int,
+    todo: list,
+    cache: FeatureCache,
+    device: torch.device,
+    workers: int,
+    amp: bool,
+    bar: tqdm,
+    desc: str,
+    clock: Timings,
+) -> None:
     """Run the backbone over every view of the (chunk file, image indices, rows) batches in `todo`, each image
     decoded once for all its views; each batch goes into the cache and, where it has a chunk file and the whole
     extraction is long enough to be worth protecting (`PROTECT_S`, decided from the first batch and said), to
@@ -355,8 +374,9 @@ def _compute(
         pending: list = []
         batches = clock.timed(loader, "cache", "decoding and augmenting images")
         for (chunk, _, rows), (images, masks) in zip(todo, batches, strict=True):
-            part = _compute_batch(model, _view_major(images), _view_major(masks), dataset, cache, device, amp, bar,
-                                  estimate, clock)  # fmt: skip
+            part = _compute_batch(
+                model, _view_major(images), _view_major(masks), dataset, cache, device, amp, bar, estimate, clock
+            )
             with clock.part("cache", "copying into the cache"):
                 _put_rows(cache, rows, part)
             if chunk is None:
@@ -389,15 +409,25 @@ def _worth_protecting(estimate: Estimate, say) -> bool:
     seconds = estimate.projection()
     if seconds >= PROTECT_S:
         return True
-    say(f"{estimate.what}: about {duration(seconds)} here, so not saved as it goes (an interrupted run computes "
-        "them again)")  # fmt: skip
+    say(
+        f"{estimate.what}: about {duration(seconds)} here, so not saved as it goes (an interrupted run computes "
+        "them again)"
+    )
     return False
 
 
 def _compute_batch(
-    model: SegmentationModel, images: torch.Tensor, masks: torch.Tensor, dataset: SegmentationDataset,
-    cache: FeatureCache, device: torch.device, amp: bool, bar: tqdm, estimate: Estimate, clock: Timings,
-) -> dict:  # fmt: skip
+    model: SegmentationModel,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    dataset: SegmentationDataset,
+    cache: FeatureCache,
+    device: torch.device,
+    amp: bool,
+    bar: tqdm,
+    estimate: Estimate,
+    clock: Timings,
+) -> dict:
     """One batch's features from uint8 `images` normalised on the device, its uint8 masks (and, for heads that
     read them, the uint8 images); on a CPU one image at a time."""
     grids = []

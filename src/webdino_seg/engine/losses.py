@@ -54,8 +54,10 @@ def parse_class_weights(text: str, num_classes: int) -> list[float] | str | None
     except ValueError:
         raise ValueError(f"--class-weights {cut(text)}: use none, median-freq or w0,w1,... (one per class)") from None
     if len(weights) != num_classes or not all(w >= 0 and w == w for w in weights):
-        raise ValueError(f"--class-weights: {len(weights)} weight(s) for {num_classes} classes; give one non-negative "
-                         "number per class")  # fmt: skip
+        raise ValueError(
+            f"--class-weights: {len(weights)} weight(s) for {num_classes} classes; give one non-negative "
+            "number per class"
+        )
     return weights
 
 

@@ -64,8 +64,11 @@ def fixed_settings(cfg: TrainConfig) -> dict:
 def differences(recorded: dict, now: dict) -> list[str]:
     """``key: now (recorded was)`` for every setting that differs, values cut short."""
     keys = sorted(set(recorded) | set(now))
-    return [f"{k} {cut(now.get(k))} (the run started with {cut(recorded.get(k))})" for k in keys
-            if recorded.get(k) != now.get(k)]  # fmt: skip
+    return [
+        f"{k} {cut(now.get(k))} (the run started with {cut(recorded.get(k))})"
+        for k in keys
+        if recorded.get(k) != now.get(k)
+    ]
 
 
 class RunFolder:
@@ -94,9 +97,12 @@ class RunFolder:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ResumeError(f"{path}: not the run's record ({err})") from None
-        if not (isinstance(record, dict) and isinstance(record.get("run_id"), str)
-                and isinstance(record.get("settings"), dict)):  # fmt: skip
-            raise ResumeError(f"{path}: not the run's record (needs a \"run_id\" and its \"settings\")")
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("run_id"), str)
+            and isinstance(record.get("settings"), dict)
+        ):
+            raise ResumeError(f'{path}: not the run\'s record (needs a "run_id" and its "settings")')
         return record
 
     def check_settings(self, cfg: TrainConfig) -> None:
@@ -177,7 +183,7 @@ class RunFolder:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ResumeError(f"{path}: not the run's split record ({err})") from None
         if not all(isinstance(record.get(k), list) for k in ("train", "valid")):
-            raise ResumeError(f"{path}: needs the lists \"train\" and \"valid\" of image names")
+            raise ResumeError(f'{path}: needs the lists "train" and "valid" of image names')
         return record
 
     def has_state(self) -> bool:
@@ -208,13 +214,15 @@ class RunFolder:
         if theirs != self.run_id:
             whose = f"run {theirs}" if theirs else "a run folder from before run ids"
             mine = f"run {self.run_id} ({self / RUN_RECORD})" if self.run_id else "a run folder without run.json"
-            raise WeightsError(f"{path}: the resume state of {whose}, not of this folder's {mine}; it was copied "
-                               "from another run")  # fmt: skip
+            raise WeightsError(
+                f"{path}: the resume state of {whose}, not of this folder's {mine}; it was copied from another run"
+            )
         if self.record is not None:
             changed = differences(self.record["settings"], state.get("settings") or {})
             if changed:
-                raise WeightsError(f"{path}: written with other settings than {self / RUN_RECORD}: "
-                                   f"{'; '.join(changed[:4])}")  # fmt: skip
+                raise WeightsError(
+                    f"{path}: written with other settings than {self / RUN_RECORD}: {'; '.join(changed[:4])}"
+                )
 
     @staticmethod
     def _read_state(path: Path) -> dict:

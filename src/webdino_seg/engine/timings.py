@@ -135,5 +135,7 @@ def timing_lines(timings: dict) -> list[str]:
     total = sum(stage["seconds"] for stage in timings["stages"].values())
     bound = timings["bound_by"]
     where = f"{bound['stage']} / {bound['part']}" if bound["part"] else bound["stage"]
-    return [f"time: {' · '.join(shown)} = {total:.1f} s of {timings['wall_s']:.1f} s wall",
-            f"bound by: {where} ({bound['share_of_wall']:.0%} of the run)"]  # fmt: skip
+    return [
+        f"time: {' · '.join(shown)} = {total:.1f} s of {timings['wall_s']:.1f} s wall",
+        f"bound by: {where} ({bound['share_of_wall']:.0%} of the run)",
+    ]

@@ -92,8 +92,11 @@ def resolve_masks(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
     """The settings with ``--mask-mode auto`` decided from both splits' masks, and the note saying so."""
     if cfg.mask_mode != "auto":
         return cfg, None
-    masks = [m for split in ("train", "valid") for _, m in split_pairs(cfg.data, split, cfg.valid_fraction, cfg.seed,
-                                                                      "skip" if cfg.skip_bad else "error")]  # fmt: skip
+    masks = [
+        m
+        for split in ("train", "valid")
+        for _, m in split_pairs(cfg.data, split, cfg.valid_fraction, cfg.seed, "skip" if cfg.skip_bad else "error")
+    ]
     mode, note = resolve_mask_mode("auto", masks, cfg.num_classes, cfg.coding())
     return dataclasses.replace(cfg, mask_mode=mode), note
 
@@ -127,8 +130,14 @@ def data_record(splits: tuple[SegmentationDataset, SegmentationDataset]) -> dict
     """data.json: each split's images and masks by name, with size and sha256 (see `check_data_record`)."""
     record = {}
     for name, ds in zip(("train", "valid"), splits, strict=True):
-        record[name] = {image.name: {"image": ds.digests[image.name], "image_bytes": image.stat().st_size,
-                                     "mask": file_digest(mask)} for image, mask in ds.pairs}  # fmt: skip
+        record[name] = {
+            image.name: {
+                "image": ds.digests[image.name],
+                "image_bytes": image.stat().st_size,
+                "mask": file_digest(mask),
+            }
+            for image, mask in ds.pairs
+        }
     return record
 
 
@@ -150,9 +159,11 @@ def check_data_record(run: RunFolder, splits: tuple[SegmentationDataset, Segment
             if names:
                 problems.append(f"{len(names)} {split} image(s) {what} (e.g. {names[0]})")
     if problems:
-        raise ResumeError(f"--resume {run.path}: the data is not what the run started with ({path}): "
-                          f"{'; '.join(problems)}. A run keeps its data: put it back as it was, or start a new run "
-                          "(a new --out; --init-from RUN/best_model_iou.pth starts from this run's model)")  # fmt: skip
+        raise ResumeError(
+            f"--resume {run.path}: the data is not what the run started with ({path}): "
+            f"{'; '.join(problems)}. A run keeps its data: put it back as it was, or start a new run "
+            "(a new --out; --init-from RUN/best_model_iou.pth starts from this run's model)"
+        )
 
 
 def baseline(valid_ds: SegmentationDataset) -> dict:
@@ -257,9 +268,13 @@ def train(
 
 
 def _train(
-    cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None], state: dict | None,
+    cfg: TrainConfig,
+    run: RunFolder | None,
+    device: torch.device,
+    log: Callable[[str], None],
+    state: dict | None,
     clock: Timings,
-) -> Path:  # fmt: skip
+) -> Path:
     """`train` once the settings, the device and (resuming) the checked resume state are known."""
     with clock.stage("startup"):
         cfg, run, splits, base, weights, model, identity = _setup(cfg, run, device, log, state, clock)
@@ -281,10 +296,14 @@ def _train(
         meta = _checkpoint_meta(cfg, get_variant(cfg.arch), base, splits, weights) | {"run_id": run.run_id}
         steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
         faster = faster_options(cfg.imgsz, model.backbone.patch_size, cfg.arch, device)
-        estimate = Estimate(f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3,
-                            faster=faster)  # fmt: skip
-        board = Board(run.path, cfg.class_names, cfg.class_colors, progress.epoch) if (
-            cfg.tensorboard and distributed.rank() == 0) else None  # fmt: skip
+        estimate = Estimate(
+            f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3, faster=faster
+        )
+        board = (
+            Board(run.path, cfg.class_names, cfg.class_colors, progress.epoch)
+            if (cfg.tensorboard and distributed.rank() == 0)
+            else None
+        )
     loop = _Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate, board, clock)
     try:
         with clock.stage("epochs"):
@@ -309,25 +328,42 @@ def _finish(loop: _Loop, progress: Progress) -> None:
     try:
         with loop.clock.stage("finish"):
             if distributed.rank() == 0:
-                final_meta = loop.meta | {"epoch": loop.cfg.epochs,
-                                          "metrics": progress.history[-1] if progress.history else {}}  # fmt: skip
-                finish_run(loop.run, loop.source.model, loop.identity, final_meta, progress.history,
-                           loop.source.valid_ds.pairs, loop.cfg, loop.device, loop.clock)  # fmt: skip
+                final_meta = loop.meta | {
+                    "epoch": loop.cfg.epochs,
+                    "metrics": progress.history[-1] if progress.history else {},
+                }
+                finish_run(
+                    loop.run,
+                    loop.source.model,
+                    loop.identity,
+                    final_meta,
+                    progress.history,
+                    loop.source.valid_ds.pairs,
+                    loop.cfg,
+                    loop.device,
+                    loop.clock,
+                )
     except BaseException as err:
         loop.log(_how_to_continue(loop.run, progress, loop.cfg.epochs, err))
         raise
 
 
 def _setup(
-    cfg: TrainConfig, run: RunFolder | None, device: torch.device, log: Callable[[str], None], state: dict | None,
+    cfg: TrainConfig,
+    run: RunFolder | None,
+    device: torch.device,
+    log: Callable[[str], None],
+    state: dict | None,
     clock: Timings,
-) -> tuple:  # fmt: skip
+) -> tuple:
     """Masks resolved, both splits decoded and checked, the baseline and class weights, the model built (and,
     resuming, its backbone checked against the state), the run folder made: (cfg, run, splits, baseline, class
     weights, model, backbone identity)."""
     if device.type == "cuda" and cfg.amp and amp_dtype(device) is None:
-        log(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
-            f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): running in float32")
+        log(
+            f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
+            f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): running in float32"
+        )
     variant = get_variant(cfg.arch)
     cfg, note = resolve_masks(cfg)
     if note:
@@ -410,9 +446,11 @@ def _baseline_line(base: dict, cfg: TrainConfig) -> str:
     """The all-background (most frequent class) baseline as the log and config.yaml say it."""
     name = cfg.class_names[base["class"]]
     h, w = cfg.imgsz
-    return (f"all-{name} baseline on valid (predicting {name} everywhere): mIoU {base['miou']:.4f}, "
-            f"pixel accuracy {base['pixel_accuracy']:.4f} (at the training size {h}x{w}, as every epoch's valid "
-            "scores; evaluate scores at each image's full size)")  # fmt: skip
+    return (
+        f"all-{name} baseline on valid (predicting {name} everywhere): mIoU {base['miou']:.4f}, "
+        f"pixel accuracy {base['pixel_accuracy']:.4f} (at the training size {h}x{w}, as every epoch's valid "
+        "scores; evaluate scores at each image's full size)"
+    )
 
 
 def _new_run(cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], notes: list) -> RunFolder:
@@ -425,9 +463,12 @@ def _new_run(cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDa
 
 
 def _checkpoint_meta(
-    cfg: TrainConfig, variant: BackboneConfig, base: dict, splits: tuple[SegmentationDataset, SegmentationDataset],
+    cfg: TrainConfig,
+    variant: BackboneConfig,
+    base: dict,
+    splits: tuple[SegmentationDataset, SegmentationDataset],
     weights: torch.Tensor | None,
-) -> dict:  # fmt: skip
+) -> dict:
     """What every model checkpoint of the run records besides the weights: sizes, classes and how masks are read
     (so evaluate reads them the same way), the baseline, and for a flat folder the split (evaluate keeps to it)."""
     meta = {
@@ -473,8 +514,10 @@ def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainC
     for line in clock.lines():
         log(line)
     names = cfg.class_names
-    log(f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
-        f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}")  # fmt: skip
+    log(
+        f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
+        f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}"
+    )
     best, ws = run / "best_model_iou.pth", "webdino-seg"
     log("next: " + command(ws, "predict", "--input", "IMAGES", "--model", best, "--out", run / "predict"))
     log("      " + command(ws, "video", "--input", "VIDEO.mp4", "--model", best, "--out", run / "video.mp4"))
@@ -510,14 +553,19 @@ def _write_split(run: RunFolder, splits: tuple[SegmentationDataset, Segmentation
 
 
 def _say_what_was_kept(
-    run: RunFolder, cfg: TrainConfig, splits: tuple[SegmentationDataset, SegmentationDataset], log,
+    run: RunFolder,
+    cfg: TrainConfig,
+    splits: tuple[SegmentationDataset, SegmentationDataset],
+    log,
     err: BaseException,
-) -> None:  # fmt: skip
+) -> None:
     """After Ctrl-C or an error during caching: what was kept and the command that continues."""
     kept = sum(chunk_count(d) for d in run.features.glob("*") if d.is_dir())
     total = cfg.views * len(splits[0]) + len(splits[1])
-    log(f"{_stopped_by(err)} while caching features: the features of {kept} of {total} images are kept in "
-        f"{run.features}; continue with: {command('webdino-seg', 'train', '--resume', run.path)}")  # fmt: skip
+    log(
+        f"{_stopped_by(err)} while caching features: the features of {kept} of {total} images are kept in "
+        f"{run.features}; continue with: {command('webdino-seg', 'train', '--resume', run.path)}"
+    )
 
 
 def _device(spec: str, world: int, local_rank: int) -> torch.device:
@@ -596,8 +644,9 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
     for step, (inputs, masks) in enumerate(bar):
         try:
             with loop.clock.part("epochs", "training steps"):
-                done = train_step(source.net, loop.optimizer, inputs, masks, loop.device, cfg.amp, cfg.loss,
-                                  loop.weights)  # fmt: skip
+                done = train_step(
+                    source.net, loop.optimizer, inputs, masks, loop.device, cfg.amp, cfg.loss, loop.weights
+                )
         except NonFiniteLoss as err:
             loop.writer.wait()  # the last epoch's state is on disk before it is named
             last = f"{run / LAST} (epoch {progress.epoch})" if (run / LAST).exists() else "none yet"
@@ -633,16 +682,18 @@ def _save_epoch(loop: _Loop, progress: Progress, row: dict) -> None:
         if row["valid_miou"] > best["miou"]:
             best.update(miou=row["valid_miou"], iou_epoch=epoch)
             models.append(("best_model_iou.pth", model_payload(model, identity, meta_now, copy=True)))
-        state = snapshot({
-            "epoch": epoch,
-            "head": model.head.state_dict(),
-            "backbone": model.backbone.state_dict() if model.fine_tune else None,
-            "optimizer": loop.optimizer.state_dict(),
-            "scheduler": loop.scheduler.state_dict() if loop.scheduler else None,
-            "history": list(progress.history),
-            "best": dict(best),
-            "identity": {k: identity.get(k) for k in IDENTITY_KEYS},
-        })  # fmt: skip
+        state = snapshot(
+            {
+                "epoch": epoch,
+                "head": model.head.state_dict(),
+                "backbone": model.backbone.state_dict() if model.fine_tune else None,
+                "optimizer": loop.optimizer.state_dict(),
+                "scheduler": loop.scheduler.state_dict() if loop.scheduler else None,
+                "history": list(progress.history),
+                "best": dict(best),
+                "identity": {k: identity.get(k) for k in IDENTITY_KEYS},
+            }
+        )
 
     def write() -> None:
         with loop.clock.part("epochs", "checkpoints (writer thread)"):
@@ -666,8 +717,10 @@ def check_identity(run: RunFolder, state: dict, identity: dict) -> None:
         return
     changed = differences({k: recorded.get(k) for k in IDENTITY_KEYS}, {k: identity.get(k) for k in IDENTITY_KEYS})
     if changed:
-        raise ResumeError(f"{run / LAST}: trained on another backbone than this run builds now: {'; '.join(changed)}. "
-                          "Resume with the weights the run started with, or start a new run")  # fmt: skip
+        raise ResumeError(
+            f"{run / LAST}: trained on another backbone than this run builds now: {'; '.join(changed)}. "
+            "Resume with the weights the run started with, or start a new run"
+        )
 
 
 def _restore(state: dict, model: SegmentationModel, optimizer, scheduler) -> Progress:
@@ -694,8 +747,11 @@ def _epoch_line(row: dict, epochs: int, class_names: list[str]) -> str:
         ious = "IoU " + " ".join(f"{n} {v:.4f}" if v == v else f"{n} absent from valid" for n, v in scores.items())
     else:
         worst = sorted(present.items(), key=lambda kv: kv[1])[:3]
-        ious = "worst IoU " + " ".join(f"{n} {v:.4f}" for n, v in worst) + (
-            f", {absent} class(es) absent from valid" if absent else "")  # fmt: skip
+        ious = (
+            "worst IoU "
+            + " ".join(f"{n} {v:.4f}" for n, v in worst)
+            + (f", {absent} class(es) absent from valid" if absent else "")
+        )
     return (
         f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_pixel_acc']:.4f} "
         f"mIoU {row['train_miou']:.4f} | valid loss {row['valid_loss']:.4f} acc {row['valid_pixel_acc']:.4f} "
@@ -709,9 +765,13 @@ def _quiet(*_args: object) -> None:
 
 @torch.no_grad()
 def evaluate_source(
-    source: BatchSource, num_classes: int, device: torch.device, amp: bool = True, loss: str = "ce",
+    source: BatchSource,
+    num_classes: int,
+    device: torch.device,
+    amp: bool = True,
+    loss: str = "ce",
     weight: torch.Tensor | None = None,
-) -> tuple[float, ConfusionMatrix]:  # fmt: skip
+) -> tuple[float, ConfusionMatrix]:
     """Validation loss (per non-void pixel) and confusion matrix over the whole split."""
     source.model.eval()
     cm, loss_sum, pixels = ConfusionMatrix(num_classes), 0.0, 0

@@ -34,8 +34,7 @@ def check_unseen(path: Path, ckpt: dict, valid: dict[str, str]) -> None:
         )
 
 
-def warm_start(model: SegmentationModel, identity: dict, cfg: TrainConfig, valid: dict[str, str] | None = None
-               ) -> str:  # fmt: skip
+def warm_start(model: SegmentationModel, identity: dict, cfg: TrainConfig, valid: dict[str, str] | None = None) -> str:
     """Load `cfg.init_from`'s head (and fine-tuned backbone) into `model`, after checking it was trained on the
     same backbone, classes and head, and on none of the `valid` images (name -> sha256); return the line that
     says so."""
@@ -44,8 +43,10 @@ def warm_start(model: SegmentationModel, identity: dict, cfg: TrainConfig, valid
     check_unseen(path, ckpt, valid or {})
     theirs = ckpt["backbone_identity"]
     if not _same_backbone(theirs, identity):
-        raise ValueError(f"--init-from {path}: trained on another backbone ({theirs['arch']}, weights "
-                         f"{theirs['weights']}); this run has {identity['arch']}, weights {identity['weights']}")
+        raise ValueError(
+            f"--init-from {path}: trained on another backbone ({theirs['arch']}, weights "
+            f"{theirs['weights']}); this run has {identity['arch']}, weights {identity['weights']}"
+        )
     if list(ckpt["class_names"]) != list(cfg.class_names):
         raise ValueError(f"--init-from {path}: its classes {ckpt['class_names']} are not this run's {cfg.class_names}")
     if ckpt["head_name"] != cfg.head:

@@ -54,9 +54,16 @@ def evaluate(
 
 
 def _evaluate(
-    predictor: Predictor, model: str | Path, data: str | Path, split: str, mask_mode: str, out: Path, log,
-    writer: ReportWriter | None, labels: Coding | None,
-) -> dict:  # fmt: skip
+    predictor: Predictor,
+    model: str | Path,
+    data: str | Path,
+    split: str,
+    mask_mode: str,
+    out: Path,
+    log,
+    writer: ReportWriter | None,
+    labels: Coding | None,
+) -> dict:
     """`evaluate` once its outputs are planned."""
     names = predictor.class_names
     meta = _checkpoint(model)
@@ -107,11 +114,16 @@ def plan_evaluate(
     if report_dir is not None:
         folder = check_output_dir(report_dir, "--report")
         outside(folder, [Path(data)], "--report")
-        inside = [p for p in [*inputs, *(Path(model).parent / c for c in CURVES)] if p.exists()
-                  and p.resolve().is_relative_to(folder.resolve())]  # fmt: skip
+        inside = [
+            p
+            for p in [*inputs, *(Path(model).parent / c for c in CURVES)]
+            if p.exists() and p.resolve().is_relative_to(folder.resolve())
+        ]
         if inside:
-            raise OutputError(f"--report {folder}: holds inputs of this evaluation (e.g. {inside[0]}); a report "
-                              "goes into a folder of its own, e.g. RUN/report")  # fmt: skip
+            raise OutputError(
+                f"--report {folder}: holds inputs of this evaluation (e.g. {inside[0]}); a report "
+                "goes into a folder of its own, e.g. RUN/report"
+            )
         if folder.exists() and any(folder.iterdir()):
             may_replace(folder, overwrite, "--report")
     return out
@@ -144,8 +156,10 @@ def _pairs(root: Path, split: str, recorded: dict | None, log) -> tuple[list[tup
         if split == "all":
             return [pair for s in present for pair in splits[s]], split
         if split not in present:
-            raise ValueError(f"--split {split}: {root} has no {split}_images/ + {split}_masks/; its splits are "
-                             f"{', '.join(present) or 'none'} (--split all scores every one)")  # fmt: skip
+            raise ValueError(
+                f"--split {split}: {root} has no {split}_images/ + {split}_masks/; its splits are "
+                f"{', '.join(present) or 'none'} (--split all scores every one)"
+            )
         return splits[split], split
     every = split_pairs(root, "all")
     if split == "all" or recorded is None:
@@ -157,19 +171,26 @@ def _pairs(root: Path, split: str, recorded: dict | None, log) -> tuple[list[tup
     by_name = {image.name: (image, mask) for image, mask in every}
     gone = [name for name in recorded[split] if name not in by_name]
     if gone:
-        raise ValueError(f"{root}: {len(gone)} image(s) of the model's {split} split are not in the folder (e.g. "
-                         f"{gone[0]}); is it the folder the model was trained on?")  # fmt: skip
+        raise ValueError(
+            f"{root}: {len(gone)} image(s) of the model's {split} split are not in the folder (e.g. "
+            f"{gone[0]}); is it the folder the model was trained on?"
+        )
     others = len(every) - len(set(recorded["train"]) | set(recorded["valid"]))
     extra = f"; {others} image(s) added since are in neither split and not scored" if others > 0 else ""
-    log(f"scoring the {len(recorded[split])} {split} images of the split the model's run recorded{extra} "
-        "(--split train|valid|all)")  # fmt: skip
+    log(
+        f"scoring the {len(recorded[split])} {split} images of the split the model's run recorded{extra} "
+        "(--split train|valid|all)"
+    )
     return [by_name[name] for name in sorted(recorded[split])], split
 
 
 def _score(
-    predictor: Predictor, pairs: list[tuple[Path, Path]], mask_mode: str, writer: ReportWriter | None,
+    predictor: Predictor,
+    pairs: list[tuple[Path, Path]],
+    mask_mode: str,
+    writer: ReportWriter | None,
     coding: Coding,
-) -> tuple[ConfusionMatrix, dict[str, float]]:  # fmt: skip
+) -> tuple[ConfusionMatrix, dict[str, float]]:
     """The confusion matrix over every pair at full resolution, and each image's mIoU (and its report card)."""
     names = predictor.class_names
     cm, per_image, noted = ConfusionMatrix(len(names)), {}, False
@@ -230,8 +251,10 @@ def format_report(report: dict) -> str:
         f"{report['split']}: {report['images']} images at full resolution (model input {report['imgsz']})",
         f"{'class':<16}{'IoU':>8}",
     ]
-    lines += [f"{name:<16}{iou:>8.4f}" if iou == iou else f"{name:<16}{'absent':>8} (not in these masks or predictions)"
-              for name, iou in report["iou"].items()]  # fmt: skip
+    lines += [
+        f"{name:<16}{iou:>8.4f}" if iou == iou else f"{name:<16}{'absent':>8} (not in these masks or predictions)"
+        for name, iou in report["iou"].items()
+    ]
     stats = report["per_image_miou"]
     lines += [
         f"{'mIoU':<16}{report['miou']:>8.4f}",

@@ -35,5 +35,7 @@ def save_probs(path: Path, probs, class_names: list[str]) -> Path:
     from ..utils.outputs import MARK
 
     quantized = np.clip(np.rint(np.asarray(probs, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
-    return atomic_write(path, lambda f: np.savez_compressed(
-        f, probs=quantized, class_names=np.array(class_names), software=np.array(MARK)))
+    return atomic_write(
+        path,
+        lambda f: np.savez_compressed(f, probs=quantized, class_names=np.array(class_names), software=np.array(MARK)),
+    )

@@ -82,11 +82,7 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        with torch.no_grad():
-            program = torch.onnx.export(graph, (example,), input_names=["image"], dynamo=True, opset_version=OPSET,
-                                        output_names=["logits", "grid_logits", "class_ids"], dynamic_shapes=dims,
-                                        verbose=False)  # fmt: skip
-        proto = program.model_proto
+        proto = _trace(graph, example, dims)
         for key, value in _metadata(ckpt, model, size, dynamic, model_path, int8).items():
             proto.metadata_props.add(key=key, value=value)
         big = proto.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit: weights go beside it
@@ -97,21 +93,41 @@ def export_onnx(
         publish(tmp, out)
     except OSError as err:  # a full disk, a folder that became read-only: the message names what was written
         Path(tmp).unlink(missing_ok=True)
-        raise OSError(err.errno, f"cannot write {out}: {err.strerror or err}; the previous export, if any, is "
-                      "intact") from err  # fmt: skip
+        raise OSError(
+            err.errno, f"cannot write {out}: {err.strerror or err}; the previous export, if any, is intact"
+        ) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     diff = verify(out, graph, size)
     batch = "any batch" if dynamic else "batch 1"
     batch += ", int8 MatMuls" if int8 else ""
-    log(f"exported {model_path} -> {out} ({out.stat().st_size / 2**20:.1f} MiB, {size[0]}x{size[1]}, {batch}); "
-        f"onnxruntime vs PyTorch: max abs logit difference {diff:.2e}")  # fmt: skip
+    log(
+        f"exported {model_path} -> {out} ({out.stat().st_size / 2**20:.1f} MiB, {size[0]}x{size[1]}, {batch}); "
+        f"onnxruntime vs PyTorch: max abs logit difference {diff:.2e}"
+    )
     return {"out": str(out), "imgsz": list(size), "bytes": out.stat().st_size, "max_abs_diff": diff}
 
 
-def _metadata(ckpt: dict, model: SegmentationModel, size: tuple[int, int], dynamic: bool, source: str | Path,
-              int8: bool) -> dict[str, str]:  # fmt: skip
+def _trace(graph: torch.nn.Module, example: torch.Tensor, dims: dict | None):
+    """The ONNX graph (a ModelProto) of `graph` traced at `example`, its batch free where `dims` says."""
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            input_names=["image"],
+            dynamo=True,
+            opset_version=OPSET,
+            output_names=["logits", "grid_logits", "class_ids"],
+            dynamic_shapes=dims,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _metadata(
+    ckpt: dict, model: SegmentationModel, size: tuple[int, int], dynamic: bool, source: str | Path, int8: bool
+) -> dict[str, str]:
     """What the graph says about itself: the classes, normalisation, size, backbone, head, precision, source."""
     return {
         "format": FORMAT,

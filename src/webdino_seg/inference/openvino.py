@@ -108,8 +108,11 @@ class OpenVinoModel(nn.Module):
             else:
                 graph, self.config = copy.deepcopy(model).cpu().float().eval(), {}
         hint = "bf16" if bf16 and precision != "fp32" else "f32"
-        self.config |= {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
-                        "INFERENCE_NUM_THREADS": torch.get_num_threads()}  # fmt: skip
+        self.config |= {
+            "INFERENCE_PRECISION_HINT": hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        }
         self.graph = (_Graph(graph) if isinstance(graph, SegmentationModel) else graph).eval()
         self.backbone = graph.backbone  # the geometry the Predictor reads (patch size)
         self._core = ov.Core()

@@ -43,12 +43,16 @@ def resolve(precision: str, device: torch.device, engine: str = "auto") -> tuple
         raise ValueError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
     if device.type != "cpu":
         if precision in ("bf16", "int8") or engine == "openvino":
-            raise ValueError(f"--precision {precision} --engine {engine} is for the CPU; on {device.type} the model "
-                             "runs in bf16 where the GPU has it natively (use auto)")  # fmt: skip
+            raise ValueError(
+                f"--precision {precision} --engine {engine} is for the CPU; on {device.type} the model "
+                "runs in bf16 where the GPU has it natively (use auto)"
+            )
         return "fp32", "torch", ""
     if precision == "bf16" and not native_bf16():
-        raise ValueError("--precision bf16: this CPU has no native bf16 (avx512_bf16 or amx_bf16), where it is "
-                         "slower than fp32; use int8 or fp32")  # fmt: skip
+        raise ValueError(
+            "--precision bf16: this CPU has no native bf16 (avx512_bf16 or amx_bf16), where it is "
+            "slower than fp32; use int8 or fp32"
+        )
     chosen = "int8" if precision == "auto" else precision
     if chosen == "fp32":
         if engine == "openvino":
@@ -59,8 +63,9 @@ def resolve(precision: str, device: torch.device, engine: str = "auto") -> tuple
     if precision != "auto":
         return chosen, runner, f"precision: {said} (as asked)"
     vnni = "with" if {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags() else "without"
-    why = (f"the fastest measured, {AUTO_SPEEDUP[runner]} float32 for Web-DINO 300M at 448x448 on 2 cores"
-           + ("" if runner == "openvino" else "; pip install 'webdino-seg[openvino]' for OpenVINO's, faster"))
+    why = f"the fastest measured, {AUTO_SPEEDUP[runner]} float32 for Web-DINO 300M at 448x448 on 2 cores" + (
+        "" if runner == "openvino" else "; pip install 'webdino-seg[openvino]' for OpenVINO's, faster"
+    )
     return chosen, runner, f"precision: {said} (auto: {why}; this CPU is {vnni} int8 dot-product instructions)"
 
 
@@ -82,6 +87,7 @@ def quantize(model: nn.Module) -> tuple[nn.Module, list[str]]:
     names = [name for name, module in model.named_modules() if type(module) is nn.Linear]
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().float(), {nn.Linear},
-                                                           dtype=torch.qint8, inplace=True)  # fmt: skip
+        quantized = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).cpu().float(), {nn.Linear}, dtype=torch.qint8, inplace=True
+        )
     return quantized.eval(), names

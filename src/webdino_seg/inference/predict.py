@@ -55,9 +55,15 @@ def plan_outputs(
 
 
 def predict_paths(
-    predictor: Predictor, spec: str | Path, out: str | Path, batch: int = 8, skip_bad: bool = False,
-    overwrite: bool = False, mask_values: str = "ids", save_probs: bool = False,
-) -> dict:  # fmt: skip
+    predictor: Predictor,
+    spec: str | Path,
+    out: str | Path,
+    batch: int = 8,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    mask_values: str = "ids",
+    save_probs: bool = False,
+) -> dict:
     """Predict every image in `spec`; write ``<stem>_overlay.png`` and ``<stem>_mask.png`` (class ids, or as
     `mask_values` says) to `out`, and with `save_probs` ``<stem>_probs.npz`` (checked first with `plan_outputs`)."""
     from tqdm.auto import tqdm
@@ -78,8 +84,9 @@ def predict_paths(
                     bar.write(f"note: {note}", file=sys.stderr)
                     noted = True
             if images:
-                for path, image, mask, probs in zip(names, images, *_predict(predictor, images, save_probs),
-                                                    strict=True):  # fmt: skip
+                for path, image, mask, probs in zip(
+                    names, images, *_predict(predictor, images, save_probs), strict=True
+                ):
                     save_png(out / f"{path.stem}_overlay.png", predictor.draw(image, mask), notes)
                     save_png(out / f"{path.stem}_mask.png", encode_mask(mask, mask_values, predictor.colors), notes)
                     if probs is not None:

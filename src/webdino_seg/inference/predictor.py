@@ -117,12 +117,16 @@ class Predictor:
             onnx_model = OnnxSegmentationModel(path, device)
             graph_precision = onnx_model.meta["precision"]
             if precision not in ("auto", "fp32", graph_precision):  # fp32, the default, takes the graph as it is
-                raise ValueError(f"--precision {precision}: {path} is an ONNX model computing in {graph_precision} "
-                                 "(export --int8 makes an int8 one)")  # fmt: skip
+                raise ValueError(
+                    f"--precision {precision}: {path} is an ONNX model computing in {graph_precision} "
+                    "(export --int8 makes an int8 one)"
+                )
             fixed = tuple(onnx_model.meta["imgsz"])
             if imgsz is not None and tuple(imgsz) != fixed:
-                raise ValueError(f"--imgsz {imgsz[0]} {imgsz[1]}: {path} was exported at {fixed[0]}x{fixed[1]}; "
-                                 "export it again with --imgsz to use another size")  # fmt: skip
+                raise ValueError(
+                    f"--imgsz {imgsz[0]} {imgsz[1]}: {path} was exported at {fixed[0]}x{fixed[1]}; "
+                    "export it again with --imgsz to use another size"
+                )
             # the graph normalises itself: it takes RGB in [0, 1]
             predictor = cls(
                 onnx_model,
@@ -142,8 +146,18 @@ class Predictor:
             return predictor
         model, ckpt = load_model(path, weights)
         model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
-        return cls(model, tuple(imgsz or ckpt["imgsz"]), ckpt["mean"], ckpt["std"], ckpt["class_names"], tta=tta,
-                   colors=ckpt.get("class_colors"), tile=tile, precision=precision, engine=engine)  # fmt: skip
+        return cls(
+            model,
+            tuple(imgsz or ckpt["imgsz"]),
+            ckpt["mean"],
+            ckpt["std"],
+            ckpt["class_names"],
+            tta=tta,
+            colors=ckpt.get("class_colors"),
+            tile=tile,
+            precision=precision,
+            engine=engine,
+        )
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""
@@ -195,9 +209,11 @@ class Predictor:
         factor = max(image.shape[0] / self.imgsz[0], image.shape[1] / self.imgsz[1])
         if self.tile or factor <= SHRINK_NOTE:
             return None
-        return (f"{name} ({image.shape[1]}x{image.shape[0]}) is shrunk {factor:.1f}x to the model's "
-                f"{self.imgsz[1]}x{self.imgsz[0]}, losing small detail: --tile segments it window by window at full "
-                "resolution")  # fmt: skip
+        return (
+            f"{name} ({image.shape[1]}x{image.shape[0]}) is shrunk {factor:.1f}x to the model's "
+            f"{self.imgsz[1]}x{self.imgsz[0]}, losing small detail: --tile segments it window by window at full "
+            "resolution"
+        )
 
     def _whole(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """`probabilities` of each image resized whole to the model's input."""

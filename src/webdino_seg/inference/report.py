@@ -48,21 +48,26 @@ class ReportWriter:
             atomic_write(self.staging / name, write)
         except OSError as err:
             reason = (err.__cause__.strerror if isinstance(err.__cause__, OSError) else None) or err.strerror
-            raise OSError(err.errno, f"cannot write the report {self.folder} ({name}): {reason or err}; the report "
-                          "there before, if any, is intact") from err  # fmt: skip
+            raise OSError(
+                err.errno,
+                f"cannot write the report {self.folder} ({name}): {reason or err}; the report "
+                "there before, if any, is intact",
+            ) from err
 
     def add(self, name: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, scores: dict) -> None:
         """One image: ground truth and prediction overlays (thumbnail and full size) and its scores."""
         stem = f"{len(self.items):05d}_{Path(name).stem}"  # numbered: a.jpg and a.png keep their own files
         gt, pr = overlay(image, truth, colors=self.colors), overlay(image, pred, colors=self.colors)
-        self.items.append({
-            "name": name,
-            **scores,
-            "gt_thumb": self._jpeg(gt, f"{stem}_gt_thumb.jpg", THUMB_WIDTH),
-            "pred_thumb": self._jpeg(pr, f"{stem}_pred_thumb.jpg", THUMB_WIDTH),
-            "gt_full": self._jpeg(gt, f"{stem}_gt.jpg"),
-            "pred_full": self._jpeg(pr, f"{stem}_pred.jpg"),
-        })  # fmt: skip
+        self.items.append(
+            {
+                "name": name,
+                **scores,
+                "gt_thumb": self._jpeg(gt, f"{stem}_gt_thumb.jpg", THUMB_WIDTH),
+                "pred_thumb": self._jpeg(pr, f"{stem}_pred_thumb.jpg", THUMB_WIDTH),
+                "gt_full": self._jpeg(gt, f"{stem}_gt.jpg"),
+                "pred_full": self._jpeg(pr, f"{stem}_pred.jpg"),
+            }
+        )
 
     def discard(self) -> None:
         """Remove what was written so far (the report folder itself is left as it was)."""
@@ -181,7 +186,9 @@ def _cards(items: list[dict]) -> str:
     )
 
 
-STYLE = f":root {{ --thumb: {THUMB_WIDTH}px; }}\n" + """\
+STYLE = (
+    f":root {{ --thumb: {THUMB_WIDTH}px; }}\n"
+    + """\
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; } th, td { text-align: left; padding: 3px 12px; border-bottom: 1px solid #ddd; }
@@ -198,6 +205,7 @@ figcaption { font-size: 0.9em; margin-bottom: 4px; }
 .swatch i { display: inline-block; width: 1em; height: 1em; margin-right: 0.3em; vertical-align: middle;
   border: 1px solid #333; }
 """
+)
 
 # the gallery's filter box: a part of a name, or <x / >x for the images under / over an mIoU of x
 SCRIPT = """const cards = Array.from(document.querySelectorAll('.card'));

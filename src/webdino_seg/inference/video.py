@@ -56,8 +56,13 @@ def probe(src: str | Path) -> dict:
                 break
             if round(rotation / 90) % 2:
                 width, height = height, width
-            return {"width": width, "height": height, "rate": Fraction(rate), "frames": stream.frames,
-                    "rotation": rotation}  # fmt: skip
+            return {
+                "width": width,
+                "height": height,
+                "rate": Fraction(rate),
+                "frames": stream.frames,
+                "rotation": rotation,
+            }
     except av.FFmpegError as err:
         raise VideoError(f"{src}: cannot open video ({err})") from None
 
@@ -291,9 +296,7 @@ def _write_error(err: BaseException, dst: Path, src: object) -> BaseException:
     return VideoError(f"{src}: {err}")
 
 
-def plan_video(
-    src: str | int | Path, dst: str | Path, overwrite: bool = False, inputs: tuple[Path, ...] = ()
-) -> Path:
+def plan_video(src: str | int | Path, dst: str | Path, overwrite: bool = False, inputs: tuple[Path, ...] = ()) -> Path:
     """Check the output before anything runs: a video name (.mp4, .mov or .mkv: H.264 in that container), not
     the input video nor another input (`inputs`, e.g. the model), and not a file webdino-seg did not write
     unless `overwrite`."""
@@ -344,10 +347,10 @@ def run_video(
     try:  # from the temp file's first moment: a signal anywhere after this removes it
         tmp = Path(tmp_name)
         os.close(fd)
-        reader = threading.Thread(target=_reader, args=(frames_iter, frames_q, batch, max_frames, errors, stop),
-                                  daemon=True)  # fmt: skip
-        writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop, predictor.draw),
-                                  daemon=True)  # fmt: skip
+        reader = threading.Thread(
+            target=_reader, args=(frames_iter, frames_q, batch, max_frames, errors, stop), daemon=True
+        )
+        writer = threading.Thread(target=_writer, args=(tmp, info, encode_q, errors, stop, predictor.draw), daemon=True)
         start = time.perf_counter()
         reader.start()
         writer.start()
@@ -373,9 +376,16 @@ def run_video(
 
 
 def _segment(
-    predictor: Predictor, frames_q: queue.Queue, encode_q: queue.Queue, stop: threading.Event, total: int | None,
-    show: bool, progress: bool, start: float, fps_label: bool = True,
-) -> int:  # fmt: skip
+    predictor: Predictor,
+    frames_q: queue.Queue,
+    encode_q: queue.Queue,
+    stop: threading.Event,
+    total: int | None,
+    show: bool,
+    progress: bool,
+    start: float,
+    fps_label: bool = True,
+) -> int:
     """The main thread's stage: batches of (frame, time) in, (frame, mask, FPS so far, time, drawn) out to the
     writer; returns the
     frames segmented. With `show`, each overlay is also shown while a window can be opened."""

@@ -193,8 +193,9 @@ class DinoVisionTransformer(nn.Module):
             if i in wanted:
                 collected.append(tokens)
         prefix, final_norm = 1 + self.num_register_tokens, self.norm if norm else None
-        outputs, class_tokens, _ = split_layers(collected, wanted, len(self.blocks), x, self.patch_size, prefix,
-                                                final_norm, reshape)  # fmt: skip
+        outputs, class_tokens, _ = split_layers(
+            collected, wanted, len(self.blocks), x, self.patch_size, prefix, final_norm, reshape
+        )
         if return_class_token:
             return tuple(zip(outputs, class_tokens, strict=True))
         return tuple(outputs)

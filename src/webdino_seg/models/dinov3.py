@@ -225,8 +225,9 @@ class DinoV3VisionTransformer(nn.Module):
         wanted = wanted_layers(n, len(self.blocks))
         _, collected = self._blocks(x, None, wanted)
         prefix, final_norm = 1 + self.n_storage_tokens, self.norm if norm else None
-        outputs, class_tokens, extra_tokens = split_layers(collected, wanted, len(self.blocks), x, self.patch_size,
-                                                           prefix, final_norm, reshape)  # fmt: skip
+        outputs, class_tokens, extra_tokens = split_layers(
+            collected, wanted, len(self.blocks), x, self.patch_size, prefix, final_norm, reshape
+        )
         if return_class_token and return_extra_tokens:
             return tuple(zip(outputs, class_tokens, extra_tokens, strict=True))
         if return_class_token:

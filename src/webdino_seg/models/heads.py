@@ -81,8 +81,9 @@ class MultiLayerDecoder(nn.Module):
         )
         self.fuse = nn.ModuleList(_Residual(width) for _ in range(4))
         self.refine = nn.ModuleList(_Residual(width) for _ in range(4))
-        self.classify = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-                                      nn.Conv2d(width, num_classes, 1))  # fmt: skip
+        self.classify = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(width, num_classes, 1)
+        )
 
     def forward(self, features: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         maps = [rs(proj(f)) for f, proj, rs in zip(features.chunk(4, dim=1), self.project, self.resample, strict=True)]
@@ -99,8 +100,9 @@ def _cells3(x: torch.Tensor) -> torch.Tensor:
     return F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, k, 9, h, w)
 
 
-def _prototype_scores(f: torch.Tensor, held: torch.Tensor, probs: torch.Tensor, near: torch.Tensor, cell: int
-                      ) -> torch.Tensor:  # fmt: skip
+def _prototype_scores(
+    f: torch.Tensor, held: torch.Tensor, probs: torch.Tensor, near: torch.Tensor, cell: int
+) -> torch.Tensor:
     """-|f - P_c|^2 up to a per-pixel constant, (B, C, H, W): each pixel's embedding `f` (B, E, H, W) against class
     prototypes P_c, the embeddings each class holds in the pixel's 3x3 neighbour cells (`held`, (B, C, E, h, w): per
     cell, the mean of the class's share times the embedding) over the shares they hold there (`probs`, (B, C, h, w)),
@@ -166,11 +168,14 @@ class GuidedUpsampler(nn.Module):
         self.stride, self.rounds = stride, rounds
         pad = {"padding": 1, "padding_mode": "replicate"}  # a uniform image embeds uniformly, borders included
         self.encode = nn.Sequential(
-            nn.Conv2d(3, 24, 3, stride=2, **pad), nn.GELU(),
-            nn.Conv2d(24, guide, 3, stride=stride // 2, **pad), nn.GELU(),
-            nn.Conv2d(guide, guide, 3, **pad), nn.GELU(),
+            nn.Conv2d(3, 24, 3, stride=2, **pad),
+            nn.GELU(),
+            nn.Conv2d(24, guide, 3, stride=stride // 2, **pad),
+            nn.GELU(),
             nn.Conv2d(guide, guide, 3, **pad),
-        )  # fmt: skip
+            nn.GELU(),
+            nn.Conv2d(guide, guide, 3, **pad),
+        )
         self.embed = nn.Conv2d(guide + 3, embed, 1)
         with torch.no_grad():  # starts as colour similarity, the learned channels small
             self.embed.weight.zero_()

@@ -106,8 +106,10 @@ def fold_layer_scales(blocks: nn.ModuleList) -> int:
                 continue
             last = [m for m in branch.modules() if isinstance(m, nn.Linear)][-1]  # registered in the order applied
             if last.out_features != scale.gamma.numel():
-                raise ValueError(f"cannot fold {name}: the branch's last linear layer gives {last.out_features} "
-                                 f"values, the scale has {scale.gamma.numel()}")  # fmt: skip
+                raise ValueError(
+                    f"cannot fold {name}: the branch's last linear layer gives {last.out_features} "
+                    f"values, the scale has {scale.gamma.numel()}"
+                )
             last.weight.mul_(scale.gamma[:, None].to(last.weight.dtype))
             if last.bias is not None:
                 last.bias.mul_(scale.gamma.to(last.bias.dtype))

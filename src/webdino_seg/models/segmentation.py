@@ -95,9 +95,7 @@ def upsample(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def model_input(
-    images: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor
-) -> torch.Tensor:
+def model_input(images: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) RGB images as the model takes them: bilinear resize to `size` (as cv2's INTER_LINEAR
     in training), scaled to [0, 1], normalised by `mean` and `std` (broadcastable, e.g. (1, 3, 1, 1))."""
     x = F.interpolate(images.float().div_(255), size=tuple(size), mode="bilinear", align_corners=False)

@@ -100,8 +100,9 @@ def _dinov2(arch: str, hf: str, dim: int, depth: int, heads: int, ffn: str, reg:
     )
 
 
-def _dinov3(arch: str, dim: int, depth: int, heads: int, ffn: str, ratio: float, data: str, hash8: str,
-            **extra: object) -> BackboneConfig:  # fmt: skip
+def _dinov3(
+    arch: str, dim: int, depth: int, heads: int, ffn: str, ratio: float, data: str, hash8: str, **extra: object
+) -> BackboneConfig:
     sat = data == "sat493m"
     return BackboneConfig(
         name=f"dinov3-{arch}" + ("-sat" if sat else ""),

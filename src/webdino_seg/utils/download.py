@@ -121,8 +121,10 @@ def download_url(
         if verified(dest, url, sha256):
             return dest
         if dest_dir is not None and read_record(dest) is None:
-            raise FileExistsError(f"{dest}: exists and was not downloaded from {url} by webdino-seg; move it away or "
-                                  "choose another folder")  # fmt: skip
+            raise FileExistsError(
+                f"{dest}: exists and was not downloaded from {url} by webdino-seg; move it away or "
+                "choose another folder"
+            )
         quarantine(dest)  # ours, but changed, cut short or from another URL: fetched again
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.{_url_key(url)}.part")
@@ -155,14 +157,18 @@ def _fetch(url: str, part: Path, progress: bool, timeout: float, sha256: str | N
         kind = response.headers.get("Content-Type", "")
         if kind.split(";")[0].strip().lower() == "text/html":
             part.unlink(missing_ok=True)
-            raise DownloadError(f"cannot download {url}: the server answered with an HTML page ({kind}), not the "
-                                "file; check the URL (a login or error page?)")  # fmt: skip
+            raise DownloadError(
+                f"cannot download {url}: the server answered with an HTML page ({kind}), not the "
+                "file; check the URL (a login or error page?)"
+            )
         start, total = begun
         if total is None and sha256 is None:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"cannot download {url}: the server does not say how long the file is, so a cut-off "
-                                "download could not be told from a whole one; pass the file's sha256 (--sha256) or "
-                                "download it yourself and pass the local path")  # fmt: skip
+            raise DownloadError(
+                f"cannot download {url}: the server does not say how long the file is, so a cut-off "
+                "download could not be told from a whole one; pass the file's sha256 (--sha256) or "
+                "download it yourself and pass the local path"
+            )
         bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=url_name(url), disable=not progress)
         with open(part, "ab" if start else "wb") as f, bar:
             try:
@@ -171,8 +177,9 @@ def _fetch(url: str, part: Path, progress: bool, timeout: float, sha256: str | N
                     bar.update(len(block))
             except (http.client.IncompleteRead, OSError) as err:
                 f.flush()
-                raise DownloadError(f"download of {url} broke off at {f.tell()} bytes ({type(err).__name__}); run "
-                                    "again to resume") from None  # fmt: skip
+                raise DownloadError(
+                    f"download of {url} broke off at {f.tell()} bytes ({type(err).__name__}); run again to resume"
+                ) from None
     got = part.stat().st_size
     if total is not None and got != total:
         raise DownloadError(f"download of {url} stopped at {got} of {total} bytes; run again to resume")

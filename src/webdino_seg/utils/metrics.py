@@ -55,8 +55,11 @@ class ConfusionMatrix:
             return {"miou": float("nan"), "pixel_accuracy": float("nan"), "class": 0}
         majority = int(truth.argmax())
         present = int((truth > 0).sum())
-        return {"miou": float(truth[majority]) / total / present, "pixel_accuracy": float(truth[majority]) / total,
-                "class": majority}  # fmt: skip
+        return {
+            "miou": float(truth[majority]) / total / present,
+            "pixel_accuracy": float(truth[majority]) / total,
+            "class": majority,
+        }
 
     def summary(self, class_names: list[str] | None = None) -> dict:
         """mIoU, pixel accuracy and per-class IoU as plain numbers."""

@@ -53,8 +53,10 @@ def guard(outputs: Iterable[Path], inputs: Iterable[Path], flag: str = "--out") 
         hit = (by_identity.get(ident) if ident is not None else None) or by_path.get(real)
         if hit is not None:
             same = "" if _real(hit) == real else " (the same file under another name)"
-            raise OutputError(f"{flag} {out} would overwrite the input {hit}{same}; a command never writes onto its "
-                              f"own input: choose another {flag}")  # fmt: skip
+            raise OutputError(
+                f"{flag} {out} would overwrite the input {hit}{same}; a command never writes onto its "
+                f"own input: choose another {flag}"
+            )
         if real in seen:
             raise OutputError(f"{flag}: {seen[real]} and {out} are one output; two inputs would write it")
         seen[real] = out
@@ -66,8 +68,10 @@ def outside(folder: str | Path, inputs: Iterable[str | Path], flag: str = "--out
     real = _real(Path(folder))
     for root in inputs:
         if Path(root).is_dir() and (real == (top := _real(Path(root))) or top in real.parents):
-            raise OutputError(f"{flag} {folder} is inside the input folder {root}; a command never writes into its "
-                              f"own input: choose a {flag} outside it")  # fmt: skip
+            raise OutputError(
+                f"{flag} {folder} is inside the input folder {root}; a command never writes into its "
+                f"own input: choose a {flag} outside it"
+            )
 
 
 def may_replace(path: Path, overwrite: bool, flag: str = "--out") -> None:
@@ -78,8 +82,10 @@ def may_replace(path: Path, overwrite: bool, flag: str = "--out") -> None:
     if path.is_dir() and not any(path.iterdir()):  # an empty folder holds nothing to lose
         return
     what = "folder" if path.is_dir() else "file"
-    raise OutputError(f"{flag} {path}: a {what} that webdino-seg did not write is there; pass --overwrite to replace "
-                      f"it, or choose another {flag}")  # fmt: skip
+    raise OutputError(
+        f"{flag} {path}: a {what} that webdino-seg did not write is there; pass --overwrite to replace "
+        f"it, or choose another {flag}"
+    )
 
 
 def is_ours(path: Path) -> bool:

@@ -99,8 +99,9 @@ def speed_flags(device: torch.device) -> Iterator[None]:
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = before  # fmt: skip
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = (
+            before
+        )
 
 
 def describe(device: torch.device) -> dict:

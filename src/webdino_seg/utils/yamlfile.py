@@ -23,8 +23,9 @@ class _StrictLoader(yaml.SafeLoader):
             key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
             try:
                 if key in seen:
-                    raise DuplicateKeyError(f"key {key!r} on line {line} is given again (first on line "
-                                            f"{seen[key]}); give each key once")  # fmt: skip
+                    raise DuplicateKeyError(
+                        f"key {key!r} on line {line} is given again (first on line {seen[key]}); give each key once"
+                    )
                 seen[key] = line
             except TypeError:  # an unhashable key: SafeLoader's own error follows
                 continue
@@ -32,11 +33,14 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 # YAML 1.2's float, which also reads 1e-3, 1E5 and 2.5e+4 (YAML 1.1 needs a dot and a signed exponent)
-_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X)  # fmt: skip
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 
 
 class _Dumper(yaml.SafeDumper):

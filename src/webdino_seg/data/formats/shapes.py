@@ -41,8 +41,10 @@ def points_problem(points: object, width: float, height: float, least: int = 3) 
         low, high = -MARGIN * size, (1 + MARGIN) * size
         out = next((v for v in values if not low <= v <= high), None)
         if out is not None:
-            return (f"{axis} = {out:g} lies outside the image (0-{size:g}) by more than half its size; are the "
-                    "coordinates in this format's unit?")  # fmt: skip
+            return (
+                f"{axis} = {out:g} lies outside the image (0-{size:g}) by more than half its size; are the "
+                "coordinates in this format's unit?"
+            )
     return None
 
 

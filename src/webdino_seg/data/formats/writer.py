@@ -82,12 +82,15 @@ def check_names(examples: list[Example]) -> None:
         for key in (name.lower(), Path(name).stem.lower() + ".png"):
             first = seen.setdefault(key, example.image)
             if first != example.image:
-                raise DataError(f"{first} and {example.image}: both would be imported as {name} (or its mask "
-                                f"{Path(name).stem}.png); give each image its own file name")  # fmt: skip
+                raise DataError(
+                    f"{first} and {example.image}: both would be imported as {name} (or its mask "
+                    f"{Path(name).stem}.png); give each image its own file name"
+                )
 
 
-def assign_splits(examples: list[Example], valid_fraction: float, seed: int, kept: dict[str, str] | None = None
-                  ) -> None:  # fmt: skip
+def assign_splits(
+    examples: list[Example], valid_fraction: float, seed: int, kept: dict[str, str] | None = None
+) -> None:
     """Give the examples without a split one: those `kept` names (an earlier import's record) keep theirs, the
     others go to valid by the stable rule of `splitrule.stable_split` (a share `valid_fraction`), so adding
     images to a source never moves an imported one."""
@@ -155,8 +158,10 @@ def _write_one(root: Path, example: Example, num_classes: int) -> None:
         raise DataError(str(err)) from None
     mask = example.mask()
     if mask.shape != (size[1], size[0]):
-        raise DataError(f"{example.image}: image is {size[0]}x{size[1]} (upright) but its labels are "
-                        f"{mask.shape[1]}x{mask.shape[0]}")  # fmt: skip
+        raise DataError(
+            f"{example.image}: image is {size[0]}x{size[1]} (upright) but its labels are "
+            f"{mask.shape[1]}x{mask.shape[0]}"
+        )
     bad = np.unique(mask[(mask >= num_classes) & (mask != VOID)])
     if bad.size:
         raise DataError(f"{example.image}: label value(s) {bad.tolist()[:8]} beyond the {num_classes} classes")

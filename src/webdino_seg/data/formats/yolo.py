@@ -52,8 +52,16 @@ def _objects(label: Path, count: int) -> list[tuple[int, np.ndarray]]:
             raise DataError(f"{label}:{number}: class {cls}; data.yaml names {count} (0-{count - 1})")
         if len(coords) == 4:  # a box: centre x, centre y, width, height
             cx, cy, bw, bh = coords
-            coords = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, cx - bw / 2,
-                      cy + bh / 2]  # fmt: skip
+            coords = [
+                cx - bw / 2,
+                cy - bh / 2,
+                cx + bw / 2,
+                cy - bh / 2,
+                cx + bw / 2,
+                cy + bh / 2,
+                cx - bw / 2,
+                cy + bh / 2,
+            ]
         problem = points_problem(coords, 1.0, 1.0)
         if problem:
             raise DataError(f"{label}:{number}: {problem} (YOLO coordinates are 0-1 shares of the image)")
@@ -81,8 +89,10 @@ def read_yolo(source: Path) -> tuple[list[Example], Classes]:
         names = [names[k] for k in sorted(names)]
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise DataError(f"{config_path}: names {cut(names, 60)} is not a list of class names (or a map 0: name)")
-    entries = {key: [config[key]] if isinstance(config.get(key), str) else config.get(key) or [] for key in
-               ("train", "val", "test")}  # fmt: skip
+    entries = {
+        key: [config[key]] if isinstance(config.get(key), str) else config.get(key) or []
+        for key in ("train", "val", "test")
+    }
     if not isinstance(config.get("path") or "", str) or not all(
         isinstance(v, list) and all(isinstance(e, str) for e in v) for v in entries.values()
     ):

@@ -64,8 +64,9 @@ def convert_weights(
     if to == "official":
         check_suffix(dst, weights[:3], "--to official writes a PyTorch .pth file", "output")
     elif dst.suffix.lower() in weights:
-        raise OutputError(f"output {dst}: --to hf writes a folder (model.safetensors and config.json); give a folder "
-                          "name")  # fmt: skip
+        raise OutputError(
+            f"output {dst}: --to hf writes a folder (model.safetensors and config.json); give a folder name"
+        )
     src_path = resolve_weights(src)
     sources = [p for p in src_path.rglob("*") if p.is_file()] if src_path.is_dir() else [src_path]
     guard([dst, dst / "model.safetensors", dst / "config.json"], sources, "output")

@@ -53,7 +53,6 @@ _V5_RENAMES = {
 }
 
 
-
 def is_hf(sd: StateDict) -> bool:
     """Hugging Face ``Dinov2Model`` keys, transformers 4 or 5."""
     return any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd)
@@ -222,5 +221,7 @@ def describe_unlisted(sd: StateDict) -> str | None:
     if shapes is None:
         return None
     dim, depth, ffn, registers = shapes
-    return (f"an unlisted model (embed_dim {dim}, depth {depth}, {sd['pos_embed'].shape[1] - 1} position tokens, "
-            f"{ffn} FFN, {registers} register tokens)")  # fmt: skip
+    return (
+        f"an unlisted model (embed_dim {dim}, depth {depth}, {sd['pos_embed'].shape[1] - 1} position tokens, "
+        f"{ffn} FFN, {registers} register tokens)"
+    )

@@ -54,11 +54,16 @@ def check_dtypes(model: nn.Module, sd: StateDict, source: str) -> None:
     """Raise a `WeightsError` naming the tensors that are not floating point where the model's are (an int8 or
     int64 tensor is a quantized or damaged file, never weights to load as they are)."""
     expected = model.state_dict()
-    bad = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sd.items()
-           if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]  # fmt: skip
+    bad = [
+        f"{k} ({str(v.dtype).removeprefix('torch.')})"
+        for k, v in sd.items()
+        if k in expected and expected[k].is_floating_point() and not v.is_floating_point()
+    ]
     if bad:
-        raise WeightsError(f"{source}: {len(bad)} tensor(s) are not floating point, e.g. {few(bad, 3)}; the file is "
-                           "quantized or damaged, not the variant's weights")  # fmt: skip
+        raise WeightsError(
+            f"{source}: {len(bad)} tensor(s) are not floating point, e.g. {few(bad, 3)}; the file is "
+            "quantized or damaged, not the variant's weights"
+        )
 
 
 def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:

@@ -58,8 +58,9 @@ def read_weights(source: str | Path) -> tuple[Path, StateDict]:
         if not str(source).startswith(("http://", "https://")):
             raise
         bad = quarantine(path)
-        raise WeightsError(f"{err} (downloaded from {source}; moved aside to {bad}: the next try downloads it "
-                           "again)") from None  # fmt: skip
+        raise WeightsError(
+            f"{err} (downloaded from {source}; moved aside to {bad}: the next try downloads it again)"
+        ) from None
 
 
 def _shards(index: Path) -> list[str]:
@@ -69,7 +70,7 @@ def _shards(index: Path) -> list[str]:
     except (ValueError, AttributeError) as err:
         raise WeightsError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise WeightsError(f"{index}: has no \"weight_map\" of tensor names to shard files")
+        raise WeightsError(f'{index}: has no "weight_map" of tensor names to shard files')
     return sorted(set(weight_map.values()))
 
 
