@@ -264,7 +264,12 @@ def test_runs_print_their_baseline_folder_and_next_commands(small: Path, tmp_pat
             line.startswith("all-background baseline on valid (predicting background everywhere): mIoU") for line in out
         )
         assert any("(IoU background " in line and " person " in line for line in out)  # per-class, every epoch
-        assert f"run folder: {expected}" in out[-5]
+        assert f"run folder: {expected}" in out[-6]
+        assert re.fullmatch(
+            r"best model on the 4 valid images at full size: mIoU [0-9.]+ \[[0-9.]+, [0-9.]+\] \(95% "
+            r"interval, bootstrap over the images: a difference inside it may be noise\)",
+            out[-5],
+        )
         best = f"{expected}/best_model_iou.pth"
         assert out[-4] == f"next: webdino-seg predict --input IMAGES --model {best} --out {expected}/predict"
         assert out[-3].strip().startswith(f"webdino-seg video --input VIDEO.mp4 --model {expected}/best_model_iou.pth")

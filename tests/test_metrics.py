@@ -114,3 +114,44 @@ def test_the_boundary_band_keeps_the_pixels_near_a_class_boundary() -> None:
     assert perfect.miou() == 1.0
     with pytest.raises(ValueError, match="band width"):
         boundary_band(mask, -1)
+
+
+def test_the_bootstrap_interval_is_the_percentiles_of_images_drawn_again() -> None:
+    """Against the definition written out: each draw picks N images with replacement, sums their confusion
+    matrices and scores the sum; the interval is the 2.5th and 97.5th percentile of those scores."""
+    import numpy as np
+
+    from webdino_seg.utils.metrics import bootstrap_miou
+
+    per_image = torch.randint(0, 40, (30, 3, 3), generator=torch.Generator().manual_seed(4))
+    per_image[::7, 2] = 0  # some images without class 2
+    generator, scores = torch.Generator().manual_seed(0), []
+    for _ in range(10):  # drawn 100 at a time, as the library draws them
+        for picks in torch.randint(0, 30, (100, 30), generator=generator):
+            cm = ConfusionMatrix(3)
+            cm.mat = per_image[picks].sum(0)
+            scores.append(cm.miou())
+    expected = np.percentile(scores, [2.5, 97.5])
+    low, high = bootstrap_miou(per_image)
+    assert np.allclose([low, high], expected, rtol=0, atol=1e-12)
+    whole = ConfusionMatrix(3)
+    whole.mat = per_image.sum(0)
+    assert low < whole.miou() < high
+    wider = bootstrap_miou(per_image[:8])  # fewer images: less certain
+    assert wider[1] - wider[0] > high - low
+    one = ConfusionMatrix(3)
+    one.mat = per_image[0]
+    assert bootstrap_miou(per_image[:1]) == pytest.approx((one.miou(), one.miou()))
+
+
+def test_evaluate_and_train_state_the_interval(ckpt, prepared, tmp_path, capsys) -> None:
+    import json
+
+    from webdino_seg.app.cli import main
+
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--data", str(prepared), "--model", str(ckpt), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    low, high = report["miou_ci"]
+    assert low <= report["miou"] <= high and report["ci"]["resamples"] == 1000
+    assert f"[{low:.4f}, {high:.4f}] (95% interval, bootstrap over the 6 images)" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from ..data.images import read_image, read_mask
 from ..models.checkpoint import load_model, save_model
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.files import atomic_write, save_png
-from ..utils.metrics import ConfusionMatrix
+from ..utils.metrics import ConfusionMatrix, bootstrap_miou
 from ..utils.overlay import caption, legend, overlay, side_by_side
 from ..utils.runtime import autocast
 from .config import TrainConfig
@@ -76,20 +76,26 @@ def finish_run(
     cfg: TrainConfig,
     device: torch.device,
     clock: Timings | None = None,
-) -> None:
+) -> dict | None:
     """Final artifacts: final_model.pth, the curves and valid_preds/; the kept feature chunks are removed. The
-    time of each goes into `clock` (stage ``finish``)."""
+    time of each goes into `clock` (stage ``finish``). Returns the best model's valid mIoU at full size with its
+    bootstrap interval over the images (None without a best model)."""
     clock = clock or Timings()
     with clock.part("finish", "final model"):
         save_model(run / "final_model.pth", model, identity, meta)
     with clock.part("finish", "curves"):
         save_curves(history, run.path, title=run.path.name, baseline=meta.get("baseline"))
     best_path = run / "best_model_iou.pth"
+    scores = None
     if best_path.exists():
         with clock.part("finish", "valid_preds"):
             best, ckpt = load_model(best_path, backbone=model.backbone)
-            write_valid_preds(run / "valid_preds", best.to(device), valid_pairs, cfg, ckpt, device)
+            mats = write_valid_preds(run / "valid_preds", best.to(device), valid_pairs, cfg, ckpt, device)
+        total = ConfusionMatrix(cfg.num_classes)
+        total.mat = mats.sum(0)
+        scores = {"miou": total.miou(), "miou_ci": list(bootstrap_miou(mats)), "images": len(mats)}
     shutil.rmtree(run.features, ignore_errors=True)
+    return scores
 
 
 @torch.inference_mode()
@@ -100,16 +106,17 @@ def write_valid_preds(
     cfg: TrainConfig,
     ckpt: dict,
     device: torch.device,
-) -> None:
+) -> torch.Tensor:
     """``out/<name>.png``: ground truth beside the model's prediction, at full resolution, each side captioned
     (image name, "ground truth"; "prediction" and the image's mIoU), over a legend of the classes present with
-    each one's IoU on this image."""
+    each one's IoU on this image. Returns the (N, C, C) confusion matrix of each image."""
     mean = torch.tensor(ckpt["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(ckpt["std"], device=device).view(1, 3, 1, 1)
     colors = np.array(cfg.class_colors, dtype=np.uint8)
     coding = cfg.coding()  # read once: it looks at the data's classes.json
     model.eval()
     out.mkdir(exist_ok=True)
+    mats = []
     for image_path, mask_path in tqdm(pairs, desc="valid_preds", leave=False):
         image = read_image(image_path)
         truth = read_mask(mask_path, cfg.mask_mode, coding=coding)
@@ -126,3 +133,5 @@ def write_valid_preds(
         names = [f"{n} {iou:.3f}" if iou == iou else n for n, iou in zip(cfg.class_names, ious, strict=True)]
         present = {int(v) for v in np.unique(np.concatenate([truth.ravel(), pred.ravel()])) if v < len(names)}
         save_png(out / f"{image_path.stem}.png", np.concatenate([pair, legend(names, colors, pair.shape[1], present)]))
+        mats.append(one.mat)
+    return torch.stack(mats) if mats else torch.zeros(0, cfg.num_classes, cfg.num_classes, dtype=torch.int64)

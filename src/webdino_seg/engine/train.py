@@ -317,12 +317,12 @@ def _train(
     finally:
         if board is not None:
             board.close()
-    _finish(loop, progress)
-    _say_where_to_go(run, progress, base, cfg, log, clock)
+    scores = _finish(loop, progress)
+    _say_where_to_go(run, progress, base, cfg, log, clock, scores)
     return run.path
 
 
-def _finish(loop: _Loop, progress: Progress) -> None:
+def _finish(loop: _Loop, progress: Progress) -> dict | None:
     """The final model, curves and valid_preds (rank 0: the other processes are done, none waits in a collective
     that could time out); stopped here, it says how to continue (resuming makes them again)."""
     try:
@@ -332,7 +332,7 @@ def _finish(loop: _Loop, progress: Progress) -> None:
                     "epoch": loop.cfg.epochs,
                     "metrics": progress.history[-1] if progress.history else {},
                 }
-                finish_run(
+                return finish_run(
                     loop.run,
                     loop.source.model,
                     loop.identity,
@@ -346,6 +346,7 @@ def _finish(loop: _Loop, progress: Progress) -> None:
     except BaseException as err:
         loop.log(_how_to_continue(loop.run, progress, loop.cfg.epochs, err))
         raise
+    return None
 
 
 def _setup(
@@ -506,7 +507,9 @@ def class_weights(cfg: TrainConfig, train_ds: SegmentationDataset, log: Callable
     return weights
 
 
-def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainConfig, log, clock: Timings) -> None:
+def _say_where_to_go(
+    run: RunFolder, progress: Progress, base: dict, cfg: TrainConfig, log, clock: Timings, scores: dict | None = None
+) -> None:
     """The last lines: where the time went (also written as timings.json), the best score beside the baseline,
     the run folder, the commands for its best model."""
     if distributed.rank() == 0:
@@ -518,6 +521,12 @@ def _say_where_to_go(run: RunFolder, progress: Progress, base: dict, cfg: TrainC
         f"best valid mIoU {progress.best['miou']:.4f} at epoch {progress.best['iou_epoch']} "
         f"(all-{names[base['class']]} baseline {base['miou']:.4f}); run folder: {run.path}"
     )
+    if scores is not None:  # what valid_preds/ scored: the best model at each image's full size
+        low, high = scores["miou_ci"]
+        log(
+            f"best model on the {scores['images']} valid images at full size: mIoU {scores['miou']:.4f} "
+            f"[{low:.4f}, {high:.4f}] (95% interval, bootstrap over the images: a difference inside it may be noise)"
+        )
     best, ws = run / "best_model_iou.pth", "webdino-seg"
     log("next: " + command(ws, "predict", "--input", "IMAGES", "--model", best, "--out", run / "predict"))
     log("      " + command(ws, "video", "--input", "VIDEO.mp4", "--model", best, "--out", run / "video.mp4"))

@@ -16,7 +16,7 @@ from ..data.labels import Coding
 from ..data.splitrule import check_disjoint
 from ..models.checkpoint import read_checkpoint, run_id_of
 from ..utils.files import atomic_write_text, check_output_dir, check_output_file
-from ..utils.metrics import VOID, ConfusionMatrix
+from ..utils.metrics import CI_LEVEL, RESAMPLES, VOID, ConfusionMatrix, bootstrap_miou
 from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace, outside
 from .predictor import Predictor
 from .report import CURVES, ReportWriter
@@ -86,6 +86,8 @@ def _evaluate(
         "precision": predictor.precision,
         "engine": predictor.engine,
         **cm.summary(names),
+        "miou_ci": list(bootstrap_miou(cm.per_image)),
+        "ci": {"level": CI_LEVEL, "resamples": RESAMPLES, "seed": 0, "over": "images, drawn again with replacement"},
         "mask_mode": mask_mode,
         "baseline": {k: v for k, v in cm.baseline().items() if k != "class"} | {"class": names[cm.baseline()["class"]]},
         "per_image_miou": _spread(per_image),
@@ -193,7 +195,7 @@ def _score(
 ) -> tuple[ConfusionMatrix, dict[str, float]]:
     """The confusion matrix over every pair at full resolution, and each image's mIoU (and its report card)."""
     names = predictor.class_names
-    cm, per_image, noted = ConfusionMatrix(len(names)), {}, False
+    cm, per_image, noted, mats = ConfusionMatrix(len(names)), {}, False, []
     for image_path, mask_path in (bar := tqdm(pairs, desc="evaluate", unit="img")):
         truth = read_mask(mask_path, mask_mode, len(names), coding)
         image = read_image(image_path)
@@ -206,10 +208,12 @@ def _score(
         one = ConfusionMatrix(len(names))
         one.update(torch.from_numpy(pred), torch.from_numpy(truth))
         cm.merge(one.mat)
+        mats.append(one.mat)
         per_image[image_path.name] = one.miou()
         if writer is not None:
             ious = {f"iou_{n}": float(v) for n, v in zip(names, one.iou().tolist(), strict=True)}
             writer.add(image_path.name, image, truth, pred, {"miou": one.miou(), **ious})
+    cm.per_image = torch.stack(mats) if mats else torch.zeros(0, len(names), len(names), dtype=torch.int64)
     return cm, per_image
 
 
@@ -257,7 +261,8 @@ def format_report(report: dict) -> str:
     ]
     stats = report["per_image_miou"]
     lines += [
-        f"{'mIoU':<16}{report['miou']:>8.4f}",
+        f"{'mIoU':<16}{report['miou']:>8.4f}  [{report['miou_ci'][0]:.4f}, {report['miou_ci'][1]:.4f}] (95% interval, "
+        f"bootstrap over the {report['images']} images)",
         f"{'pixel accuracy':<16}{report['pixel_accuracy']:>8.4f}",
         f"all-{report['baseline']['class']} baseline (predicting {report['baseline']['class']} everywhere): "
         f"mIoU {report['baseline']['miou']:.4f}, pixel accuracy {report['baseline']['pixel_accuracy']:.4f}",

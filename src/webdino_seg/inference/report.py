@@ -22,6 +22,14 @@ THUMB_WIDTH = 300
 CURVES = ("miou.png", "loss.png", "accuracy.png")
 
 
+def _interval(report: dict) -> str:
+    """The mIoU's bootstrap interval as the page shows it (nothing for a report without one)."""
+    if "miou_ci" not in report:
+        return ""
+    low, high = report["miou_ci"]
+    return f" [{low:.4f}, {high:.4f}] <small>(95% interval, bootstrap over the {report['images']} images)</small>"
+
+
 class ReportWriter:
     """Collects each evaluated image's overlays, then writes ``index.html``: everything is written into a temp
     folder beside `folder` and renamed into place by `write`; `discard` (or an error) leaves nothing behind."""
@@ -145,7 +153,7 @@ def _summary(report: dict, info: dict) -> str:
     e = escape
     base = report["baseline"]
     rows = [
-        _row("mIoU", f"<b>{report['miou']:.4f}</b>"),
+        _row("mIoU", f"<b>{report['miou']:.4f}</b>" + _interval(report)),
         *[_row(f"IoU {name}", f"{iou:.4f}") for name, iou in report["iou"].items()],
         _row("pixel accuracy", f"{report['pixel_accuracy']:.4f}"),
         _row(

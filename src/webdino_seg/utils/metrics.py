@@ -85,3 +85,41 @@ def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
         edge.narrow(dim, 1, t.shape[dim] - 1).logical_or_(differ)
     band = F.max_pool2d(edge.float(), 2 * width + 1, stride=1, padding=width) > 0
     return torch.where(band, t, torch.full_like(t, VOID)).reshape(target.shape).to(target.dtype)
+
+
+RESAMPLES = 1000  # bootstrap resamples of the images, unless said otherwise
+CI_LEVEL = 0.95
+
+
+def miou_of(mats: torch.Tensor) -> torch.Tensor:
+    """mIoU of each of a stack of (..., C, C) confusion matrices, as `ConfusionMatrix.miou` (classes absent from
+    both prediction and truth left out)."""
+    mats = mats.double()
+    inter = mats.diagonal(dim1=-2, dim2=-1)
+    union = mats.sum(-2) + mats.sum(-1) - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+    return iou.nanmean(-1)
+
+
+def bootstrap_miou(
+    per_image: torch.Tensor, resamples: int = RESAMPLES, seed: int = 0, level: float = CI_LEVEL
+) -> tuple[float, float]:
+    """The `level` percentile interval of the mIoU when the images are drawn again with replacement: each of
+    `resamples` draws sums the (N, C, C) per-image confusion matrices it picked (seeded: the same interval every
+    time). With one image there is nothing to resample: the interval is its score twice."""
+    n = per_image.shape[0]
+    if n == 0:
+        return float("nan"), float("nan")
+    generator = torch.Generator().manual_seed(seed)
+    flat = per_image.reshape(n, -1).double()
+    scores = []
+    for start in range(0, resamples, 100):  # 100 draws at a time: memory stays at 100 x N x C x C
+        picks = torch.randint(0, n, (min(100, resamples - start), n), generator=generator)
+        counts = torch.zeros(len(picks), n, dtype=torch.float64).scatter_add_(
+            1, picks, torch.ones_like(picks, dtype=torch.float64)
+        )
+        scores.append(miou_of((counts @ flat).reshape(-1, *per_image.shape[1:])))
+    scores = torch.cat(scores)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(scores, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return low, high
