@@ -248,3 +248,22 @@ def test_a_checkpoint_whose_head_no_longer_fits_is_named(ckpt: Path, tmp_path: P
         "decode.0.bias, decode.0.weight; unexpected decode.old.bias, decode.old.weight)",
     )
     assert not (tmp_path / "p").exists()
+
+
+def test_a_mistyped_command_or_flag_names_the_nearest(capsys) -> None:
+    import pytest
+
+    from webdino_seg.app.cli import main
+
+    for argv, hint in (
+        (["trian"], "did you mean train?"),
+        (["train", "--lrr", "3"], "did you mean --lr?"),
+        (["evaluate", "--data", "d", "--model", "m", "--splt", "test"], "did you mean --split?"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().endswith(hint)
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "d", "--frobnicate"])
+    assert "did you mean" not in capsys.readouterr().err  # nothing near: nothing suggested

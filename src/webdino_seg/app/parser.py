@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
+import sys
 
 from .._version import __version__
 from ..data.formats.prepare import FORMATS
@@ -559,9 +562,37 @@ SUBCOMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors for a mistyped command or flag name the nearest ones."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given_args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        super().error(message + _suggestion(self, message))
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """'; did you mean ...?' for an unknown command, or a flag the command given does not have, in `message`."""
+    wrong = re.search(r"invalid choice: '([^']*)'", message) or re.search(r"unrecognized arguments: (\S+)", message)
+    if wrong is None:
+        return ""
+    known = [o for a in parser._actions for o in a.option_strings]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = next((a for a in getattr(parser, "given_args", []) if a in action.choices), None)
+            if chosen is None:
+                known += list(action.choices)
+            else:  # the flags of the command given
+                known = [o for a in action.choices[chosen]._actions for o in a.option_strings]
+    near = difflib.get_close_matches(wrong.group(1), sorted(set(known)), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand (the chosen one lands in ``args.command``)."""
-    parser = argparse.ArgumentParser(prog="webdino-seg", description=DESCRIPTION, formatter_class=_Help)
+    parser = _Parser(prog="webdino-seg", description=DESCRIPTION, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"webdino-seg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
