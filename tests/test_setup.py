@@ -96,3 +96,19 @@ def test_every_train_flag_takes_its_default_and_choices_from_the_library() -> No
     assert seen == set(fields) - {"class_colors"}, set(fields) - seen  # colours: from classes.json, no flag
     choices = {a.dest: a.choices for a in train._actions if a.choices}
     assert choices == {"head": list(HEADS), "loss": list(LOSSES), "mask_mode": MASK_MODES}
+
+
+def test_help_answers_without_importing_torch() -> None:
+    """`webdino-seg --help` and every command's --help build the parser from torch-free name lists and settings."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom webdino_seg.app.cli import main\nfrom webdino_seg.app.parser import SUBCOMMANDS\n"
+        "for argv in (['--help'], *([add.__name__.strip('_').replace('_', '-'), '--help'] for add in SUBCOMMANDS)):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('webdino_seg'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Train a segmentation head" in done.stdout and "usage: webdino-seg evaluate" in done.stdout

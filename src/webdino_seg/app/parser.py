@@ -10,13 +10,12 @@ import re
 import sys
 
 from .._version import __version__
-from ..data.formats.prepare import FORMATS
-from ..data.images import MASK_MODES
+from ..data.names import FORMATS, MASK_MODES
 from ..engine.config import TrainConfig
-from ..engine.losses import LOSSES
+from ..engine.names import LOSSES
 from ..inference.masks import MASK_VALUES
-from ..inference.precision import ENGINES, PRECISIONS
-from ..models.heads import HEADS
+from ..inference.names import ENGINES, PRECISIONS
+from ..models.names import HEAD_NAMES
 
 DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
 
@@ -299,7 +298,7 @@ def _train_recipe(p: argparse.ArgumentParser, g: dict) -> None:
     p.add_argument(
         "--head",
         default=_default("head"),
-        choices=list(HEADS),
+        choices=list(HEAD_NAMES),
         help="decoder head: simple (the tutorial's), linear4 (DINOv2's linear probe on 4 layers), "
         "multilayer (DPT-like fusion of 4 layers), guided (image-guided upsampling of the logits)",
         **g,

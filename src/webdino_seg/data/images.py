@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..utils.constants import VOID
 from ..utils.files import why_missing
-from ..utils.metrics import VOID
 from .labels import Coding
+from .names import MASK_MODES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 256_000_000  # 256 megapixels; past this a file is refused (or, for JPEG, decoded reduced)
-MASK_MODES = ("auto", "ids", "binary", "instances")
 
 
 class ImageError(ValueError):

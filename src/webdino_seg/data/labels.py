@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.constants import VOID
 from ..utils.files import atomic_write_text
-from ..utils.metrics import VOID
 from ..utils.overlay import palette
 from ..utils.safetext import cut
 

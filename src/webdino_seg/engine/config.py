@@ -10,16 +10,15 @@ from pathlib import Path
 
 import yaml
 
-from ..data.images import MASK_MODES
 from ..data.labels import Classes, Coding, default_class_names, read_classes_file
-from ..models.heads import HEADS
-from ..models.layers import check_image_size
+from ..data.names import MASK_MODES
+from ..models.names import HEAD_NAMES
+from ..models.sizes import check_image_size
 from ..models.variants import get_variant
 from ..utils import yamlfile
-from ..utils.metrics import VOID
+from ..utils.constants import VOID
 from ..utils.safetext import clip, cut
-from .board import check_available
-from .losses import LOSSES, parse_class_weights
+from .names import LOSSES
 
 
 class ResumeError(ValueError):
@@ -168,13 +167,17 @@ class TrainConfig:
             raise ValueError(f"--valid-fraction must be between 0 and 1 (e.g. 0.15), got {self.valid_fraction}")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"--mask-mode {cut(self.mask_mode)}: use one of {', '.join(MASK_MODES)}")
-        if self.head not in HEADS:
-            raise ValueError(f"--head {cut(self.head)}: use one of {', '.join(HEADS)}")
+        if self.head not in HEAD_NAMES:
+            raise ValueError(f"--head {cut(self.head)}: use one of {', '.join(HEAD_NAMES)}")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {cut(self.loss)}: use one of {', '.join(LOSSES)}")
+        from .losses import parse_class_weights  # torch: imported when settings are made, not to build the CLI
+
         parse_class_weights(self.class_weights, self.num_classes)
         self.coding()  # the ignore value is checked
         if self.tensorboard:
+            from .board import check_available
+
             check_available()
 
     def _resolve_classes(self) -> None:

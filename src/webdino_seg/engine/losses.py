@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from ..models.segmentation import upsample
 from ..utils.metrics import VOID
 from ..utils.safetext import cut
-
-LOSSES = ("ce", "ce+dice")
+from .names import LOSSES
 
 
 def dice_loss(probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-ENGINES = ("auto", "torch", "openvino")
+from .names import ENGINES, PRECISIONS
+
 # int8 against float32 eager, Web-DINO 300M at 448x448, batch 1, 2 cores (benchmarks/cpu_precision.py)
 AUTO_SPEEDUP = {"openvino": "3.1x", "torch": "2.6x"}
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .names import HEAD_NAMES
+
 
 class SimpleDecoder(nn.Module):
     """The tutorial's head: 3x3 conv to 256 channels, ReLU, 1x1 conv to the classes."""
@@ -230,7 +232,8 @@ class GuidedDecoder(nn.Module):
         return self.upsample(self.coarse(features), image)
 
 
-HEADS = {"simple": SimpleDecoder, "linear4": Linear4, "multilayer": MultiLayerDecoder, "guided": GuidedDecoder}
+# each of the names the CLI offers (models/names.py) and its class: a name without a class is an error at import
+HEADS = dict(zip(HEAD_NAMES, (SimpleDecoder, Linear4, MultiLayerDecoder, GuidedDecoder), strict=True))
 
 
 def head_name(head: nn.Module) -> str:

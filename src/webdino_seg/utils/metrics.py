@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-VOID = 255  # the mask value for unlabelled pixels: ignored by every metric and loss, and kept by the readers
+from .constants import VOID
+
+__all__ = ["VOID", "ConfusionMatrix", "bootstrap_miou", "boundary_band", "miou_of"]
 
 
 class ConfusionMatrix:

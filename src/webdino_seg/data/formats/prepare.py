@@ -9,14 +9,13 @@ from ...utils.metrics import VOID
 from ..datasets import DataError
 from ..images import read_mask
 from ..labels import Classes, Coding, read_classes_file
+from ..names import FORMATS
 from .coco import read_coco, read_coco_splits
 from .folders import dataset_colors, read_folders
 from .labelme import read_labelme
 from .voc import read_voc
 from .writer import Example, assign_splits, check_out, write_dataset
 from .yolo import read_yolo
-
-FORMATS = ("pennfudan", "folders", "voc", "coco", "yolo", "labelme")
 
 
 def prepare_dataset(
