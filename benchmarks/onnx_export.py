@@ -44,7 +44,7 @@ def main() -> None:
         }
         save_model(ckpt, model, backbone_identity(model.backbone, "random", 0), meta)
         start = time.perf_counter()
-        info = export_onnx(ckpt, Path(tmp) / "model.onnx", tuple(args.imgsz))
+        info = export_onnx(ckpt, Path(tmp) / "model.onnx", imgsz=tuple(args.imgsz))
         export_s = time.perf_counter() - start
         session = ort.InferenceSession(info["out"], providers=["CPUExecutionProvider"])
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -140,13 +140,13 @@ def test_a_training_step_waits_for_the_gpu_at_most_once() -> None:
     features = torch.randn(4, 64, 8, 8, device=device)
     masks = torch.randint(0, 2, (4, 8, 8), device=device)
     cm = ConfusionMatrix(2, device)
-    train_step(head, optimizer, (features,), masks, device)  # warm-up: lazy initialisations may synchronise
+    train_step(head, optimizer, (features,), masks, device=device)  # warm-up: lazy initialisations may synchronise
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _, pred = train_step(head, optimizer, (features,), masks, device)
+            _, pred = train_step(head, optimizer, (features,), masks, device=device)
             cm.update(pred, masks)
     finally:
         torch.cuda.set_sync_debug_mode("default")

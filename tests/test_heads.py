@@ -104,8 +104,10 @@ def test_tta_flip_of_a_symmetric_input_is_the_plain_prediction() -> None:
     model = _PixelModel()
     image = np.random.default_rng(0).integers(0, 256, (60, 40, 3), dtype=np.uint8)
     image = np.concatenate([image, image[:, ::-1]], 1)  # left-right symmetric
-    plain = Predictor(model, (56, 56), IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], "cpu")
-    flipped = Predictor(model, (56, 56), IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], "cpu", tta=True, tta_scales=(1.0,))
+    plain = Predictor(model, (56, 56), IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], device="cpu")
+    flipped = Predictor(
+        model, (56, 56), IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], device="cpu", tta=True, tta_scales=(1.0,)
+    )
     torch.testing.assert_close(flipped.probabilities([image])[0], plain.probabilities([image])[0])
     assert np.array_equal(flipped.predict(image), plain.predict(image))
 
@@ -113,11 +115,11 @@ def test_tta_flip_of_a_symmetric_input_is_the_plain_prediction() -> None:
 def test_tta_is_the_average_of_its_parts() -> None:
     model = create_model("webdino-tiny", seed=0)
     image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    tta = Predictor(model, (56, 56), IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], "cpu", tta=True)
+    tta = Predictor(model, (56, 56), IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], device="cpu", tta=True)
     assert tta.tta_sizes == [(42, 42), (56, 56), (70, 70)] and "6 passes" in tta.describe_tta()
     parts = []
     for size in tta.tta_sizes:
-        one = Predictor(model, size, IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], "cpu")
+        one = Predictor(model, size, IMAGENET_MEAN, IMAGENET_STD, ["a", "b"], device="cpu")
         parts.append(one.probabilities([image])[0])
         mirrored = one.probabilities([np.ascontiguousarray(image[:, ::-1])])[0]
         parts.append(mirrored.flip(-1))

@@ -72,7 +72,7 @@ def test_onnx_logits_match_pytorch(ckpt: Path, tmp_path: Path, size: tuple[int, 
     from webdino_seg.models.checkpoint import load_model
 
     out = tmp_path / "model.onnx"
-    info = export_onnx(ckpt, out, size, dynamic=True, log=lambda *_: None)
+    info = export_onnx(ckpt, out, imgsz=size, dynamic=True, log=lambda *_: None)
     assert info["max_abs_diff"] < 1e-4
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map

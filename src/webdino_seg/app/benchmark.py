@@ -208,7 +208,7 @@ def bench_video(
     """End-to-end video FPS for one recipe: ``tutorial`` (frame by frame, fp32) or ``ours`` (batched, bf16 on GPU)."""
     cfg = model.backbone.cfg
     tutorial = recipe == "tutorial"
-    predictor = Predictor(model, imgsz, cfg.mean, cfg.std, ["background", "person"], device, amp=not tutorial)
+    predictor = Predictor(model, imgsz, cfg.mean, cfg.std, ["background", "person"], device=device, amp=not tutorial)
     mode, batch = (tutorial_mode, 1) if tutorial else (contextlib.nullcontext, 8)
     with tempfile.TemporaryDirectory() as tmp:
 

@@ -58,12 +58,12 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
         args.format,
         args.source,
         args.out,
-        args.valid_fraction,
-        args.seed,
-        args.class_names,
-        args.ignore_index,
-        args.reduce_labels,
-        args.images,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        class_names=args.class_names,
+        ignore_index=args.ignore_index,
+        reduce_labels=args.reduce_labels,
+        images=args.images,
     )
     nxt = command("webdino-seg", "show-data", info["out"])
     counts = (
@@ -91,7 +91,15 @@ def cmd_show_data(args: argparse.Namespace) -> None:
     data = args.data or args.data_pos
     if not data:
         raise ValueError("--data is required: a dataset folder (train_images/ ... or images/ + masks/)")
-    out = show_data(data, args.out, args.split, args.count, args.mask_mode, args.num_classes, overwrite=args.overwrite)
+    out = show_data(
+        data,
+        args.out,
+        split=args.split,
+        count=args.count,
+        mask_mode=args.mask_mode,
+        num_classes=args.num_classes,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {out}")
 
 
@@ -142,9 +150,9 @@ def _predictor(args: argparse.Namespace):
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(
         args.model,
-        args.device,
-        tuple(args.imgsz) if args.imgsz else None,
-        args.weights,
+        device=args.device,
+        imgsz=tuple(args.imgsz) if args.imgsz else None,
+        weights=args.weights,
         tta=args.tta,
         tile=getattr(args, "tile", False),
         precision=args.precision,
@@ -172,9 +180,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _predictor(args),
         args.model,
         args.data,
-        args.split,
-        args.mask_mode,
-        args.out,
+        split=args.split,
+        mask_mode=args.mask_mode,
+        out=args.out,
         report_dir=args.report,
         overwrite=args.overwrite,
         labels=_labels(args),
@@ -205,11 +213,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
         _predictor(args),
         args.input,
         args.out,
-        args.batch,
-        args.skip_bad,
-        args.overwrite,
-        args.mask_values,
-        args.save_probs,
+        batch=args.batch,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        mask_values=args.mask_values,
+        save_probs=args.save_probs,
     )
     print(
         f"{info['images']} image(s) -> {args.out} in {info['seconds']:.2f}s ({info['images_per_second']:.1f} images/s)"
@@ -253,9 +261,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     export_onnx(
         args.model,
         args.out,
-        tuple(args.imgsz) if args.imgsz else None,
-        args.dynamic,
-        args.weights,
+        imgsz=tuple(args.imgsz) if args.imgsz else None,
+        dynamic=args.dynamic,
+        weights=args.weights,
         overwrite=args.overwrite,
         int8=args.int8,
     )

@@ -151,6 +151,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         imgsz: tuple[int, int],
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        *,
         num_classes: int = 2,
         mask_mode: str = "ids",
         augment: bool = False,

@@ -19,6 +19,7 @@ PICTURES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # written in the format th
 def show_data(
     root: str | Path,
     out: str | Path,
+    *,
     split: str = "train",
     count: int = 8,
     mask_mode: str = "auto",

@@ -71,6 +71,7 @@ def finish_run(
     model: SegmentationModel,
     identity: dict,
     meta: dict,
+    *,
     history: list[dict],
     valid_pairs: list[tuple[Path, Path]],
     cfg: TrainConfig,

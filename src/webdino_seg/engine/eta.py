@@ -61,6 +61,7 @@ class Estimate:
         total: int,
         unit: str,
         device: torch.device,
+        *,
         after: int = 2,
         warmup: int = 1,
         faster: str | None = None,

@@ -100,6 +100,7 @@ def plan_store(
     feature_shape: tuple[int, int, int],
     mask_shape: tuple[int, int],
     device: torch.device,
+    *,
     limit_gb: float | None = None,
     batch: int = 32,
     disk: Path | None = None,
@@ -236,6 +237,7 @@ def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int
 def extract(
     model: SegmentationModel,
     dataset: SegmentationDataset,
+    *,
     views: int,
     device: torch.device,
     batch: int = 16,

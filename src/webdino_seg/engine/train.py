@@ -205,6 +205,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     inputs: tuple[torch.Tensor, ...],
     masks: torch.Tensor,
+    *,
     device: torch.device,
     amp: bool = True,
     loss: str = "ce",
@@ -337,11 +338,11 @@ def _finish(loop: _Loop, progress: Progress) -> dict | None:
                     loop.source.model,
                     loop.identity,
                     final_meta,
-                    progress.history,
-                    loop.source.valid_ds.pairs,
-                    loop.cfg,
-                    loop.device,
-                    loop.clock,
+                    history=progress.history,
+                    valid_pairs=loop.source.valid_ds.pairs,
+                    cfg=loop.cfg,
+                    device=loop.device,
+                    clock=loop.clock,
                 )
     except BaseException as err:
         loop.log(_how_to_continue(loop.run, progress, loop.cfg.epochs, err))
@@ -600,17 +601,17 @@ def _batch_source(
         model,
         splits,
         device,
-        cfg.batch,
-        cfg.seed,
-        cfg.loader_workers,
-        cfg.cache,
-        cfg.views,
-        cfg.feature_cache_dir,
-        cfg.cache_memory_gb,
-        identity,
-        progress_dir,
-        cfg.amp,
-        clock,
+        batch=cfg.batch,
+        seed=cfg.seed,
+        workers=cfg.loader_workers,
+        cache=cfg.cache,
+        cache_views=cfg.views,
+        cache_dir=cfg.feature_cache_dir,
+        cache_memory_gb=cfg.cache_memory_gb,
+        identity=identity,
+        progress_dir=progress_dir,
+        amp=cfg.amp,
+        clock=clock,
     )
 
 
@@ -654,7 +655,14 @@ def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tu
         try:
             with loop.clock.part("epochs", "training steps"):
                 done = train_step(
-                    source.net, loop.optimizer, inputs, masks, loop.device, cfg.amp, cfg.loss, loop.weights
+                    source.net,
+                    loop.optimizer,
+                    inputs,
+                    masks,
+                    device=loop.device,
+                    amp=cfg.amp,
+                    loss=cfg.loss,
+                    weight=loop.weights,
                 )
         except NonFiniteLoss as err:
             loop.writer.wait()  # the last epoch's state is on disk before it is named

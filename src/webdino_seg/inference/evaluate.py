@@ -26,6 +26,7 @@ def evaluate(
     predictor: Predictor,
     model: str | Path,
     data: str | Path,
+    *,
     split: str = "valid",
     mask_mode: str = "auto",
     out: str | Path | None = None,

@@ -55,6 +55,7 @@ def _require_onnx() -> None:
 def export_onnx(
     model_path: str | Path,
     out: str | Path,
+    *,
     imgsz: tuple[int, int] | None = None,
     dynamic: bool = False,
     weights: str | None = None,

@@ -58,6 +58,7 @@ def predict_paths(
     predictor: Predictor,
     spec: str | Path,
     out: str | Path,
+    *,
     batch: int = 8,
     skip_bad: bool = False,
     overwrite: bool = False,

@@ -43,6 +43,7 @@ class Predictor:
         mean: tuple[float, ...],
         std: tuple[float, ...],
         class_names: list[str],
+        *,
         device: str | torch.device | None = None,
         amp: bool = True,
         tta: bool = False,
@@ -101,6 +102,7 @@ class Predictor:
     def from_checkpoint(
         cls,
         path: str | Path,
+        *,
         device: str = "auto",
         imgsz: tuple[int, int] | None = None,
         weights: str | None = None,
@@ -112,38 +114,7 @@ class Predictor:
         """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
         `imgsz` defaults to the size it was trained (or exported) at."""
         if Path(path).suffix.lower() == ".onnx":
-            from .onnx import OnnxSegmentationModel
-
-            onnx_model = OnnxSegmentationModel(path, device)
-            graph_precision = onnx_model.meta["precision"]
-            if precision not in ("auto", "fp32", graph_precision):  # fp32, the default, takes the graph as it is
-                raise ValueError(
-                    f"--precision {precision}: {path} is an ONNX model computing in {graph_precision} "
-                    "(export --int8 makes an int8 one)"
-                )
-            fixed = tuple(onnx_model.meta["imgsz"])
-            if imgsz is not None and tuple(imgsz) != fixed:
-                raise ValueError(
-                    f"--imgsz {imgsz[0]} {imgsz[1]}: {path} was exported at {fixed[0]}x{fixed[1]}; "
-                    "export it again with --imgsz to use another size"
-                )
-            # the graph normalises itself: it takes RGB in [0, 1]
-            predictor = cls(
-                onnx_model,
-                fixed,
-                (0.0, 0.0, 0.0),
-                (1.0, 1.0, 1.0),
-                onnx_model.meta["class_names"],
-                resolve_device(device),
-                False,
-                tta,
-                tta_scales=(1.0,),  # an exported graph has one input size: flips only
-                tile=tile,
-            )
-            predictor.precision, predictor.engine = graph_precision, "onnxruntime"
-            if graph_precision != "fp32":
-                predictor.precision_note = f"precision: {graph_precision} by onnxruntime (the exported graph's own)"
-            return predictor
+            return cls._from_onnx(path, device=device, imgsz=imgsz, tta=tta, tile=tile, precision=precision)
         model, ckpt = load_model(path, weights)
         model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
         return cls(
@@ -158,6 +129,44 @@ class Predictor:
             precision=precision,
             engine=engine,
         )
+
+    @classmethod
+    def _from_onnx(
+        cls, path: str | Path, *, device: str, imgsz: tuple[int, int] | None, tta: bool, tile: bool, precision: str
+    ) -> Predictor:
+        """A predictor over a model exported to ONNX, run with onnxruntime at the size it was exported at."""
+        from .onnx import OnnxSegmentationModel
+
+        onnx_model = OnnxSegmentationModel(path, device)
+        graph_precision = onnx_model.meta["precision"]
+        if precision not in ("auto", "fp32", graph_precision):  # fp32, the default, takes the graph as it is
+            raise ValueError(
+                f"--precision {precision}: {path} is an ONNX model computing in {graph_precision} "
+                "(export --int8 makes an int8 one)"
+            )
+        fixed = tuple(onnx_model.meta["imgsz"])
+        if imgsz is not None and tuple(imgsz) != fixed:
+            raise ValueError(
+                f"--imgsz {imgsz[0]} {imgsz[1]}: {path} was exported at {fixed[0]}x{fixed[1]}; "
+                "export it again with --imgsz to use another size"
+            )
+        # the graph normalises itself: it takes RGB in [0, 1]
+        predictor = cls(
+            onnx_model,
+            fixed,
+            (0.0, 0.0, 0.0),
+            (1.0, 1.0, 1.0),
+            onnx_model.meta["class_names"],
+            device=resolve_device(device),
+            amp=False,
+            tta=tta,
+            tta_scales=(1.0,),  # an exported graph has one input size: flips only
+            tile=tile,
+        )
+        predictor.precision, predictor.engine = graph_precision, "onnxruntime"
+        if graph_precision != "fp32":
+            predictor.precision_note = f"precision: {graph_precision} by onnxruntime (the exported graph's own)"
+        return predictor
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """uint8 (B, 3, H, W) tensors on the device: one pinned copy per group of same-sized images."""

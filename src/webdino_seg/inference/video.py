@@ -318,6 +318,7 @@ def run_video(
     predictor: Predictor,
     src: str | int | Path,
     dst: str | Path,
+    *,
     batch: int = 8,
     max_frames: int | None = None,
     show: bool = False,

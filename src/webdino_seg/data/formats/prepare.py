@@ -22,6 +22,7 @@ def prepare_dataset(
     fmt: str,
     source: str | Path,
     out: str | Path,
+    *,
     valid_fraction: float = 0.15,
     seed: int = 42,
     class_names: list[str] | None = None,
