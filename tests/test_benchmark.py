@@ -106,7 +106,9 @@ def test_tutorial_schedule_is_extrapolated_from_its_own_epochs(tmp_path: Path, m
     (run / "timings.json").write_text(json.dumps({"wall_s": 30.0, "stages": {}}))
     calls = iter([(999.0, run), (999.0, run)] + [(30.0, run), (10.0, run)] * 3)  # warm-ups, then ours, tutorial x3
     monkeypatch.setattr(bench, "_timed_train", lambda cfg, device, mode: next(calls))
-    res = bench.bench_training("d", "webdino-tiny", (56, 56), torch.device("cpu"), 60, 2, 4, 3)
+    res = bench.bench_training(
+        "d", "webdino-tiny", (56, 56), torch.device("cpu"), epochs=60, tutorial_epochs=2, views=4, repeats=3
+    )
     assert res["ours_train_s"]["median"] == 30.0 and res["tutorial_train_measured_s"]["median"] == 10.0
     assert res["tutorial_train_extrapolated_s"]["runs"] == [10.0 + 58 * 3.0] * 3
     assert res["ours_train_timings"] == {"wall_s": 30.0, "stages": {}}  # our last run's own accounting
@@ -129,7 +131,7 @@ class _SlowStart(torch.nn.Module):
 
 def test_no_warm_up_lands_inside_a_timed_repetition() -> None:
     model = _SlowStart()
-    res = bench.bench_backbone(model, (14, 14), torch.device("cpu"), (1,), iters=1, repeats=3, recipe="ours")
+    res = bench.bench_backbone(model, (14, 14), torch.device("cpu"), batches=(1,), iters=1, repeats=3, recipe="ours")
     figure = res["ours_backbone_img_s_b1"]
     assert model.calls == bench.WARMUP + 3 and len(figure["runs"]) == 3
     assert figure["min"] > 100, figure  # a slow first pass timed would show as ~3 images/s

@@ -113,6 +113,7 @@ def bench_training(
     arch: str,
     imgsz: tuple[int, int],
     device: torch.device,
+    *,
     epochs: int,
     tutorial_epochs: int,
     views: int,
@@ -161,7 +162,14 @@ def bench_training(
 
 
 def bench_backbone(
-    model, imgsz: tuple[int, int], device: torch.device, batches: tuple[int, ...], iters: int, repeats: int, recipe: str
+    model,
+    imgsz: tuple[int, int],
+    device: torch.device,
+    *,
+    batches: tuple[int, ...],
+    iters: int,
+    repeats: int,
+    recipe: str,
 ) -> dict:
     """Backbone images/s per batch size for one recipe: ``tutorial`` (fp32, math attention) or ``ours``."""
     out: dict = {}
@@ -183,7 +191,7 @@ def bench_backbone(
     return out
 
 
-def bench_whole(model, size: int, device: torch.device, iters: int, repeats: int, recipe: str) -> dict:
+def bench_whole(model, size: int, device: torch.device, *, iters: int, repeats: int, recipe: str) -> dict:
     """Whole-model (backbone and head) frames/s at batch 1 and `size` x `size` rounded up to the patch size."""
     p = model.backbone.patch_size
     side = -(-size // p) * p
@@ -203,7 +211,7 @@ def bench_whole(model, size: int, device: torch.device, iters: int, repeats: int
 
 
 def bench_video(
-    model, imgsz: tuple[int, int], device: torch.device, video: str | Path, frames: int, repeats: int, recipe: str
+    model, imgsz: tuple[int, int], device: torch.device, *, video: str | Path, frames: int, repeats: int, recipe: str
 ) -> dict:
     """End-to-end video FPS for one recipe: ``tutorial`` (frame by frame, fp32) or ``ours`` (batched, bf16 on GPU)."""
     cfg = model.backbone.cfg
@@ -230,6 +238,7 @@ def benchmark(
     arch: str = "webdino-300m",
     imgsz: tuple[int, int] = (644, 644),
     device: str = "auto",
+    *,
     quick: bool = False,
     video: str | Path | None = None,
     views: int = 4,
@@ -259,7 +268,12 @@ def benchmark(
         res["runtime"] = describe(dev)  # the flags as every figure ran
         if data is not None:
             log(f"training end to end: ours {epochs} epochs, the tutorial's {tutorial_epochs} epochs, x{repeats} ...")
-            res |= _as_measured(bench_training(data, arch, imgsz, dev, epochs, tutorial_epochs, views, repeats), log)
+            res |= _as_measured(
+                bench_training(
+                    data, arch, imgsz, dev, epochs=epochs, tutorial_epochs=tutorial_epochs, views=views, repeats=repeats
+                ),
+                log,
+            )
         x = torch.randn(1, 3, h, w, device=dev)
         for recipe in ("tutorial", "ours"):
             if recipe == "ours":  # our recipe keeps the frozen backbone in bf16 on a GPU: cast once, in place
@@ -267,12 +281,18 @@ def benchmark(
             with tutorial_mode() if recipe == "tutorial" else contextlib.nullcontext():
                 res["sdpa"][recipe] = sdpa_kernel_used(model, x, recipe == "ours")
             log(f"backbone throughput, {recipe} ...")
-            res |= _as_measured(bench_backbone(model, imgsz, dev, batches, iters, repeats, recipe), log)
-            res |= _as_measured(bench_whole(model, 512 if not quick else 56, dev, iters, repeats, recipe), log)
+            res |= _as_measured(
+                bench_backbone(model, imgsz, dev, batches=batches, iters=iters, repeats=repeats, recipe=recipe), log
+            )
+            res |= _as_measured(
+                bench_whole(model, 512 if not quick else 56, dev, iters=iters, repeats=repeats, recipe=recipe), log
+            )
             if video is not None:
                 frames = 4 if quick and dev.type == "cpu" else (24 if quick else 240)
                 log(f"video, {recipe}: {frames} frames, x{repeats} ...")
-                res |= _as_measured(bench_video(model, imgsz, dev, video, frames, repeats, recipe), log)
+                res |= _as_measured(
+                    bench_video(model, imgsz, dev, video=video, frames=frames, repeats=repeats, recipe=recipe), log
+                )
     return res
 
 

@@ -81,6 +81,7 @@ def is_flat(root: Path) -> bool:
 def split_pairs(
     root: str | Path,
     split: str,
+    *,
     valid_fraction: float | None = None,
     seed: int = 0,
     on_missing: str = "error",
@@ -163,7 +164,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         recorded: dict | None = None,
     ) -> None:
         root = Path(root)
-        self.pairs = split_pairs(root, split, valid_fraction, seed, on_bad, recorded)
+        self.pairs = split_pairs(
+            root, split, valid_fraction=valid_fraction, seed=seed, on_missing=on_bad, recorded=recorded
+        )
         self.coding = coding or Coding()
         if mask_mode == "auto":
             mask_mode, _ = resolve_mask_mode(mask_mode, [m for _, m in self.pairs], num_classes, self.coding)

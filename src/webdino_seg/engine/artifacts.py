@@ -91,7 +91,9 @@ def finish_run(
     if best_path.exists():
         with clock.part("finish", "valid_preds"):
             best, ckpt = load_model(best_path, backbone=model.backbone)
-            mats = write_valid_preds(run / "valid_preds", best.to(device), valid_pairs, cfg, ckpt, device)
+            mats = write_valid_preds(
+                run / "valid_preds", best.to(device), valid_pairs, cfg=cfg, ckpt=ckpt, device=device
+            )
         total = ConfusionMatrix(cfg.num_classes)
         total.mat = mats.sum(0)
         scores = {"miou": total.miou(), "miou_ci": list(bootstrap_miou(mats)), "images": len(mats)}
@@ -104,6 +106,7 @@ def write_valid_preds(
     out: Path,
     model: SegmentationModel,
     pairs: list[tuple[Path, Path]],
+    *,
     cfg: TrainConfig,
     ckpt: dict,
     device: torch.device,

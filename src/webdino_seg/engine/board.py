@@ -55,6 +55,7 @@ class Board:
         inputs: tuple,
         masks: torch.Tensor,
         images: torch.Tensor,
+        *,
         device: torch.device,
         amp: bool,
     ) -> list[np.ndarray]:

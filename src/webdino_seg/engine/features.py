@@ -42,6 +42,7 @@ class FeatureCache:
         features: torch.Tensor,
         masks: torch.Tensor,
         views: int,
+        *,
         images: torch.Tensor | None = None,
         mean: tuple[float, ...] = (0.0, 0.0, 0.0),
         std: tuple[float, ...] = (1.0, 1.0, 1.0),
@@ -326,7 +327,7 @@ def _allocate(
         for name in names:
             if name:
                 os.unlink(name)  # every process of this machine has it mapped: nothing is left behind
-    return FeatureCache(feats, masks, views, images, dataset.mean, dataset.std)
+    return FeatureCache(feats, masks, views, images=images, mean=dataset.mean, std=dataset.std)
 
 
 def _node_shared(world: int, store: torch.device | Path) -> bool:
@@ -469,9 +470,11 @@ def load_or_extract(cache_dir: Path | None, key: str, **kwargs: object) -> Featu
         dtype = kwargs.get("dtype", torch.float32)
         images = data.get("images")
         if not isinstance(store, torch.device):  # a disk cache: kept as read
-            return FeatureCache(data["features"], data["masks"], data["views"], images, **norm)
+            return FeatureCache(data["features"], data["masks"], data["views"], images=images, **norm)
         images = images.to(store) if images is not None else None
-        return FeatureCache(data["features"].to(store, dtype), data["masks"].to(store), data["views"], images, **norm)
+        return FeatureCache(
+            data["features"].to(store, dtype), data["masks"].to(store), data["views"], images=images, **norm
+        )
     cache = extract(**kwargs)
     if path is not None and distributed.rank() == 0:
         payload = {"features": cache.features.cpu(), "masks": cache.masks.cpu(), **expected}

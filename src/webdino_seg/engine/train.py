@@ -95,7 +95,13 @@ def resolve_masks(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
     masks = [
         m
         for split in ("train", "valid")
-        for _, m in split_pairs(cfg.data, split, cfg.valid_fraction, cfg.seed, "skip" if cfg.skip_bad else "error")
+        for _, m in split_pairs(
+            cfg.data,
+            split,
+            valid_fraction=cfg.valid_fraction,
+            seed=cfg.seed,
+            on_missing="skip" if cfg.skip_bad else "error",
+        )
     ]
     mode, note = resolve_mask_mode("auto", masks, cfg.num_classes, cfg.coding())
     return dataclasses.replace(cfg, mask_mode=mode), note
@@ -422,7 +428,9 @@ def _epochs(loop: _Loop, progress: Progress) -> None:
         if loop.scheduler:
             loop.scheduler.step()
         with loop.clock.part("epochs", "validation"):
-            valid = evaluate_source(loop.source, cfg.num_classes, loop.device, cfg.amp, cfg.loss, loop.weights)
+            valid = evaluate_source(
+                loop.source, cfg.num_classes, loop.device, amp=cfg.amp, loss=cfg.loss, weight=loop.weights
+            )
         row = _epoch_row(epoch, lr, (train_loss, train_cm), valid, cfg.class_names)
         progress.history.append(row | {"seconds": time.perf_counter() - t0})
         progress.epoch = epoch + 1
@@ -431,7 +439,9 @@ def _epochs(loop: _Loop, progress: Progress) -> None:
             if loop.board is not None:
                 with loop.clock.part("epochs", "tensorboard"):
                     sample = loop.source.valid_sample(PREVIEWS)
-                    loop.board.epoch(row, loop.board.previews(loop.source.trainable, *sample, loop.device, cfg.amp))
+                    loop.board.epoch(
+                        row, loop.board.previews(loop.source.trainable, *sample, device=loop.device, amp=cfg.amp)
+                    )
         distributed.barrier()  # no process runs ahead of what is on disk
         loop.log(_epoch_line(progress.history[-1], cfg.epochs, cfg.class_names))
 
@@ -785,6 +795,7 @@ def evaluate_source(
     source: BatchSource,
     num_classes: int,
     device: torch.device,
+    *,
     amp: bool = True,
     loss: str = "ce",
     weight: torch.Tensor | None = None,

@@ -194,7 +194,14 @@ class DinoVisionTransformer(nn.Module):
                 collected.append(tokens)
         prefix, final_norm = 1 + self.num_register_tokens, self.norm if norm else None
         outputs, class_tokens, _ = split_layers(
-            collected, wanted, len(self.blocks), x, self.patch_size, prefix, final_norm, reshape
+            collected,
+            wanted,
+            len(self.blocks),
+            image=x,
+            patch_size=self.patch_size,
+            prefix=prefix,
+            norm=final_norm,
+            reshape=reshape,
         )
         if return_class_token:
             return tuple(zip(outputs, class_tokens, strict=True))

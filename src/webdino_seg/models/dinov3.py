@@ -215,6 +215,7 @@ class DinoV3VisionTransformer(nn.Module):
     def get_intermediate_layers(
         self,
         x: torch.Tensor,
+        *,  # keyword-only past the image, as in the official DINOv3 code
         n: int | Sequence[int] = 1,
         reshape: bool = False,
         return_class_token: bool = False,
@@ -226,7 +227,14 @@ class DinoV3VisionTransformer(nn.Module):
         _, collected = self._blocks(x, None, wanted)
         prefix, final_norm = 1 + self.n_storage_tokens, self.norm if norm else None
         outputs, class_tokens, extra_tokens = split_layers(
-            collected, wanted, len(self.blocks), x, self.patch_size, prefix, final_norm, reshape
+            collected,
+            wanted,
+            len(self.blocks),
+            image=x,
+            patch_size=self.patch_size,
+            prefix=prefix,
+            norm=final_norm,
+            reshape=reshape,
         )
         if return_class_token and return_extra_tokens:
             return tuple(zip(outputs, class_tokens, extra_tokens, strict=True))

@@ -23,6 +23,7 @@ def split_layers(
     outputs: list[torch.Tensor],
     wanted: set[int],
     depth: int,
+    *,
     image: torch.Tensor,
     patch_size: int,
     prefix: int,
