@@ -582,6 +582,14 @@ def test_coco_exports_with_several_files_keep_their_splits(tmp_path: Path, capsy
     assert main(["prepare-data", "--format", "coco", "--source", str(coco), "--out", str(tmp_path / "o2")]) == 0
     valid = _masks(tmp_path / "o2", "valid")
     assert list(valid) == ["c.png"] and (valid["c.png"] == 1).sum() == 64  # found in val2017/, drawn
+    files = [str(coco / "annotations" / f"instances_{s}.json") for s in ("train2017", "val2017")]
+    assert main(["prepare-data", "--format", "coco", "--source", *files, "--out", str(tmp_path / "o4")]) == 0
+    assert list(_masks(tmp_path / "o4", "valid")) == ["c.png"]  # the files as given, each keeping its split
+    cli_error(
+        ["prepare-data", "--format", "voc", "--source", *files, "--out", str(tmp_path / "o5")],
+        capsys,
+        "--format voc takes one --source",
+    )
     _coco_file(coco / "annotations" / "instances_val2017.json", ["c.jpg"], ["dog"])
     cli_error(
         ["prepare-data", "--format", "coco", "--source", str(coco), "--out", str(tmp_path / "o3")],

@@ -49,7 +49,9 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     if args.format == "pennfudan":
         from ..data.pennfudan import prepare_pennfudan
 
-        info = prepare_pennfudan(args.source, args.out, args.valid_count, args.seed)
+        if len(args.source) > 1:
+            raise ValueError("--format pennfudan takes one --source: the release's folder or zip")
+        info = prepare_pennfudan(args.source[0], args.out, args.valid_count, args.seed)
         print(f"wrote {info['train']} train and {info['valid']} valid pairs to {info['out']} (split in split.json)")
         return
     from ..data.formats.prepare import prepare_dataset

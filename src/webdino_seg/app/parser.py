@@ -187,8 +187,9 @@ def _prepare_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--source",
         required=True,
-        help="the dataset: a folder, a zip (pennfudan), a COCO .json (or a "
-        "folder of them named by split, or Roboflow's train/ valid/ test/) or a YOLO data.yaml",
+        nargs="+",
+        help="the dataset: a folder, a zip (pennfudan), a COCO .json (several, or a "
+        "folder of them, named by split; or Roboflow's train/ valid/ test/) or a YOLO data.yaml",
     )
     p.add_argument(
         "--out",

@@ -180,9 +180,12 @@ def read_coco(source: Path, images: Path | None = None, log=print) -> tuple[list
 SPLIT_WORDS = (("train", "train"), ("val", "valid"), ("test", "test"))  # in a file's or folder's name
 
 
-def coco_files(root: Path) -> list[tuple[Path, str]]:
-    """The COCO files of a folder and the split of each: Roboflow's ``train/``, ``valid/``, ``test/`` each with
-    ``_annotations.coco.json``, or several JSONs whose names say their split (``instances_val2017.json``)."""
+def coco_files(root: Path | list[Path]) -> list[tuple[Path, str]]:
+    """The COCO files of a folder (or the files given) and the split of each: Roboflow's ``train/``, ``valid/``,
+    ``test/`` each with ``_annotations.coco.json``, or JSONs whose names say their split
+    (``instances_val2017.json``)."""
+    if isinstance(root, list):
+        return [(path, _split_of(path)) for path in root]
     found = [
         (root / name / "_annotations.coco.json", split)
         for name, split in (("train", "train"), ("valid", "valid"), ("val", "valid"), ("test", "test"))
@@ -191,13 +194,7 @@ def coco_files(root: Path) -> list[tuple[Path, str]]:
     if found:
         return found
     for path in sorted(root.glob("*.json")) or sorted(root.glob("annotations/*.json")):
-        split = next((s for word, s in SPLIT_WORDS if word in path.stem.lower()), None)
-        if split is None:
-            raise DataError(
-                f"{path}: in a folder of COCO files, each file's name says its split (train, val or "
-                "test, e.g. instances_val2017.json); or pass the one file as --source"
-            )
-        found.append((path, split))
+        found.append((path, _split_of(path)))
     if not found:
         raise DataError(
             f"{root}: no COCO files: expected train/_annotations.coco.json (Roboflow) or JSONs named by "
@@ -206,9 +203,20 @@ def coco_files(root: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def read_coco_splits(root: Path, images: Path | None = None, log=print) -> tuple[list[Example], Classes]:
-    """The examples of every COCO file of a folder (`coco_files`), each keeping its file's split; the files must
-    list the same categories."""
+def _split_of(path: Path) -> str:
+    """The split a COCO file's name says (train, val or test), or a `DataError`."""
+    split = next((s for word, s in SPLIT_WORDS if word in path.stem.lower()), None)
+    if split is None:
+        raise DataError(
+            f"{path}: among several COCO files, each file's name says its split (train, val or test, e.g. "
+            "instances_val2017.json); or pass the one file as --source"
+        )
+    return split
+
+
+def read_coco_splits(root: Path | list[Path], images: Path | None = None, log=print) -> tuple[list[Example], Classes]:
+    """The examples of every COCO file of a folder, or of the files given (`coco_files`), each keeping its file's
+    split; the files must list the same categories."""
     examples: list[Example] = []
     first: tuple[Path, Classes] | None = None
     for path, split in coco_files(root):

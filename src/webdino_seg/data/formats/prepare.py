@@ -20,7 +20,7 @@ from .yolo import read_yolo
 
 def prepare_dataset(
     fmt: str,
-    source: str | Path,
+    source: str | Path | list[str | Path],
     out: str | Path,
     *,
     valid_fraction: float = 0.15,
@@ -35,16 +35,21 @@ def prepare_dataset(
     images and label maps (class ids, 255 ignore) and classes.json. A format's own train/val/test split is kept;
     images without one are split by the stable rule (a share `valid_fraction`, from each image's name and `seed`).
     Into an earlier import's folder it adds: what is there keeps its split. Returns the counts per split."""
-    source, out = Path(source), Path(out)
-    kept = check_out(out, source, *([Path(images)] if images else []), earlier=True)
-    if not source.exists():
-        raise DataError(f"{source}: no such file or folder")
+    sources = [Path(s) for s in (source if isinstance(source, (list, tuple)) else [source])]
+    out = Path(out)
+    kept = check_out(out, *sources, *([Path(images)] if images else []), earlier=True)
+    for one in sources:
+        if not one.exists():
+            raise DataError(f"{one}: no such file or folder")
+    if len(sources) > 1 and fmt != "coco":
+        raise DataError(f"--format {fmt} takes one --source (several are for COCO files, one per split)")
+    source = sources if len(sources) > 1 else sources[0]
     examples, classes = _read(fmt, source, class_names, Coding(ignore_index, reduce_labels), images, log)
     if kept:
         examples = _keep_earlier(examples, kept, out, len(classes.names), log)
     assign_splits(examples, valid_fraction, seed)
-    record = {"source": str(source), "format": fmt, "seed": seed, "valid_fraction": valid_fraction}
-    return write_dataset(out, examples, classes, f"{source} ({fmt})", record)
+    record = {"source": " ".join(map(str, sources)), "format": fmt, "seed": seed, "valid_fraction": valid_fraction}
+    return write_dataset(out, examples, classes, f"{' '.join(map(str, sources))} ({fmt})", record)
 
 
 def _keep_earlier(examples: list[Example], kept: dict[str, str], out: Path, num_classes: int, log) -> list[Example]:
@@ -89,7 +94,8 @@ def _read(
     if fmt == "voc":
         return read_voc(source)
     if fmt == "coco":
-        reader = read_coco_splits if source.is_dir() else read_coco  # a folder of several files keeps their splits
+        several = isinstance(source, list) or source.is_dir()  # several files, or a folder of them: their splits
+        reader = read_coco_splits if several else read_coco
         return reader(source, Path(images) if images else None, log)
     if fmt == "yolo":
         return read_yolo(source)
