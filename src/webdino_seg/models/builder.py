@@ -7,16 +7,16 @@ from pathlib import Path
 import torch
 
 from .dinov2 import DinoVisionTransformer
-from .dinov3 import DinoV3VisionTransformer
 from .heads import create_head
 from .segmentation import SegmentationModel
 from .variants import BackboneConfig, get_variant
+from .weights.known import family_of
 from .weights.loading import load_backbone_weights
 
 
-def backbone_class(cfg: BackboneConfig) -> type[DinoVisionTransformer] | type[DinoV3VisionTransformer]:
-    """The ViT class of a variant's family."""
-    return DinoV3VisionTransformer if cfg.family == "dinov3" else DinoVisionTransformer
+def backbone_class(cfg: BackboneConfig) -> type:
+    """The ViT class of a variant's family (see `weights.families`)."""
+    return family_of(cfg).model
 
 
 def _on_meta() -> bool:

@@ -14,23 +14,23 @@ import torch
 from ...utils.files import atomic_write, atomic_write_text
 from ...utils.outputs import MARK, OutputError, check_suffix, guard, may_replace
 from ..variants import VARIANTS, BackboneConfig
-from . import dinov2, dinov3
 from .errors import WeightsError
-from .formats import guess_variant, to_official, variant_from_keys
+from .families import Family
+from .formats import guess_variant, variant_from_keys
+from .known import detect
 from .reader import read_state_dict, resolve_weights
 
 
-def _config(src: Path, sd: dict, fmt: str) -> BackboneConfig:
+def _config(src: Path, sd: dict, fmt: str, family: Family) -> BackboneConfig:
     """The architecture of `src`: from an HF ``config.json`` beside it, else told from its keys and shapes."""
-    v3 = fmt.endswith("dinov3")
     hf_json = src / "config.json" if src.is_dir() else src.with_name("config.json")
     if hf_json.exists() and fmt.startswith("hf"):
-        base = VARIANTS.get(guess_variant(sd) or "") or VARIANTS["dinov3-vits16" if v3 else "webdino-300m"]
-        return (dinov3 if v3 else dinov2).config_from_hf(read_hf_config(hf_json, v3), base)
+        base = VARIANTS.get(guess_variant(sd) or "") or VARIANTS[family.base_variant]
+        return family.config_from_hf(read_hf_config(hf_json, family.hf_keys), base)
     return variant_from_keys(sd, str(src))
 
 
-def read_hf_config(path: Path, v3: bool) -> dict:
+def read_hf_config(path: Path, needed: tuple[str, ...]) -> dict:
     """A Hugging Face ``config.json`` as a dict whose architecture numbers are numbers; anything else is a
     `WeightsError` naming the file and the field."""
     try:
@@ -39,7 +39,6 @@ def read_hf_config(path: Path, v3: bool) -> dict:
         raise WeightsError(f"{path}: not JSON ({err})") from None
     if not isinstance(config, dict):
         raise WeightsError(f"{path}: a config.json holds an object of settings, found a {type(config).__name__}")
-    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads") + (("intermediate_size",) if v3 else ())
     for key in needed:
         if key not in config:
             raise WeightsError(f"{path}: lacks {key!r}, which the architecture needs")
@@ -71,14 +70,14 @@ def convert_weights(
     sources = [p for p in src_path.rglob("*") if p.is_file()] if src_path.is_dir() else [src_path]
     guard([dst, dst / "model.safetensors", dst / "config.json"], sources, "output")
     may_replace(dst, overwrite, "output")
-    sd, fmt = to_official(read_state_dict(src_path))
-    v3 = fmt.endswith("dinov3")
-    cfg = cfg or _config(src_path, sd, fmt)
-    if (cfg.family == "dinov3") != v3:
+    raw = read_state_dict(src_path)
+    family, fmt = detect(raw)
+    sd = family.to_official(raw, fmt)
+    cfg = cfg or _config(src_path, sd, fmt, family)
+    if cfg.family != family.name:
         raise WeightsError(f"{src_path}: a {fmt} checkpoint cannot be written as {cfg.name} ({cfg.family})")
-    family = dinov3 if v3 else dinov2
     if to == "official":
-        out = dinov3.complete(sd, cfg) if v3 else dinov2.chunk_keys(sd, cfg)
+        out = family.for_file(sd, cfg)
         atomic_write(dst, lambda f: torch.save(out, f))
         return fmt
     from safetensors.torch import save

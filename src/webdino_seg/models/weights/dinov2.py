@@ -10,8 +10,10 @@ import re
 
 import torch
 
+from ..dinov2 import DinoVisionTransformer
 from ..variants import VARIANTS, BackboneConfig
 from .errors import StateDict, WeightsError, few
+from .families import Family, register
 
 # Per-block renames official -> HF legacy (transformers 4.x on-disk names); qkv is split apart.
 _BLOCK_COPY = {
@@ -225,3 +227,38 @@ def describe_unlisted(sd: StateDict) -> str | None:
         f"an unlisted model (embed_dim {dim}, depth {depth}, {sd['pos_embed'].shape[1] - 1} position tokens, "
         f"{ffn} FFN, {registers} register tokens)"
     )
+
+
+def _detect(sd: StateDict) -> str:
+    """hf-v4 / hf-v5 for Hugging Face keys, else official-chunked or official (the family of plain keys)."""
+    if is_hf(sd):
+        return hf_version(sd)
+    return "official-chunked" if is_chunked(sd) else "official"
+
+
+def _to_official(sd: StateDict, fmt: str) -> StateDict:
+    """A state dict of format `fmt` with the official un-chunked keys."""
+    if fmt == "hf-v5":
+        sd = v5_to_v4(sd)
+    if fmt.startswith("hf"):
+        return hf_to_official(sd)
+    return unchunk(sd) if fmt == "official-chunked" else dict(sd)
+
+
+register(
+    Family(
+        name="dinov2",
+        model=DinoVisionTransformer,
+        detect=_detect,
+        to_official=_to_official,
+        owns=lambda sd: True,
+        guess=guess,
+        official_to_hf=official_to_hf,
+        hf_config=hf_config,
+        config_from_hf=config_from_hf,
+        base_variant="webdino-300m",
+        for_file=chunk_keys,
+        describe_unlisted=describe_unlisted,
+        fallback=True,
+    )
+)

@@ -12,8 +12,10 @@ import re
 
 import torch
 
+from ..dinov3 import DinoV3VisionTransformer
 from ..variants import VARIANTS, BackboneConfig
 from .errors import StateDict, WeightsError
+from .families import Family, register
 
 _TOP = {
     "cls_token": "embeddings.cls_token",
@@ -211,3 +213,30 @@ def guess(sd: StateDict) -> list[str]:
         and (cfg.embed_dim, cfg.depth, cfg.ffn.startswith("swiglu"), cfg.ffn_hidden, cfg.qkv_bias, cfg.local_cls_norm)
         == shape
     ]
+
+
+def _detect(sd: StateDict) -> str | None:
+    """hf-dinov3 or official-dinov3 for this family's keys, else None."""
+    if is_hf(sd):
+        return "hf-dinov3"
+    return "official-dinov3" if is_official(sd) else None
+
+
+register(
+    Family(
+        name="dinov3",
+        model=DinoV3VisionTransformer,
+        detect=_detect,
+        to_official=lambda sd, fmt: hf_to_official(sd) if fmt == "hf-dinov3" else dict(sd),
+        owns=is_official,
+        guess=guess,
+        official_to_hf=official_to_hf,
+        hf_config=hf_config,
+        config_from_hf=config_from_hf,
+        base_variant="dinov3-vits16",
+        hf_keys=("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
+        complete=complete,
+        for_file=complete,
+        describe_unlisted=lambda sd: "an unlisted DINOv3 model",
+    )
+)

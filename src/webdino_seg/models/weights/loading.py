@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import dinov3
 from .errors import StateDict, WeightsError, few
 from .formats import guess_variant, to_official
+from .known import family_of
 from .reader import read_weights
 
 
@@ -70,8 +70,8 @@ def load_backbone_weights(model: nn.Module, source: str | Path) -> dict:
     """Load weights from any supported source into `model` strictly; return what was loaded from where."""
     path, raw = read_weights(source)
     sd, fmt = to_official(raw)
-    if getattr(getattr(model, "cfg", None), "family", "") == "dinov3":
-        sd = dinov3.complete(sd, model.cfg)
+    if getattr(model, "cfg", None) is not None:  # what the official file leaves out (DINOv3's buffers)
+        sd = family_of(model.cfg).complete(sd, model.cfg)
     if all(v.is_floating_point() for v in sd.values()):
         ref = next(iter(model.parameters()))
         sd = {k: v.to(ref.dtype) for k, v in sd.items()}
