@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "ensure_torch.py"
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "ensure_torch.py"
 
 
 def _fake_python(tmp_path: Path) -> tuple[Path, Path]:
@@ -112,3 +116,22 @@ def test_help_answers_without_importing_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Train a segmentation head" in done.stdout and "usage: webdino-seg evaluate" in done.stdout
+
+
+@pytest.mark.slow
+def test_every_help_ends_with_an_example_that_runs_as_written(tmp_path: Path, monkeypatch) -> None:
+    """Each command's --help ends with one example; those that need no download, weights file, server or long run
+    are run here as written, from a copy of the repository's examples (the model ones use the train example's)."""
+    import shlex
+
+    from webdino_seg.app.cli import main
+    from webdino_seg.app.parser import EXAMPLES, SUBCOMMANDS
+
+    assert len(EXAMPLES) == len(SUBCOMMANDS)
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    for name in ("info", "prepare-data", "show-data", "train", "evaluate", "predict", "video", "export"):
+        argv = shlex.split(EXAMPLES[name])
+        assert argv[:2] == ["webdino-seg", name]
+        assert main(argv[1:]) == 0, EXAMPLES[name]
+    assert (tmp_path / "runs/tiny/report/index.html").exists() and (tmp_path / "runs/tiny/model.onnx").exists()

@@ -148,9 +148,36 @@ class _GivenTrue(argparse.Action):
         namespace.given = (getattr(namespace, "given", None) or set()) | {self.dest, self.dest.removeprefix("no_")}
 
 
+# one example per command, as its --help ends; from the repository root on the bundled sample (the ones that use
+# a model use the one the train example writes; tests run them in that order)
+EXAMPLES = {
+    "info": "webdino-seg info --arch webdino-300m",
+    "convert-weights": "webdino-seg convert-weights --input webssl_dino300m_full2b_224.pth --output webdino300m-hf "
+    "--to hf",
+    "prepare-data": "webdino-seg prepare-data --format folders --source examples/pennfudan-sample --out data/sample",
+    "download-data": "webdino-seg download-data --out downloads",
+    "show-data": "webdino-seg show-data examples/pennfudan-sample --out samples.png",
+    "train": "webdino-seg train --data examples/pennfudan-sample --arch webdino-tiny --weights random --imgsz 112 112 "
+    "--epochs 2 --out runs/tiny",
+    "evaluate": "webdino-seg evaluate --data examples/pennfudan-sample --model runs/tiny/best_model_iou.pth "
+    "--report runs/tiny/report",
+    "predict": "webdino-seg predict --input examples/pennfudan-sample/valid_images "
+    "--model runs/tiny/best_model_iou.pth --out runs/tiny/predict",
+    "video": "webdino-seg video --input examples/people_walking_clip.mp4 --model runs/tiny/best_model_iou.pth "
+    "--out runs/tiny/clip.mp4",
+    "demo": "webdino-seg demo --model runs/tiny/best_model_iou.pth",
+    "export": "webdino-seg export --model runs/tiny/best_model_iou.pth --out runs/tiny/model.onnx",
+    "benchmark": "webdino-seg benchmark --arch webdino-tiny --imgsz 56 56 --device cpu --quick",
+}
+
+
 def _subparser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        name, help=help, description=description or help[0].upper() + help[1:] + ".", formatter_class=_Help
+        name,
+        help=help,
+        description=description or help[0].upper() + help[1:] + ".",
+        formatter_class=_Help,
+        epilog=f"example:\n  {EXAMPLES[name]}",
     )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return p
