@@ -187,24 +187,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         out=args.out,
         report_dir=args.report,
         overwrite=args.overwrite,
-        labels=_labels(args),
+        ignore_index=args.ignore_index,
+        reduce_labels=args.reduce_labels,
     )
     print(format_report(report))
     if args.report:
         print(f"HTML report: {report['html_report']} (open it in a browser; works offline)")
-
-
-def _labels(args: argparse.Namespace):
-    """The label coding evaluate's flags give (None: as the model's run read masks)."""
-    if args.ignore_index is None and args.reduce_labels is None:
-        return None
-    from ..data.labels import Coding
-    from ..models.checkpoint import read_checkpoint
-
-    recorded = Coding.from_dict(read_checkpoint(args.model).get("labels")) if args.model.endswith(".pth") else Coding()
-    ignore = recorded.ignore_index if args.ignore_index is None else args.ignore_index
-    reduce = recorded.reduce_labels if args.reduce_labels is None else args.reduce_labels
-    return dataclasses.replace(recorded, ignore_index=ignore, reduce_labels=reduce)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

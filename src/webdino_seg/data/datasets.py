@@ -177,6 +177,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.on_bad = on_bad
         self.digests: dict[str, str] = {}  # image name -> sha256 of its file, where the caller computed them
+        self.mask_digests: dict[str, str] = {}  # image name -> sha256 of its mask file, likewise
         self.class_pixels = np.zeros(num_classes, np.int64)  # labelled pixels of each class (after validation)
         self.image_pixels = np.zeros(num_classes, np.int64)  # labelled pixels of the images each class appears in
         if on_bad == "skip":

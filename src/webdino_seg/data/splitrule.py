@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ..utils.download import sha256_file
 from .errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -45,15 +46,6 @@ def stable_split(
     return sides
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_disjoint(splits: Mapping[str, Iterable[Path]]) -> dict[str, dict[str, str]]:
     """Refuse the same image (by content) in two splits, naming both files; returns each split's images as
     {file name: sha256}."""
@@ -62,7 +54,7 @@ def check_disjoint(splits: Mapping[str, Iterable[Path]]) -> dict[str, dict[str, 
     for split, paths in splits.items():
         digests[split] = {}
         for path in paths:
-            digest = file_digest(path)
+            digest = sha256_file(path)
             digests[split][path.name] = digest
             if digest in seen and seen[digest][0] != split:
                 other_split, other = seen[digest]

@@ -14,7 +14,7 @@ from ..data.images import read_image, read_mask
 from ..models.checkpoint import load_model, save_model
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.files import atomic_write, save_png
-from ..utils.metrics import ConfusionMatrix, bootstrap_miou
+from ..utils.metrics import ConfusionMatrix, bootstrap_miou, miou_of
 from ..utils.overlay import caption, legend, overlay, side_by_side
 from ..utils.runtime import autocast
 from .config import TrainConfig
@@ -94,9 +94,7 @@ def finish_run(
             mats = write_valid_preds(
                 run / "valid_preds", best.to(device), valid_pairs, cfg=cfg, ckpt=ckpt, device=device
             )
-        total = ConfusionMatrix(cfg.num_classes)
-        total.mat = mats.sum(0)
-        scores = {"miou": total.miou(), "miou_ci": list(bootstrap_miou(mats)), "images": len(mats)}
+        scores = {"miou": float(miou_of(mats.sum(0))), "miou_ci": list(bootstrap_miou(mats)), "images": len(mats)}
     shutil.rmtree(run.features, ignore_errors=True)
     return scores
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..data.augment import normalize_batch
 from ..data.datasets import AllViews, SegmentationDataset
 from ..models.segmentation import SegmentationModel
+from ..utils.download import sha256_file
 from ..utils.files import atomic_write
 from ..utils.runtime import autocast
 from . import distributed
@@ -213,9 +214,9 @@ def _node_store(need: int, store: torch.device | Path) -> Path:
 def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int, identity: dict) -> str:
     """A hash of everything the features depend on: image and mask bytes, augmentation, backbone, size."""
     digest = hashlib.sha256()
-    for image, mask in dataset.pairs:
-        digest.update(hashlib.sha256(image.read_bytes()).digest())
-        digest.update(hashlib.sha256(mask.read_bytes()).digest())
+    for image, mask in dataset.pairs:  # the files' hashes where training already made them (the same key)
+        digest.update(bytes.fromhex(dataset.digests.get(image.name) or sha256_file(image)))
+        digest.update(bytes.fromhex(dataset.mask_digests.get(image.name) or sha256_file(mask)))
     recipe = {
         "imgsz": dataset.imgsz,
         "augment": dataset.augment,

@@ -17,7 +17,6 @@ from typing import TypeVar
 
 import torch
 
-STAGES = ("startup", "cache", "epochs", "finish")
 T = TypeVar("T")
 
 

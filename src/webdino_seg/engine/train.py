@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 
 from ..data.datasets import DataError, SegmentationDataset, is_flat, split_pairs
 from ..data.images import resolve_mask_mode
-from ..data.splitrule import check_disjoint, file_digest
+from ..data.splitrule import check_disjoint
 from ..models.builder import build_backbone
 from ..models.checkpoint import backbone_identity, model_payload, snapshot, write_checkpoint
 from ..models.heads import create_head
 from ..models.segmentation import SegmentationModel
 from ..models.variants import BackboneConfig, get_variant
+from ..utils.download import sha256_file
 from ..utils.files import BackgroundWriter, atomic_write_text, check_writable
 from ..utils.metrics import VOID, ConfusionMatrix
 from ..utils.outputs import outside
@@ -129,6 +130,8 @@ def datasets(
     valid_ds = SegmentationDataset(cfg.data, "valid", augment=False, **common)
     digests = check_disjoint({"train": [p for p, _ in train_ds.pairs], "valid": [p for p, _ in valid_ds.pairs]})
     train_ds.digests, valid_ds.digests = digests["train"], digests["valid"]  # the same image in both is refused
+    for ds in (train_ds, valid_ds):  # hashed once: data.json, the checkpoints and the cache key read them
+        ds.mask_digests = {image.name: sha256_file(mask) for image, mask in ds.pairs}
     return train_ds, valid_ds
 
 
@@ -140,9 +143,9 @@ def data_record(splits: tuple[SegmentationDataset, SegmentationDataset]) -> dict
             image.name: {
                 "image": ds.digests[image.name],
                 "image_bytes": image.stat().st_size,
-                "mask": file_digest(mask),
+                "mask": ds.mask_digests[image.name],
             }
-            for image, mask in ds.pairs
+            for image, _ in ds.pairs
         }
     return record
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,21 +34,25 @@ def evaluate(
     log=print,
     report_dir: str | Path | None = None,
     overwrite: bool = False,
-    labels: Coding | None = None,
+    ignore_index: int | None = None,
+    reduce_labels: bool | None = None,
 ) -> dict:
     """Score `predictor` (loaded from checkpoint `model`) on ``data/<split>_images`` at full resolution.
 
     On a flat images/ + masks/ folder, `split` (valid, train or all) keeps to the split the model's run
     recorded, and says which images it scored; on split folders, `split` is train, valid, test or all (every
-    split). Masks are read as the model's run read them (its ignore value, ADE20K's shift) unless `labels` says
-    otherwise. Writes the report as JSON to `out` (default ``<model>.eval.json``) and
+    split). Masks are read as the model's run read them (its ignore value, ADE20K's shift) unless `ignore_index`
+    or `reduce_labels` says otherwise. Writes the report as JSON to `out` (default ``<model>.eval.json``) and
     returns it; with `report_dir`, also an HTML report there (``index.html``: scores, confusion matrix,
     curves, every image worst first).
     """
     out = plan_evaluate(model, data, out, report_dir, overwrite)  # before anything is written
     writer = ReportWriter(report_dir, predictor.colors) if report_dir is not None else None
     try:
-        return _evaluate(predictor, model, data, split, mask_mode, out, log, writer, labels)
+        overrides = {
+            k: v for k, v in (("ignore_index", ignore_index), ("reduce_labels", reduce_labels)) if v is not None
+        }
+        return _evaluate(predictor, model, data, split, mask_mode, out, log, writer, overrides)
     except BaseException:
         if writer is not None:
             writer.discard()
@@ -63,12 +68,12 @@ def _evaluate(
     out: Path,
     log,
     writer: ReportWriter | None,
-    labels: Coding | None,
+    labels: dict,
 ) -> dict:
     """`evaluate` once its outputs are planned."""
     names = predictor.class_names
     meta = _checkpoint(model)
-    coding = labels or Coding.from_dict(meta.get("labels"))
+    coding = dataclasses.replace(Coding.from_dict(meta.get("labels")), **labels)  # the flags over the record
     pairs, split = _pairs(Path(data), split, meta.get("split"), log)
     mask_mode, note = resolve_mask_mode(mask_mode, [m for _, m in pairs], len(names), coding)
     if note:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .constants import VOID
 
-__all__ = ["VOID", "ConfusionMatrix", "bootstrap_miou", "boundary_band", "miou_of"]
+__all__ = ["VOID", "ConfusionMatrix", "bootstrap_miou", "boundary_band", "iou_of", "miou_of"]
 
 
 class ConfusionMatrix:
@@ -35,10 +35,7 @@ class ConfusionMatrix:
 
     def iou(self) -> torch.Tensor:
         """Per-class IoU; NaN for a class absent from both prediction and target."""
-        mat = self.mat.double()
-        inter = mat.diag()
-        union = mat.sum(0) + mat.sum(1) - inter
-        return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+        return iou_of(self.mat)
 
     def miou(self) -> float:
         """Mean IoU over classes that occur (in prediction or target)."""
@@ -93,14 +90,19 @@ RESAMPLES = 1000  # bootstrap resamples of the images, unless said otherwise
 CI_LEVEL = 0.95
 
 
-def miou_of(mats: torch.Tensor) -> torch.Tensor:
-    """mIoU of each of a stack of (..., C, C) confusion matrices, as `ConfusionMatrix.miou` (classes absent from
-    both prediction and truth left out)."""
+def iou_of(mats: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU of each of a stack of (..., C, C) confusion matrices (rows true, columns predicted); NaN for a
+    class absent from both prediction and truth."""
     mats = mats.double()
     inter = mats.diagonal(dim1=-2, dim2=-1)
     union = mats.sum(-2) + mats.sum(-1) - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
-    return iou.nanmean(-1)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+
+
+def miou_of(mats: torch.Tensor) -> torch.Tensor:
+    """mIoU of each of a stack of (..., C, C) confusion matrices, as `ConfusionMatrix.miou` (classes absent from
+    both prediction and truth left out)."""
+    return iou_of(mats).nanmean(-1)
 
 
 def bootstrap_miou(
