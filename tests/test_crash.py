@@ -77,7 +77,7 @@ def test_sigkill_then_resume(small: Path, uninterrupted: Path, tmp_path: Path, m
     assert checkpoints, "the first epoch's checkpoints should be there"
     for path in checkpoints:  # everything already in the folder loads
         state = torch.load(path, weights_only=True)
-        if path.name != "last.pth":
+        if path.name not in ("last.pth", "last.prev.pth"):  # resume states, not model checkpoints
             load_model(path)
         assert state["epoch"] >= 1
     assert main(["train", "--resume", str(run)]) == 0

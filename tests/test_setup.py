@@ -130,7 +130,7 @@ def test_every_help_ends_with_an_example_that_runs_as_written(tmp_path: Path, mo
     assert len(EXAMPLES) == len(SUBCOMMANDS)
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     monkeypatch.chdir(tmp_path)
-    for name in ("info", "prepare-data", "show-data", "train", "evaluate", "predict", "video", "export"):
+    for name in ("info", "prepare-data", "show-data", "train", "sweep", "evaluate", "predict", "video", "export"):
         argv = shlex.split(EXAMPLES[name])
         assert argv[:2] == ["webdino-seg", name]
         assert main(argv[1:]) == 0, EXAMPLES[name]

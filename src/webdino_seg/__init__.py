@@ -38,6 +38,8 @@ _API = {
     # training
     "train": "engine.train",
     "TrainConfig": "engine.config",
+    "sweep": "engine.sweep",
+    "resume_sweep": "engine.sweep",
 }
 
 __all__ = [  # the names of _API, checked by tests/test_layout.py
@@ -62,7 +64,9 @@ __all__ = [  # the names of _API, checked by tests/test_layout.py
     "list_variants",
     "load_backbone_weights",
     "load_model",
+    "resume_sweep",
     "run_video",
+    "sweep",
     "train",
 ]
 
@@ -82,6 +86,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
     from .engine.config import TrainConfig
+    from .engine.sweep import resume_sweep, sweep
     from .engine.train import train
     from .inference.evaluate import evaluate
     from .inference.predictor import Predictor

@@ -333,6 +333,18 @@ def _rows(res: dict) -> list[tuple[str, dict, dict, bool]]:
     return rows
 
 
+def markdown_table(res: dict) -> str:
+    """The figures as a Markdown table (for the docs, made from a measured JSON by tools/tables.py): median
+    [min - max] of the repetitions and the ratio of the medians, or "unreliable"."""
+    lines = ["| figure | tutorial's recipe | ours | speed-up |", "|---|---|---|---|"]
+    for name, tut, ours, lower_is_better in _rows(res):
+        ratio = tut["median"] / ours["median"] if lower_is_better else ours["median"] / tut["median"]
+        trusted = tut.get("reliable", True) and ours.get("reliable", True)
+        name = name.replace("extrapolated*", f"{res.get('tutorial_epochs_measured', '?')} real epochs, extrapolated")
+        lines.append(f"| {name} | {_fmt(tut)} | {_fmt(ours)} | {f'{ratio:.1f}x' if trusted else 'unreliable'} |")
+    return "\n".join(lines)
+
+
 def format_table(res: dict) -> str:
     """The figures as a table: median [min-max] of the repetitions, and the ratio of the medians."""
     rt = res["runtime"]

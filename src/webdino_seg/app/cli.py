@@ -139,6 +139,29 @@ def _train(args: argparse.Namespace) -> None:
     train(TrainConfig(**settings))
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from ..engine.config import TrainConfig
+    from ..engine.sweep import read_sweep_file, resume_sweep, sweep
+
+    if args.resume:
+        if args.config or args.given - {"resume"}:
+            raise ValueError("--resume continues a sweep with its own settings: give no other settings with it")
+        resume_sweep(args.resume)
+        return
+    listed = ("head", "lr", "loss", "batch")  # the flags that take lists
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(listed)
+    settings = {k: v for k, v in vars(args).items() if k in names}
+    settings |= {"cache": True, "amp": not args.no_amp}
+    grid = {k: getattr(args, k) for k in listed if k == "head" or k in args.given}
+    if args.config:
+        found, file_grid = read_sweep_file(args.config)
+        settings = found | {k: v for k, v in settings.items() if k in args.given}
+        grid = file_grid | {k: v for k, v in grid.items() if k in args.given}
+    if not settings.get("data"):
+        raise ValueError("--data is required: a dataset folder (train_images/ ... or images/ + masks/)")
+    sweep(TrainConfig(**settings), grid)
+
+
 def _model_files(args: argparse.Namespace) -> tuple[Path, ...]:
     """The files a command reads its model from: never to be written over."""
     return tuple(Path(p) for p in (args.model, args.weights) if p and Path(p).is_file())
@@ -246,9 +269,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from ..inference.onnx import export_onnx
+    from ..inference.formats import choose
 
-    export_onnx(
+    choose(args.format, args.out).export()(
         args.model,
         args.out,
         imgsz=tuple(args.imgsz) if args.imgsz else None,
@@ -295,6 +318,7 @@ COMMANDS = {
     "download-data": cmd_download_data,
     "show-data": cmd_show_data,
     "train": cmd_train,
+    "sweep": cmd_sweep,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "video": cmd_video,

@@ -14,7 +14,7 @@ from ..data.names import FORMATS, MASK_MODES
 from ..engine.config import TrainConfig
 from ..engine.names import LOSSES
 from ..inference.masks import MASK_VALUES
-from ..inference.names import ENGINES, PRECISIONS
+from ..inference.names import ENGINES, EXPORT_FORMATS, PRECISIONS
 from ..models.names import HEAD_NAMES
 
 DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
@@ -159,6 +159,8 @@ EXAMPLES = {
     "show-data": "webdino-seg show-data examples/pennfudan-sample --out samples.png",
     "train": "webdino-seg train --data examples/pennfudan-sample --arch webdino-tiny --weights random --imgsz 112 112 "
     "--epochs 2 --out runs/tiny",
+    "sweep": "webdino-seg sweep --data examples/pennfudan-sample --arch webdino-tiny --weights random --imgsz 112 112 "
+    "--epochs 2 --heads simple,linear4 --out runs/sweep",
     "evaluate": "webdino-seg evaluate --data examples/pennfudan-sample --model runs/tiny/best_model_iou.pth "
     "--report runs/tiny/report",
     "predict": "webdino-seg predict --input examples/pennfudan-sample/valid_images "
@@ -171,13 +173,36 @@ EXAMPLES = {
 }
 
 
+# the documentation page of each command (docs/ in the repository, or the site `make docs` builds)
+DOCS = {
+    "info": "backbones.md",
+    "convert-weights": "backbones.md",
+    "prepare-data": "data.md",
+    "download-data": "getting-started.md",
+    "show-data": "data.md",
+    "train": "training.md",
+    "sweep": "training.md#which-head-for-my-data",
+    "evaluate": "inference.md",
+    "predict": "inference.md",
+    "video": "inference.md",
+    "demo": "inference.md",
+    "export": "export.md",
+    "benchmark": "benchmarks.md",
+}
+CACHE_VIEWS = "augmented views per training image in the cache (never more than --epochs)"
+CACHE_MEMORY = (
+    "largest feature cache kept in memory; a larger one is memory-mapped on disk (default: half the free GPU or CPU "
+    "memory)"
+)
+
+
 def _subparser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name,
         help=help,
         description=description or help[0].upper() + help[1:] + ".",
         formatter_class=_Help,
-        epilog=f"example:\n  {EXAMPLES[name]}",
+        epilog=f"example:\n  {EXAMPLES[name]}\n\ndocs: docs/{DOCS[name]}",
     )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return p
@@ -292,6 +317,16 @@ def _train(sub: argparse._SubParsersAction) -> None:
         help="settings from a YAML file with the keys of a run folder's "
         "config.yaml (e.g. examples/pennfudan-webdino300m.yaml); flags given here override it",
     )
+    _data_and_backbone(p, g, _default("out"))
+    p.add_argument("--fine-tune", action=_GivenTrue, help="train the backbone too")
+    _labels(p, g)
+    _train_recipe(p, g)
+    _train_cache(p, g)
+    p.set_defaults(given=set())
+
+
+def _data_and_backbone(p: argparse.ArgumentParser, g: dict, out: str) -> None:
+    """train's and sweep's flags for the data, the output folder and the backbone."""
     p.add_argument(
         "--data",
         help="folder with train_images/ train_masks/ valid_images/ valid_masks/, or images/ + "
@@ -305,20 +340,65 @@ def _train(sub: argparse._SubParsersAction) -> None:
         "(e.g. 0.15), each image's side from its name and --seed alone, recorded in split.json",
         **g,
     )
-    p.add_argument(
-        "--out", default=_default("out"), help="run folder (a new -2, -3... is made if it is not empty)", **g
-    )
+    p.add_argument("--out", default=out, help="output folder (a new -2, -3... is made if it is not empty)", **g)
     p.add_argument("--arch", default=_default("arch"), help="backbone variant (see `webdino-seg info --list`)", **g)
     p.add_argument(
         "--weights",
         help="official .pth, HF folder, Hub id, https:// URL, or 'random' (default: the variant's official .pth URL)",
         **g,
     )
-    p.add_argument("--fine-tune", action=_GivenTrue, help="train the backbone too")
+
+
+def _listed(kind: type) -> object:
+    """An argparse type: comma-separated values of `kind` (``1e-4,3e-4``)."""
+
+    def parse(text: str) -> list:
+        return [kind(v) for v in text.split(",")]
+
+    parse.__name__ = f"comma-separated {kind.__name__}"
+    return parse
+
+
+def _sweep(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(
+        sub,
+        "sweep",
+        "train several heads (learning rates, losses, batch sizes) on one feature cache and rank them",
+        "Train every combination of the candidates given on features extracted once, each into its own run folder\n"
+        "under --out, then rank them: valid mIoU with paired bootstrap intervals, the all-background baseline,\n"
+        "and whether the winner is ahead beyond noise (leaderboard.csv/.json/.png/.html).",
+    )
+    g = {"action": _Given}
+    p.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="train's settings (the keys of a run folder's config.yaml) and a 'sweep:' mapping of setting to "
+        "values, e.g. sweep: {head: [simple, linear4], lr: [1e-4, 3e-4]}; flags given here override it",
+    )
+    _data_and_backbone(p, g, "runs/sweep")
     _labels(p, g)
-    _train_recipe(p, g)
-    _train_cache(p, g)
-    p.set_defaults(given=set())
+    p.add_argument(
+        "--heads",
+        dest="head",
+        type=_listed(str),
+        default=list(HEAD_NAMES),
+        help=f"heads to compare, comma-separated (of {', '.join(HEAD_NAMES)})",
+        **g,
+    )
+    p.add_argument("--lr", type=_listed(float), default=[_default("lr")], help="learning rates, comma-separated", **g)
+    p.add_argument("--loss", type=_listed(str), default=[_default("loss")], help="losses, comma-separated", **g)
+    p.add_argument(
+        "--batch", type=_listed(positive), default=[_default("batch")], help="batch sizes, comma-separated", **g
+    )
+    _imgsz(p, _default("imgsz"), **g)
+    _schedule(p, g)
+    _cache(p, g, "keep the shared feature cache here (default: in the sweep folder)")
+    p.add_argument(
+        "--resume",
+        metavar="SWEEP",
+        help="continue the sweep folder SWEEP: finished candidates are kept, the kept features read",
+    )
+    p.set_defaults(given=set(), fine_tune=False, no_cache=False, tensorboard=False)
 
 
 def _train_recipe(p: argparse.ArgumentParser, g: dict) -> None:
@@ -341,6 +421,11 @@ def _train_recipe(p: argparse.ArgumentParser, g: dict) -> None:
     _imgsz(p, _default("imgsz"), **g)
     p.add_argument("--lr", type=float, default=_default("lr"), help="AdamW learning rate", **g)
     p.add_argument("--batch", type=positive, default=_default("batch"), help="images per training step", **g)
+    _schedule(p, g)
+
+
+def _schedule(p: argparse.ArgumentParser, g: dict) -> None:
+    """train's and sweep's flags for the epochs, the lr schedule, the device and the seed."""
     p.add_argument("--epochs", type=positive, default=_default("epochs"), help="passes over the training split", **g)
     p.add_argument("--scheduler", action=_GivenTrue, help="multiply the lr by 0.1 at --scheduler-epochs")
     p.add_argument(
@@ -360,26 +445,20 @@ def _train_recipe(p: argparse.ArgumentParser, g: dict) -> None:
     )
 
 
+def _cache(p: argparse.ArgumentParser, g: dict, cache_dir: str) -> None:
+    """train's and sweep's flags for the feature cache, the precision and bad pairs; `cache_dir`: the help of
+    --feature-cache-dir."""
+    p.add_argument("--cache-views", type=positive, default=_default("cache_views"), help=CACHE_VIEWS, **g)
+    p.add_argument("--feature-cache-dir", help=cache_dir, **g)
+    p.add_argument("--cache-memory-gb", type=float, help=CACHE_MEMORY, **g)
+    p.add_argument("--no-amp", action=_GivenTrue, help="no bf16 autocast on GPU")
+    p.add_argument("--skip-bad", action=_GivenTrue, help="skip unreadable pairs with a warning instead of failing")
+
+
 def _train_cache(p: argparse.ArgumentParser, g: dict) -> None:
     """train's flags for the feature cache, precision, logging and resuming."""
     p.add_argument("--no-cache", action=_GivenTrue, help="recompute frozen features every epoch (tutorial way)")
-    p.add_argument(
-        "--cache-views",
-        type=positive,
-        default=_default("cache_views"),
-        help="augmented views per training image in the cache (never more than --epochs)",
-        **g,
-    )
-    p.add_argument("--feature-cache-dir", help="also keep the feature cache on disk here, reused when unchanged", **g)
-    p.add_argument(
-        "--cache-memory-gb",
-        type=float,
-        help="largest feature cache kept in memory; a larger one is "
-        "memory-mapped on disk (default: half the free GPU or CPU memory)",
-        **g,
-    )
-    p.add_argument("--no-amp", action=_GivenTrue, help="no bf16 autocast on GPU")
-    p.add_argument("--skip-bad", action=_GivenTrue, help="skip unreadable pairs with a warning instead of failing")
+    _cache(p, g, "also keep the feature cache on disk here, reused when unchanged")
     p.add_argument(
         "--tensorboard",
         action=_GivenTrue,
@@ -526,10 +605,17 @@ def _demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(sub, "export", "export a trained model to ONNX (normalisation, backbone, head, upsampling)")
+    p = _subparser(
+        sub, "export", "export a trained model to ONNX or OpenVINO (normalisation, backbone, head, upsampling)"
+    )
     p.add_argument("--model", required=True, help="a model checkpoint written by train")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--format",
+        choices=list(EXPORT_FORMATS),
+        help="onnx (an .onnx graph for onnxruntime) or openvino (model.xml + model.bin for OpenVINO); "
+        "default: what --out's suffix says, else onnx",
+    )
+    p.add_argument("--out", required=True, help="the file to write: model.onnx, or model.xml (its .bin beside it)")
     _imgsz(p, None)
     p.add_argument("--dynamic", action="store_true", help="any batch size (the image size stays --imgsz)")
     p.add_argument(
@@ -580,6 +666,7 @@ SUBCOMMANDS = (
     _download_data,
     _show_data,
     _train,
+    _sweep,
     _evaluate,
     _predict,
     _video,

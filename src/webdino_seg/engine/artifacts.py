@@ -3,6 +3,7 @@ valid_preds/ (ground truth beside the best model's prediction for every valid im
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 from ..data.images import read_image, read_mask
 from ..models.checkpoint import load_model, save_model
 from ..models.segmentation import SegmentationModel, model_input, upsample
-from ..utils.files import atomic_write, save_png
+from ..utils.files import atomic_write, atomic_write_text, save_png
 from ..utils.metrics import ConfusionMatrix, bootstrap_miou, miou_of
 from ..utils.overlay import caption, legend, overlay, side_by_side
 from ..utils.runtime import autocast
@@ -94,8 +95,30 @@ def finish_run(
             mats = write_valid_preds(
                 run / "valid_preds", best.to(device), valid_pairs, cfg=cfg, ckpt=ckpt, device=device
             )
-        scores = {"miou": float(miou_of(mats.sum(0))), "miou_ci": list(bootstrap_miou(mats)), "images": len(mats)}
+            scores = write_valid_scores(run / VALID_SCORES, mats, [image.name for image, _ in valid_pairs], cfg)
     shutil.rmtree(run.features, ignore_errors=True)
+    return scores
+
+
+VALID_SCORES = "valid_scores.json"  # the best model's scores on each valid image at full size
+
+
+def write_valid_scores(path: Path, mats: torch.Tensor, names: list[str], cfg: TrainConfig) -> dict:
+    """Write (atomically) and return the scores of the (N, C, C) per-image confusion matrices `mats` of the valid
+    images `names`: mIoU with its bootstrap interval, pixel accuracy, per-class IoU, and each image's matrix (so
+    candidates can be compared image by image, as a sweep does)."""
+    whole = ConfusionMatrix(cfg.num_classes)
+    whole.mat = mats.sum(0)
+    scores = {
+        "model": "best_model_iou.pth",
+        "miou": float(miou_of(mats.sum(0))),
+        "miou_ci": list(bootstrap_miou(mats)),
+        "pixel_acc": whole.pixel_accuracy(),
+        "iou": {n: v if v == v else None for n, v in zip(cfg.class_names, whole.iou().tolist(), strict=True)},
+        "images": len(mats),
+        "confusion": {name: mat.tolist() for name, mat in zip(names, mats, strict=True)},
+    }
+    atomic_write_text(path, json.dumps(scores, indent=1) + "\n")
     return scores
 
 

@@ -17,7 +17,7 @@ from ..data.augment import denormalize, normalize_batch, sample_seed
 from ..data.datasets import SegmentationDataset, Undecoded
 from ..models.segmentation import SegmentationModel
 from . import distributed
-from .features import FeatureCache, cache_key, free_ram, load_or_extract, plan_store
+from .features import CachePlan, CacheShare, Contents, FeatureCache, cache_key, free_ram, load_or_extract, plan_store
 from .timings import Timings
 
 
@@ -67,6 +67,7 @@ class BatchSource:
         progress_dir: str | Path | None = None,
         amp: bool = True,
         clock: Timings | None = None,
+        share: CacheShare | None = None,
     ) -> None:
         self.train_ds, self.valid_ds = datasets
         self.model, self.device = model, device
@@ -80,7 +81,7 @@ class BatchSource:
         self.amp = amp
         self.clock = clock or Timings()
         if self.cached:
-            self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {})
+            self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {}, share)
         self.trainable = model.head if self.cached else model
         self.net = self.trainable
         if distributed.world_size() > 1:
@@ -88,25 +89,16 @@ class BatchSource:
             ids = [device.index] if device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.trainable, device_ids=ids)
 
-    def _extract(self, views: int, cache_dir: Path | None, memory_gb: float | None, identity: dict) -> None:
+    def _extract(
+        self, views: int, cache_dir: Path | None, memory_gb: float | None, identity: dict, share: CacheShare | None
+    ) -> None:
+        """The train and valid caches: from `share` when it holds them, else loaded or extracted (with what
+        `share` asks for every run, then kept there); this run reads its own head's part."""
         model, device = self.model, self.device
-        h, w = self.train_ds.imgsz
-        p = model.backbone.patch_size
+        mine = Contents.of(model)
+        contents = share.contents | mine if share is not None else mine
         extract_batch = max(self.batch, 32 if device.type == "cuda" else 16)
-        self.plan = distributed.broadcast(
-            plan_store(
-                views * len(self.train_ds) + len(self.valid_ds),
-                (getattr(model.head, "layers", 1) * model.backbone.embed_dim, h // p, w // p),
-                (h, w),
-                device,
-                limit_gb=memory_gb,
-                batch=extract_batch,
-                disk=cache_dir,
-                free=_least_free(device),
-                extra_per_item=3 * h * w if model.needs_image else 0,
-                width=model.backbone.embed_dim,
-            )
-        )
+        self.plan = distributed.broadcast(self._plan(views, contents, memory_gb, extract_batch, cache_dir))
         store = {"cuda": device, "cpu": torch.device("cpu")}.get(self.plan.kind) or Path(
             cache_dir or tempfile.gettempdir()
         )
@@ -119,32 +111,51 @@ class BatchSource:
             "store": store,
             "amp": self.amp,
             "clock": self.clock,
+            "contents": contents,
         }
         keys = {
-            "train": cache_key(self.train_ds, model, views, identity),
-            "valid": cache_key(self.valid_ds, model, 1, identity),
+            "train": cache_key(self.train_ds, model, views, identity, contents),
+            "valid": cache_key(self.valid_ds, model, 1, identity, contents),
         }
         self.chunk_dirs = {name: self.progress_dir / key if self.progress_dir else None for name, key in keys.items()}
         start = time.perf_counter()
-        self.train_cache = load_or_extract(
-            cache_dir,
-            keys["train"],
-            dataset=self.train_ds,
-            views=views,
-            desc="caching train features",
-            chunks=self.chunk_dirs["train"],
-            **common,
-        )
-        self.valid_cache = load_or_extract(
-            cache_dir,
-            keys["valid"],
-            dataset=self.valid_ds,
-            views=1,
-            desc="caching valid features",
-            chunks=self.chunk_dirs["valid"],
-            **common,
-        )
+        caches = {}
+        for name, dataset, n in (("train", self.train_ds, views), ("valid", self.valid_ds, 1)):
+            cache = share.caches.get(keys[name]) if share is not None else None
+            if cache is None:
+                cache = load_or_extract(
+                    cache_dir,
+                    keys[name],
+                    dataset=dataset,
+                    views=n,
+                    desc=f"caching {name} features",
+                    chunks=self.chunk_dirs[name],
+                    **common,
+                )
+                if share is not None:
+                    share.caches[keys[name]] = cache
+            caches[name] = cache.narrowed(mine, model.backbone.embed_dim)
+        self.train_cache, self.valid_cache = caches["train"], caches["valid"]
         self.cache_seconds = time.perf_counter() - start
+
+    def _plan(
+        self, views: int, contents: Contents, memory_gb: float | None, batch: int, cache_dir: Path | None
+    ) -> CachePlan:
+        """Where the cache of `views` train views and the valid images, holding `contents`, goes."""
+        model, (h, w) = self.model, self.train_ds.imgsz
+        p = model.backbone.patch_size
+        return plan_store(
+            views * len(self.train_ds) + len(self.valid_ds),
+            (contents.layers * model.backbone.embed_dim, h // p, w // p),
+            (h, w),
+            self.device,
+            limit_gb=memory_gb,
+            batch=batch,
+            disk=cache_dir,
+            free=_least_free(self.device),
+            extra_per_item=3 * h * w if contents.images else 0,
+            width=model.backbone.embed_dim,
+        )
 
     def describe_cache(self) -> str:
         """One line on what the cache holds and where."""

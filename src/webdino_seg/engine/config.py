@@ -260,12 +260,23 @@ def read_settings(path: str | Path, error: type[ValueError] = ValueError) -> dic
     """Training settings from a YAML file whose keys are `TrainConfig`'s (as in a run folder's config.yaml; any
     may be left out); an unknown key or a value of the wrong kind is an `error` naming the file and the key."""
     path = Path(path)
+    data = load_yaml(path, error)
+    return settings_from(data, path, error)
+
+
+def load_yaml(path: Path, error: type[ValueError] = ValueError) -> object:
+    """The YAML file `path` as data; unreadable or invalid YAML is an `error` naming the file."""
     try:
-        data = yamlfile.load(path.read_text())
+        return yamlfile.load(path.read_text())
     except OSError as e:
         raise error(f"{path}: cannot read it ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def settings_from(data: object, path: str | Path, error: type[ValueError] = ValueError) -> dict:
+    """`data` (read from the file `path`) checked as training settings: the keys of `TrainConfig`, each value of
+    its kind; an unknown key or a mistyped value is an `error` naming the file and the key."""
     if not isinstance(data, dict):
         raise error(f"{path}: not a settings file (expected key: value lines)")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +32,32 @@ from ..utils.runtime import autocast
 from . import distributed
 from .eta import Estimate, duration, faster_options
 from .timings import Timings
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a cache holds for each view: the last `layers` layers' token grids, and the image when `images`."""
+
+    layers: int = 1
+    images: bool = False
+
+    @classmethod
+    def of(cls, model: SegmentationModel) -> Contents:
+        """What `model`'s head reads."""
+        return cls(getattr(model.head, "layers", 1), model.needs_image)
+
+    def __or__(self, other: Contents) -> Contents:
+        """What serves both: the more layers, and the image when either reads it."""
+        return Contents(max(self.layers, other.layers), self.images or other.images)
+
+
+@dataclass
+class CacheShare:
+    """Feature caches that the runs of one process share (a sweep): each extracted once with `contents`, what
+    every run's head reads, kept here by key; a run reads its own head's part (`FeatureCache.narrowed`)."""
+
+    contents: Contents
+    caches: dict = field(default_factory=dict)
 
 
 class FeatureCache:
@@ -62,7 +88,9 @@ class FeatureCache:
         From CPU memory or disk to a GPU the rows are gathered into pinned memory, so the copy overlaps.
         """
         rows = (view % self.views) * self.count + index.to(self.features.device)
-        parts = [self.features[rows], self.masks[rows]] + ([self.images[rows]] if self.images is not None else [])
+        parts = [self.features[rows].contiguous(), self.masks[rows]] + (
+            [self.images[rows]] if self.images is not None else []
+        )
         if device.type == "cuda" and parts[0].device.type == "cpu":
             parts = [part.pin_memory() for part in parts]
         parts = [part.to(device, non_blocking=True) for part in parts]
@@ -71,6 +99,14 @@ class FeatureCache:
             images = parts[2].float().div_(255)
             inputs += ((images - self.mean.to(device)) / self.std.to(device),)
         return inputs, parts[1].long()
+
+    def narrowed(self, contents: Contents, dim: int) -> FeatureCache:
+        """The part of this cache a head reading `contents` uses (the last layers' channels, the images only if
+        it reads them), as views: nothing is copied. Its batches equal those of a cache made for that head."""
+        features = self.features[:, self.features.shape[1] - contents.layers * dim :]
+        out = FeatureCache(features, self.masks, self.views, images=self.images if contents.images else None)
+        out.mean, out.std = self.mean, self.std
+        return out
 
     def nbytes(self) -> int:
         """Memory the cache holds."""
@@ -211,8 +247,16 @@ def _node_store(need: int, store: torch.device | Path) -> Path:
     return folder
 
 
-def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int, identity: dict) -> str:
-    """A hash of everything the features depend on: image and mask bytes, augmentation, backbone, size."""
+def cache_key(
+    dataset: SegmentationDataset,
+    model: SegmentationModel,
+    views: int,
+    identity: dict,
+    contents: Contents | None = None,
+) -> str:
+    """A hash of everything the features depend on: image and mask bytes, augmentation, backbone, size, and what
+    is kept (`contents`, default: what `model`'s head reads)."""
+    contents = contents or Contents.of(model)
     digest = hashlib.sha256()
     for image, mask in dataset.pairs:  # the files' hashes where training already made them (the same key)
         digest.update(bytes.fromhex(dataset.digests.get(image.name) or sha256_file(image)))
@@ -228,8 +272,8 @@ def cache_key(dataset: SegmentationDataset, model: SegmentationModel, views: int
         "mean": dataset.mean,
         "std": dataset.std,
         "backbone": {k: identity.get(k) for k in ("arch", "config", "weights", "sha256", "fingerprint")},
-        "layers": getattr(model.head, "layers", 1),
-        "images": model.needs_image,
+        "layers": contents.layers,
+        "images": contents.images,
     }
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
@@ -250,8 +294,10 @@ def extract(
     chunks: Path | None = None,
     amp: bool = True,
     clock: Timings | None = None,
+    contents: Contents | None = None,
 ) -> FeatureCache:
-    """Run the backbone over `views` augmented passes of `dataset` and keep the token grids.
+    """Run the backbone over `views` augmented passes of `dataset` and keep the token grids (and what else
+    `contents` says; default: what `model`'s head reads).
 
     With `chunks`, every batch is also saved there as it is made, and batches already saved are read
     back instead of computed: an interrupted extraction continues where it stopped. Under torchrun
@@ -262,17 +308,12 @@ def extract(
     clock = clock or Timings()
     world = distributed.world_size()
     store = store or torch.device("cpu")
-    # a cache in memory or files is shared by the processes of each machine, which extract it together; one on
-    # a GPU is each process's own, extracted by all processes together (rows summed across them below)
-    rank, procs = (
-        (distributed.local_rank(), distributed.local_world_size())
-        if _node_shared(world, store)
-        else (distributed.rank(), world)
-    )
+    rank, procs = _extractors(world, store)
     mine = list(range(rank, len(dataset), procs))
     if not len(dataset):
         raise ValueError(f"no images to extract features from in {desc}")
-    cache = _allocate(model, dataset, views, dtype, store, world)
+    contents = contents or Contents.of(model)
+    cache = _allocate(model, dataset, views, dtype, store, world, contents)
     step = max(1, batch // views)  # images a batch: every view of each, about `batch` backbone inputs in all
     with tqdm(total=views * len(mine), unit="img", desc=desc, leave=False, disable=distributed.rank() > 0) as bar:
         todo = []
@@ -288,13 +329,22 @@ def extract(
             else:
                 todo.append((chunk, index, rows))
         if todo:
-            _compute(model, dataset, views, todo, cache, device, workers, amp, bar, desc, clock)
+            _compute(model, dataset, views, todo, cache, device, workers, amp, bar, desc, clock, contents.layers)
     if world > 1 and cache.features.device.type == "cuda":
         for tensor in (cache.features, cache.masks, cache.images):  # each row was written by one process: exact
             if tensor is not None:
                 distributed.all_sum(tensor)
     distributed.barrier()  # every process has written its rows into the shared file
     return cache
+
+
+def _extractors(world: int, store: torch.device | Path) -> tuple[int, int]:
+    """This process's place among the processes that extract a cache together, and their number: a cache in
+    memory or files is shared by the processes of each machine; one on a GPU is each process's own, extracted by
+    all processes together (rows summed across them)."""
+    if _node_shared(world, store):
+        return distributed.local_rank(), distributed.local_world_size()
+    return distributed.rank(), world
 
 
 def _allocate(
@@ -304,14 +354,14 @@ def _allocate(
     dtype: torch.dtype,
     store: torch.device | Path,
     world: int,
+    contents: Contents,
 ) -> FeatureCache:
     """An empty cache for `views` passes over `dataset`: in memory on `store`, in a file in a folder, or under
     torchrun off the GPU in files every process maps (unlinked once all have mapped them)."""
     n, p = len(dataset), model.backbone.patch_size
     h, w = dataset.imgsz
-    layers = getattr(model.head, "layers", 1)
-    shapes = [(views * n, layers * model.backbone.embed_dim, h // p, w // p), (views * n, h, w)]
-    if model.needs_image:
+    shapes = [(views * n, contents.layers * model.backbone.embed_dim, h // p, w // p), (views * n, h, w)]
+    if contents.images:
         shapes.append((views * n, 3, h, w))
     names: list[str | None] = [None] * len(shapes)
     if _node_shared(world, store):
@@ -322,7 +372,7 @@ def _allocate(
         names = _node_files(store, len(shapes))
     feats = allocate(shapes[0], dtype, store, names[0])
     masks = allocate(shapes[1], torch.uint8, store, names[1])
-    images = allocate(shapes[2], torch.uint8, store, names[2]) if model.needs_image else None
+    images = allocate(shapes[2], torch.uint8, store, names[2]) if contents.images else None
     distributed.barrier()
     if distributed.local_rank() == 0:
         for name in names:
@@ -359,6 +409,7 @@ def _compute(
     bar: tqdm,
     desc: str,
     clock: Timings,
+    layers: int,
 ) -> None:
     """Run the backbone over every view of the (chunk file, image indices, rows) batches in `todo`, each image
     decoded once for all its views; each batch goes into the cache and, where it has a chunk file and the whole
@@ -379,7 +430,17 @@ def _compute(
         batches = clock.timed(loader, "cache", "decoding and augmenting images")
         for (chunk, _, rows), (images, masks) in zip(todo, batches, strict=True):
             part = _compute_batch(
-                model, _view_major(images), _view_major(masks), dataset, cache, device, amp, bar, estimate, clock
+                model,
+                _view_major(images),
+                _view_major(masks),
+                dataset,
+                cache,
+                device,
+                amp,
+                bar,
+                estimate,
+                clock,
+                layers,
             )
             with clock.part("cache", "copying into the cache"):
                 _put_rows(cache, rows, part)
@@ -431,6 +492,7 @@ def _compute_batch(
     bar: tqdm,
     estimate: Estimate,
     clock: Timings,
+    layers: int,
 ) -> dict:
     """One batch's features from uint8 `images` normalised on the device, its uint8 masks (and, for heads that
     read them, the uint8 images); on a CPU one image at a time."""
@@ -438,7 +500,7 @@ def _compute_batch(
     for chunk in images.split(1 if device.type == "cpu" else len(images)):
         with clock.part("cache", "backbone", device), autocast(device, amp):
             pixels = normalize_batch(chunk.to(device, non_blocking=True), dataset.mean, dataset.std)
-            grids.append(model.features(pixels))
+            grids.append(model.features(pixels, layers=layers))
         bar.update(len(chunk))
         for line in estimate.update(len(chunk)) if not bar.disable else []:
             bar.write(line)

@@ -38,7 +38,7 @@ from .batches import BatchSource
 from .board import PREVIEWS, Board
 from .config import ResumeError, TrainConfig
 from .eta import Estimate, faster_options
-from .features import chunk_count
+from .features import CacheShare, chunk_count
 from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
 from .runfolder import DATA, LAST, SPLIT, TIMINGS, RunFolder, differences
 from .timings import Timings
@@ -249,10 +249,13 @@ def train(
     resume: str | Path | None = None,
     log: Callable[[str], None] = print,
     changes: dict | None = None,
+    *,
+    share: CacheShare | None = None,
 ) -> Path:
     """Train a head (or fine-tune) as `cfg` says; return the run folder.
 
     `resume` continues a run folder; `changes` are flags given with it (see `TrainConfig.resumed_with`).
+    `share` holds feature caches that other runs of this process made or will read (a sweep).
     Every setting is checked before the folder is made; the folder is made before anything slow starts.
     On a GPU the CUDA speed flags are on while it trains and as they were afterwards.
     """
@@ -274,7 +277,7 @@ def train(
             run.record = run.record or run._read_record()
         device = _device(cfg.device, world, local_rank)
     with speed_flags(device):
-        return _train(cfg, run, device, _quiet if rank > 0 else log, state, clock)
+        return _train(cfg, run, device, _quiet if rank > 0 else log, state, clock, share)
 
 
 def _train(
@@ -284,6 +287,7 @@ def _train(
     log: Callable[[str], None],
     state: dict | None,
     clock: Timings,
+    share: CacheShare | None = None,
 ) -> Path:
     """`train` once the settings, the device and (resuming) the checked resume state are known."""
     with clock.stage("startup"):
@@ -291,7 +295,7 @@ def _train(
     try:
         with clock.stage("cache"):
             model = prepare_model(model, device, cfg.amp)
-            source = _batch_source(cfg, model, splits, device, identity, run.features, clock)
+            source = _batch_source(cfg, model, splits, device, identity, run.features, clock, share)
     except BaseException as err:
         _say_what_was_kept(run, cfg, splits, log, err)
         raise
@@ -607,6 +611,7 @@ def _batch_source(
     identity: dict,
     progress_dir: Path,
     clock: Timings,
+    share: CacheShare | None = None,
 ) -> BatchSource:
     """Batches as `cfg` asks: cached features (extracted here, kept in chunks in `progress_dir`) or live images;
     the extraction's time goes into `clock`."""
@@ -625,6 +630,7 @@ def _batch_source(
         progress_dir=progress_dir,
         amp=cfg.amp,
         clock=clock,
+        share=share,
     )
 
 

@@ -19,6 +19,7 @@ from ..models.checkpoint import read_checkpoint, run_id_of
 from ..utils.files import atomic_write_text, check_output_dir, check_output_file
 from ..utils.metrics import CI_LEVEL, RESAMPLES, VOID, ConfusionMatrix, bootstrap_miou
 from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace, outside
+from .formats import for_file
 from .predictor import Predictor
 from .report import CURVES, ReportWriter
 
@@ -148,8 +149,8 @@ EVAL_SPLITS = ("train", "valid", "test", "all")
 
 
 def _checkpoint(model: str | Path) -> dict:
-    """The model checkpoint's record (an exported ONNX model keeps none of it: {})."""
-    return {} if Path(model).suffix.lower() == ".onnx" else read_checkpoint(model)
+    """The model checkpoint's record (an exported model keeps none of it: {})."""
+    return {} if for_file(model) is not None else read_checkpoint(model)
 
 
 def _pairs(root: Path, split: str, recorded: dict | None, log) -> tuple[list[tuple[Path, Path]], str]:
@@ -237,8 +238,9 @@ def _spread(per_image: dict[str, float]) -> dict:
 
 def model_info(model: str | Path) -> dict:
     """What the report says about the model: backbone, head, weights identity, epoch."""
-    if Path(model).suffix.lower() == ".onnx":
-        return {"model file": f"{model} (ONNX, run with onnxruntime)"}
+    exported = for_file(model)
+    if exported is not None:
+        return {"model file": f"{model} ({exported.what})"}
     ckpt = read_checkpoint(model)
     ident = ckpt["backbone_identity"]
     weights = ident["weights"]

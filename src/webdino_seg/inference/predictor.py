@@ -19,6 +19,7 @@ from ..models.layers import check_image_size
 from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.overlay import inset_legend, overlay
 from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
+from .formats import ExportFormat, for_file
 from .precision import native_bf16, quantize
 from .precision import resolve as resolve_precision
 
@@ -111,10 +112,11 @@ class Predictor:
         precision: str = "fp32",
         engine: str = "auto",
     ) -> Predictor:
-        """Load a checkpoint written by training, or a model exported to ONNX (run with onnxruntime);
-        `imgsz` defaults to the size it was trained (or exported) at."""
-        if Path(path).suffix.lower() == ".onnx":
-            return cls._from_onnx(path, device=device, imgsz=imgsz, tta=tta, tile=tile, precision=precision)
+        """Load a checkpoint written by training, or an exported model (`formats.FORMATS`: an ONNX graph run with
+        onnxruntime, an OpenVINO IR run with OpenVINO); `imgsz` defaults to the size it was trained (or exported) at."""
+        exported = for_file(path)
+        if exported is not None:
+            return cls._from_export(path, exported, device=device, imgsz=imgsz, tta=tta, tile=tile, precision=precision)
         model, ckpt = load_model(path, weights)
         model = prepare_model(model, resolve_device(device))  # our own model: placed, frozen backbone in bf16 on GPU
         return cls(
@@ -131,17 +133,24 @@ class Predictor:
         )
 
     @classmethod
-    def _from_onnx(
-        cls, path: str | Path, *, device: str, imgsz: tuple[int, int] | None, tta: bool, tile: bool, precision: str
+    def _from_export(
+        cls,
+        path: str | Path,
+        exported: ExportFormat,
+        *,
+        device: str,
+        imgsz: tuple[int, int] | None,
+        tta: bool,
+        tile: bool,
+        precision: str,
     ) -> Predictor:
-        """A predictor over a model exported to ONNX, run with onnxruntime at the size it was exported at."""
-        from .onnx import OnnxSegmentationModel
-
-        onnx_model = OnnxSegmentationModel(path, device)
+        """A predictor over an exported model (`exported` says its format), run by its engine at the size it was
+        exported at."""
+        onnx_model = exported.load(path, device)
         graph_precision = onnx_model.meta["precision"]
         if precision not in ("auto", "fp32", graph_precision):  # fp32, the default, takes the graph as it is
             raise ValueError(
-                f"--precision {precision}: {path} is an ONNX model computing in {graph_precision} "
+                f"--precision {precision}: {path} is an exported model computing in {graph_precision} "
                 "(export --int8 makes an int8 one)"
             )
         fixed = tuple(onnx_model.meta["imgsz"])
@@ -163,9 +172,9 @@ class Predictor:
             tta_scales=(1.0,),  # an exported graph has one input size: flips only
             tile=tile,
         )
-        predictor.precision, predictor.engine = graph_precision, "onnxruntime"
+        predictor.precision, predictor.engine = graph_precision, exported.engine
         if graph_precision != "fp32":
-            predictor.precision_note = f"precision: {graph_precision} by onnxruntime (the exported graph's own)"
+            predictor.precision_note = f"precision: {graph_precision} by {exported.engine} (the exported graph's own)"
         return predictor
 
     def _to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:

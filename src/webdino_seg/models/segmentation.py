@@ -40,23 +40,25 @@ class SegmentationModel(nn.Module):
             self.backbone.eval()
         return self
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor, *, layers: int | None = None) -> torch.Tensor:
         """What the head reads, as a (B, D, H/p, W/p) grid in the backbone's dtype: the last layer's normed
-        patch tokens, or, for heads with ``layers = 4``, the last 4 layers' concatenated (B, 4D, H/p, W/p)."""
+        patch tokens, or, for heads with ``layers = 4``, the last 4 layers' concatenated (B, 4D, H/p, W/p).
+        `layers` asks for that many last layers whatever the head reads (a cache several heads share); the last
+        layer's channels come last and equal the one-layer grid bit for bit."""
         dtype = self.backbone.patch_embed.proj.weight.dtype
         if images.dtype != dtype:  # a frozen backbone kept in bf16 on the GPU takes bf16 images
             images = images.to(dtype)
         if self.fine_tune:
-            return self._grid(images)
+            return self._grid(images, layers)
         # a frozen backbone kept in bf16 runs in bf16 as it is: autocast around it would only force its LayerNorms
         # to float32 (extra memory traffic); PyTorch's norm kernels keep their statistics in float32 anyway
         native = torch.autocast(images.device.type, enabled=False) if dtype != torch.float32 else nullcontext()
         with torch.inference_mode(), native:
-            grid = self._grid(images)
+            grid = self._grid(images, layers)
         return grid.clone()  # a normal tensor, so the head's autograd can use it
 
-    def _grid(self, images: torch.Tensor) -> torch.Tensor:
-        layers = getattr(self.head, "layers", 1)
+    def _grid(self, images: torch.Tensor, layers: int | None = None) -> torch.Tensor:
+        layers = layers or getattr(self.head, "layers", 1)
         if layers > 1:
             return torch.cat(self.backbone.get_intermediate_layers(images, n=layers, reshape=True, norm=True), 1)
         tokens = self.backbone.forward_features(images)["x_norm_patchtokens"]

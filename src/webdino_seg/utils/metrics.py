@@ -105,25 +105,37 @@ def miou_of(mats: torch.Tensor) -> torch.Tensor:
     return iou_of(mats).nanmean(-1)
 
 
+def bootstrap_scores(per_image: torch.Tensor, resamples: int = RESAMPLES, seed: int = 0) -> torch.Tensor:
+    """mIoU of each of `resamples` draws of the images again with replacement, for each of K candidates scored on
+    the same N images, (K, N, C, C) per-image confusion matrices: the draws are the same for every candidate
+    (paired), so differences between candidates' scores come from the candidates, not the draws. Returns
+    (K, resamples), seeded: the same every time. Drawn 100 at a time (memory stays at 100 x N x C x C)."""
+    k, n = per_image.shape[:2]
+    generator = torch.Generator().manual_seed(seed)
+    flat = per_image.reshape(k, n, -1).double()
+    scores = []
+    for start in range(0, resamples, 100):
+        picks = torch.randint(0, n, (min(100, resamples - start), n), generator=generator)
+        counts = torch.zeros(len(picks), n, dtype=torch.float64).scatter_add_(
+            1, picks, torch.ones_like(picks, dtype=torch.float64)
+        )
+        scores.append(miou_of((counts @ flat).reshape(k, len(picks), *per_image.shape[2:])))
+    return torch.cat(scores, 1)
+
+
+def interval(scores: torch.Tensor, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap `scores` (1-D)."""
+    tail = (1 - level) / 2
+    low, high = torch.quantile(scores.double(), torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return low, high
+
+
 def bootstrap_miou(
     per_image: torch.Tensor, resamples: int = RESAMPLES, seed: int = 0, level: float = CI_LEVEL
 ) -> tuple[float, float]:
     """The `level` percentile interval of the mIoU when the images are drawn again with replacement: each of
     `resamples` draws sums the (N, C, C) per-image confusion matrices it picked (seeded: the same interval every
     time). With one image there is nothing to resample: the interval is its score twice."""
-    n = per_image.shape[0]
-    if n == 0:
+    if per_image.shape[0] == 0:
         return float("nan"), float("nan")
-    generator = torch.Generator().manual_seed(seed)
-    flat = per_image.reshape(n, -1).double()
-    scores = []
-    for start in range(0, resamples, 100):  # 100 draws at a time: memory stays at 100 x N x C x C
-        picks = torch.randint(0, n, (min(100, resamples - start), n), generator=generator)
-        counts = torch.zeros(len(picks), n, dtype=torch.float64).scatter_add_(
-            1, picks, torch.ones_like(picks, dtype=torch.float64)
-        )
-        scores.append(miou_of((counts @ flat).reshape(-1, *per_image.shape[1:])))
-    scores = torch.cat(scores)
-    tail = (1 - level) / 2
-    low, high = torch.quantile(scores, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return low, high
+    return interval(bootstrap_scores(per_image[None], resamples, seed)[0], level)

@@ -117,6 +117,10 @@ def is_ours(path: Path) -> bool:
 
             model = onnx.load(str(path), load_external_data=False)
             return any(p.key == "format" and p.value.startswith(MARK) for p in model.metadata_props)
+        if suffix == ".xml":  # an OpenVINO IR: its runtime info names the format
+            return f'value="{MARK}/openvino-ir' in path.read_text(errors="replace")
+        if suffix == ".bin":  # an OpenVINO IR's weights: ours when the .xml beside it is
+            return path.with_suffix(".xml").is_file() and is_ours(path.with_suffix(".xml"))
     except Exception:  # unreadable or foreign: not ours
         return False
     return False
