@@ -12,11 +12,12 @@ import torch
 
 from conftest import assert_same_metrics, cli_error, metrics_rows, tiny_config
 from webdino_seg.engine import features
-from webdino_seg.engine.leaderboard import BASELINE, baseline_matrices, rank
+from webdino_seg.engine.leaderboard import baseline_matrices, rank
 from webdino_seg.engine.sweep import candidates, read_sweep_file, resume_sweep, sweep
 from webdino_seg.utils.metrics import ConfusionMatrix
 
 HEADS3 = ["simple", "linear4", "guided"]
+BASELINE = "all-background baseline"  # the 2-class sample's background is its most frequent class
 
 
 def _count_extractions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -123,15 +124,16 @@ def test_two_identical_candidates_are_within_noise_and_the_baseline_is_a_row() -
     mats = _mats(3)
     board = rank([_entry("one", mats), _entry("two", mats.clone())], ["x", "y", "z"])
     assert board["verdict"].startswith("one and two are within noise: one ahead by 0.000 [0.000, 0.000]")
-    base = next(r for r in board["rows"] if r["name"] == BASELINE)
+    base = next(r for r in board["rows"] if r["status"] == "baseline")
     truth = mats.sum(-1)  # the baseline predicts the most frequent true class at every pixel
     top = int(truth.sum(0).argmax())
     cm = ConfusionMatrix(3)
     cm.mat = torch.zeros(3, 3, dtype=torch.int64)
     cm.mat[:, top] = truth.sum(0)
     assert base["miou"] == pytest.approx(cm.miou()) and base["pixel_acc"] == pytest.approx(cm.pixel_accuracy())
-    assert baseline_matrices(mats).sum() == mats.sum()
-    assert "it beats the all-background baseline by" in board["verdict"]
+    assert baseline_matrices(mats)[0].sum() == mats.sum() and baseline_matrices(mats)[1] == top
+    assert base["name"] == f"all-{'xyz'[top]} baseline" and base["status"] == "baseline"
+    assert f"it beats the {base['name']} by" in board["verdict"]
     with pytest.raises(ValueError, match="candidate two was scored on other valid images than one"):
         rank([_entry("one", mats), _entry("two", mats, [f"other{i}.png" for i in range(12)])], ["x", "y", "z"])
 

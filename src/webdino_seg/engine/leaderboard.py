@@ -15,7 +15,6 @@ from ..utils.files import atomic_write, atomic_write_text
 from ..utils.metrics import CI_LEVEL, RESAMPLES, ConfusionMatrix, bootstrap_scores, interval
 from ..utils.safetext import escape, url
 
-BASELINE = "all-background baseline"
 COLUMNS = (
     "#",
     "candidate",
@@ -43,14 +42,19 @@ def _stack(entries: list[dict]) -> tuple[list[str], torch.Tensor]:
     return names, torch.stack(mats)
 
 
-def baseline_matrices(mats: torch.Tensor) -> torch.Tensor:
+def baseline_matrices(mats: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(N, C, C) per-image matrices of predicting the most frequent true class everywhere, from any candidate's
-    (N, C, C) matrices (rows are the truth, whatever was predicted)."""
+    (N, C, C) matrices (rows are the truth, whatever was predicted), and that class."""
     truth = mats.sum(-1)  # (N, C) true pixels per class
     top = int(truth.sum(0).argmax())
     out = torch.zeros_like(mats)
     out[:, :, top] = truth
-    return out
+    return out, top
+
+
+def baseline_name(class_names: list[str], top: int) -> str:
+    """The baseline row's name: ``all-background baseline`` (or all-Road, for the class it predicts)."""
+    return f"all-{class_names[top]} baseline"
 
 
 def rank(entries: list[dict], class_names: list[str], *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
@@ -65,12 +69,14 @@ def rank(entries: list[dict], class_names: list[str], *, resamples: int = RESAMP
     if done:
         names, mats = _stack(done)
         images = len(names)
-        mats = torch.cat([mats, baseline_matrices(mats[0])[None]])
+        base, top = baseline_matrices(mats[0])
+        mats = torch.cat([mats, base[None]])
         draws = bootstrap_scores(mats, resamples, seed)
-        labels = [e["name"] for e in done] + [BASELINE]
+        labels = [e["name"] for e in done] + [baseline_name(class_names, top)]
         rows = [
             _row(label, mat.sum(0), draw, class_names) for label, mat, draw in zip(labels, mats, draws, strict=True)
         ]
+        rows[-1]["status"] = "baseline"
         for row, entry in zip(rows, done, strict=False):
             row.update(
                 settings=entry["settings"], params=entry["params"], head_ms=entry["head_ms"], train_s=entry["train_s"]
@@ -104,7 +110,7 @@ def _row(name: str, mat: torch.Tensor, draws: torch.Tensor, class_names: list[st
     ious = cm.iou().tolist()
     return {
         "name": name,
-        "status": "done" if name != BASELINE else "baseline",
+        "status": "done",
         "miou": cm.miou(),
         "miou_ci": list(interval(draws)),
         "pixel_acc": cm.pixel_accuracy(),
@@ -132,10 +138,12 @@ def _verdict(lead: dict, others: list[dict], images: int) -> str:
         first = f"{name} is the only candidate that finished"
     gap, (low, high) = base["behind_leader"], base["behind_leader_ci"]
     if low > 0:
-        return f"{first}; it beats the {BASELINE} by {gap:.3f} [{low:.3f}, {high:.3f}] {source}"
+        return f"{first}; it beats the {base['name']} by {gap:.3f} [{low:.3f}, {high:.3f}] {source}"
     if gap < 0:
-        return f"{first}; but the {BASELINE} is ahead of it by {-gap:.3f} [{-high:.3f}, {-low:.3f}] {source}"
-    return f"{first}; but it is not ahead of the {BASELINE} beyond noise ({gap:.3f} [{low:.3f}, {high:.3f}]) {source}"
+        return f"{first}; but the {base['name']} is ahead of it by {-gap:.3f} [{-high:.3f}, {-low:.3f}] {source}"
+    return (
+        f"{first}; but it is not ahead of the {base['name']} beyond noise ({gap:.3f} [{low:.3f}, {high:.3f}]) {source}"
+    )
 
 
 def table_lines(board: dict) -> list[str]:
