@@ -16,7 +16,7 @@ else
 TORCH_PIP ?= 'torch>=2.4' --index-url https://download.pytorch.org/whl/cpu
 endif
 
-.PHONY: install install-dev quickstart test
+.PHONY: install install-dev quickstart test docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ quickstart: install
 
 test: install-dev
 	cd $(CURDIR) && $(BIN)/python -m pytest
+
+# the documentation site, built from docs/ into site/ (opens from disk; --strict: a broken link or anchor fails)
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

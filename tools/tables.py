@@ -1,0 +1,126 @@
+"""The tables of measured figures in README.md and docs/, made from the JSON files under benchmarks/measured/.
+
+A table sits between ``<!-- measured-table: benchmarks/measured/FILE.json -->`` and ``<!-- end measured-table -->``
+(the path from the repository root). ``python tools/tables.py`` writes every such table from its file;
+``--check`` only says which differ and exits 1 if any does (tests/test_docs.py runs it). Hand-copied figures go
+stale; these cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TABLE = re.compile(r"(<!-- measured-table: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end measured-table -->)", re.S)
+
+
+def sweep_table(res: dict) -> str:
+    """`benchmarks/sweep.py`'s figures: each separate run, the sweep, the ratios, and the sweep's leaderboard."""
+    lines = ["| run | wall s | its extraction s | the rest s | epochs equal the sweep's |", "|---|---|---|---|---|"]
+    for head, wall in res["separate_runs_s"].items():
+        equal = "yes" if res["metrics_equal_standalone"][head] and res["valid_scores_equal_standalone"][head] else "no"
+        lines.append(
+            f"| `train --head {head}` | {wall:.1f} | {res['extraction_s'][head]:.1f} | "
+            f"{res['training_s'][head]:.1f} | {equal} |"
+        )
+    lines += [
+        f"| the {len(res['separate_runs_s'])} separate runs | {res['separate_total_s']:.1f} | | | |",
+        f"| **`sweep`** | **{res['sweep_s']:.1f}** | | | |",
+        "",
+        f"The sweep took {res['sweep_over_one_extraction_plus_training']:.3f}x one extraction plus the candidates' "
+        f"training ({res['one_extraction_plus_training_s']:.1f} s; the goal is at most 1.10) and "
+        f"{res['sweep_over_separate_runs']:.2f}x the separate runs. {res['setup']}; {res['machine']}.",
+        "",
+        "```",
+        *res["leaderboard"],
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def leaderboard_table(board: dict) -> str:
+    """A sweep's leaderboard.json: one row per candidate (and the baseline), each class's IoU where there are more
+    than two classes, then the verdict."""
+    classes = board["class_names"] if len(board["class_names"]) > 2 else []
+    head = [
+        "candidate",
+        "valid mIoU",
+        "95% interval",
+        "behind the leader",
+        *classes,
+        "params",
+        "head ms/img",
+        "train s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in board["rows"]:
+        if row["status"] == "failed":
+            lines.append(f"| {row['name']} | failed: {row['message']} |" + " |" * (len(head) - 2))
+            continue
+        low, high = row["miou_ci"]
+        behind = (
+            "leader"
+            if row.get("leader")
+            else "{:.3f} [{:.3f}, {:.3f}]".format(row["behind_leader"], *row["behind_leader_ci"])
+        )
+        ious = ["-" if row["iou"][c] is None else f"{row['iou'][c]:.3f}" for c in classes]
+        cost = [f"{row['params']:,}", f"{row['head_ms']:.2f}", f"{row['train_s']:.1f}"] if "params" in row else [""] * 3
+        cells = [row["name"], f"{row['miou']:.4f}", f"[{low:.4f}, {high:.4f}]", behind, *ious, *cost]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", board["verdict"] + "."])
+
+
+def render(path: Path) -> str:
+    """The table for the measured file `path`, by what it holds."""
+    res = json.loads(path.read_text())
+    if "sweep_s" in res:
+        return sweep_table(res)
+    if "verdict" in res and "rows" in res:
+        return leaderboard_table(res)
+    if res.get("format") == "webdino-seg/benchmark":
+        from webdino_seg.app.benchmark import markdown_table
+
+        return markdown_table(res)
+    raise ValueError(f"{path}: no table is made from this file")
+
+
+def update(text: str) -> tuple[str, list[str]]:
+    """`text` with every measured table made again, and the paths of those that differed."""
+    changed = []
+
+    def remake(match: re.Match) -> str:
+        body = render(REPO / match["path"]) + "\n"
+        if body != match["body"]:
+            changed.append(match["path"])
+        return match[1] + body + match[4]
+
+    return TABLE.sub(remake, text), changed
+
+
+def documents() -> list[Path]:
+    """README.md and every page under docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from its file")
+    args = parser.parse_args(argv)
+    stale = []
+    for doc in documents():
+        text = doc.read_text()
+        new, changed = update(text)
+        stale += [f"{doc.relative_to(REPO)}: the table from {path}" for path in changed]
+        if changed and not args.check:
+            doc.write_text(new)
+    for line in stale:
+        print(("differs: " if args.check else "made again: ") + line)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
