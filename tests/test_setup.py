@@ -135,3 +135,29 @@ def test_every_help_ends_with_an_example_that_runs_as_written(tmp_path: Path, mo
         assert argv[:2] == ["webdino-seg", name]
         assert main(argv[1:]) == 0, EXAMPLES[name]
     assert (tmp_path / "runs/tiny/report/index.html").exists() and (tmp_path / "runs/tiny/model.onnx").exists()
+
+
+def test_inference_defaults_live_once_and_every_flag_and_function_reads_them() -> None:
+    """predict, video, evaluate and demo take their defaults from `InferenceSettings`, and so do the library
+    functions behind them: a default changed there changes everywhere, and no copy can drift."""
+    import inspect
+
+    from webdino_seg.app.parser import build_parser
+    from webdino_seg.inference.evaluate import evaluate
+    from webdino_seg.inference.predict import predict_paths
+    from webdino_seg.inference.predictor import Predictor
+    from webdino_seg.inference.settings import DEFAULTS, fields
+    from webdino_seg.inference.video import run_video
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    seen = set()
+    for name in ("predict", "video", "evaluate", "demo"):
+        for action in commands[name]._actions:
+            if action.dest in fields():
+                assert action.default == getattr(DEFAULTS, action.dest), (name, action.dest)
+                seen.add(action.dest)
+    assert seen == set(fields()), set(fields()) - seen  # every setting has its flag
+    for fn in (Predictor.from_checkpoint, predict_paths, run_video, evaluate):
+        for param in inspect.signature(fn).parameters.values():
+            if param.name in fields():
+                assert param.default == getattr(DEFAULTS, param.name), (fn.__qualname__, param.name)

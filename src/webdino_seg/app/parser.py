@@ -14,7 +14,8 @@ from ..data.names import FORMATS, MASK_MODES
 from ..engine.config import TrainConfig
 from ..engine.names import LOSSES
 from ..inference.masks import MASK_VALUES
-from ..inference.names import ENGINES, EXPORT_FORMATS, PRECISIONS
+from ..inference.names import ENGINES, EVAL_SPLITS, EXPORT_FORMATS, PRECISIONS
+from ..inference.settings import default as _infer
 from ..models.names import HEAD_NAMES
 
 DESCRIPTION = """Semantic segmentation on frozen Web-DINO, DINOv2 and DINOv3 backbones.
@@ -88,7 +89,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, help="a model checkpoint written by train (e.g. RUN/best_model_iou.pth)"
     )
     _imgsz(parser, None)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default=_infer("device"), help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--weights", help="where the backbone weights are, if not where training found them")
     parser.add_argument(
         "--tta",
@@ -99,7 +100,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="fp32",
+        default=_infer("precision"),
         help="on the CPU: fp32, bf16 (where "
         "the CPU has native bf16), int8 (int8 Linears: 3.1x float32 by OpenVINO, 2.6x by PyTorch at "
         "448x448 on 2 AVX-512 cores) or auto (int8); a GPU runs bf16 where native",
@@ -107,7 +108,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         choices=ENGINES,
-        default="auto",
+        default=_infer("engine"),
         help="what runs bf16 and int8 on the "
         "CPU: openvino (the openvino extra), torch, or auto (OpenVINO where installed)",
     )
@@ -518,8 +519,8 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     p.add_argument(
         "--split",
-        default="valid",
-        choices=["train", "valid", "test", "all"],
+        default=_infer("split"),
+        choices=list(EVAL_SPLITS),
         help="which split of --data to score (all: every split)",
     )
     _mask_mode(p)
@@ -558,7 +559,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask-values",
         choices=MASK_VALUES,
-        default="ids",
+        default=_infer("mask_values"),
         help="what <name>_mask.png holds: ids (class "
         "ids 0, 1, ...), 255 (two classes: 0 and 255, viewable), color (each class in its colour, RGB)",
     )
@@ -569,7 +570,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
         "as uint8 (probs/255), shape (classes, H, W), with the class names",
     )
     _tile(p)
-    p.add_argument("--batch", type=positive, default=8, help="images per forward pass")
+    p.add_argument("--batch", type=positive, default=_infer("batch"), help="images per forward pass")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a message")
     p.add_argument(
         "--overwrite",
@@ -585,7 +586,7 @@ def _video(sub: argparse._SubParsersAction) -> None:
     )
     _model_args(p)
     p.add_argument("--out", help="output .mp4 (default: outputs/<input>_seg.mp4)")
-    p.add_argument("--batch", type=positive, default=8, help="frames per forward pass")
+    p.add_argument("--batch", type=positive, default=_infer("batch"), help="frames per forward pass")
     p.add_argument("--max-frames", type=positive, help="stop after this many frames (default: all)")
     p.add_argument("--show", action="store_true", help="also show the frames in a window when a display exists")
     p.add_argument("--no-fps-label", action="store_true", help="leave out the frame-rate label in the top-left corner")

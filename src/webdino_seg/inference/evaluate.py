@@ -20,8 +20,10 @@ from ..utils.files import atomic_write_text, check_output_dir, check_output_file
 from ..utils.metrics import CI_LEVEL, RESAMPLES, VOID, ConfusionMatrix, bootstrap_miou
 from ..utils.outputs import MARK, OutputError, check_suffix, guard, may_replace, outside
 from .formats import for_file
+from .names import EVAL_SPLITS
 from .predictor import Predictor
 from .report import CURVES, ReportWriter
+from .settings import DEFAULTS
 
 
 def evaluate(
@@ -29,7 +31,7 @@ def evaluate(
     model: str | Path,
     data: str | Path,
     *,
-    split: str = "valid",
+    split: str = DEFAULTS.split,
     mask_mode: str = "auto",
     out: str | Path | None = None,
     log=print,
@@ -143,9 +145,6 @@ def curves_folder(model: str | Path, ckpt: dict) -> Path | None:
     else None: the curves of some other run are never shown as this model's."""
     folder = Path(model).parent
     return folder if ckpt.get("run_id") and run_id_of(folder) == ckpt["run_id"] else None
-
-
-EVAL_SPLITS = ("train", "valid", "test", "all")
 
 
 def _checkpoint(model: str | Path) -> dict:

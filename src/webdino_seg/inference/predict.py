@@ -15,6 +15,7 @@ from ..utils.outputs import guard, may_replace
 from .masks import check_mask_values, encode_mask
 from .masks import save_probs as write_probs
 from .predictor import Predictor, class_ids
+from .settings import DEFAULTS
 
 
 def list_images(spec: str | Path) -> list[Path]:
@@ -59,10 +60,10 @@ def predict_paths(
     spec: str | Path,
     out: str | Path,
     *,
-    batch: int = 8,
+    batch: int = DEFAULTS.batch,
     skip_bad: bool = False,
     overwrite: bool = False,
-    mask_values: str = "ids",
+    mask_values: str = DEFAULTS.mask_values,
     save_probs: bool = False,
 ) -> dict:
     """Predict every image in `spec`; write ``<stem>_overlay.png`` and ``<stem>_mask.png`` (class ids, or as

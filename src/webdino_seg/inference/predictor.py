@@ -22,6 +22,7 @@ from ..utils.runtime import autocast, prepare_model, resolve_device, speed_flags
 from .formats import ExportFormat, for_file
 from .precision import native_bf16, quantize
 from .precision import resolve as resolve_precision
+from .settings import DEFAULTS
 
 TTA_SCALES = (0.75, 1.0, 1.25)  # of the model's input size, rounded to multiples of the patch size
 TILE_OVERLAP = 1 / 3  # of a window's side shared with the next window (--tile)
@@ -104,13 +105,13 @@ class Predictor:
         cls,
         path: str | Path,
         *,
-        device: str = "auto",
-        imgsz: tuple[int, int] | None = None,
-        weights: str | None = None,
-        tta: bool = False,
-        tile: bool = False,
-        precision: str = "fp32",
-        engine: str = "auto",
+        device: str = DEFAULTS.device,
+        imgsz: tuple[int, int] | None = DEFAULTS.imgsz,
+        weights: str | None = DEFAULTS.weights,
+        tta: bool = DEFAULTS.tta,
+        tile: bool = DEFAULTS.tile,
+        precision: str = DEFAULTS.precision,
+        engine: str = DEFAULTS.engine,
     ) -> Predictor:
         """Load a checkpoint written by training, or an exported model (`formats.FORMATS`: an ONNX graph run with
         onnxruntime, an OpenVINO IR run with OpenVINO); `imgsz` defaults to the size it was trained (or exported) at."""

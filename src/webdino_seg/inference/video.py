@@ -25,6 +25,7 @@ from ..utils.files import check_output_file, publish, why_missing
 from ..utils.outputs import MARK, check_suffix, guard, may_replace
 from ..utils.overlay import overlay
 from .predictor import Predictor
+from .settings import DEFAULTS
 
 CLOCK = 90_000  # the output's time base, 1/90000 s: exact for 10, 24, 25, 30 and 30000/1001 fps
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}  # output suffix -> the container written
@@ -319,7 +320,7 @@ def run_video(
     src: str | int | Path,
     dst: str | Path,
     *,
-    batch: int = 8,
+    batch: int = DEFAULTS.batch,
     max_frames: int | None = None,
     show: bool = False,
     progress: bool = True,
