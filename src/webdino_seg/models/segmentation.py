@@ -94,11 +94,13 @@ class SegmentationModel(nn.Module):
 
 def upsample(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """Bilinear resize of logits to `size` (H, W)."""
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    # contiguous first: a head's channels-last output takes bilinear's slow path on the CPU (3.4x; same values)
+    return F.interpolate(logits.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def model_input(images: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) RGB images as the model takes them: bilinear resize to `size` (as cv2's INTER_LINEAR
     in training), scaled to [0, 1], normalised by `mean` and `std` (broadcastable, e.g. (1, 3, 1, 1))."""
-    x = F.interpolate(images.float().div_(255), size=tuple(size), mode="bilinear", align_corners=False)
+    # contiguous first: decoded frames arrive channels-last, bilinear's slow path on the CPU (same values)
+    x = F.interpolate(images.contiguous().float().div_(255), size=tuple(size), mode="bilinear", align_corners=False)
     return (x - mean) / std
