@@ -8,12 +8,17 @@ the first frame is labelled person: a random model's share decides the drawing c
     python benchmarks/video_pace.py [--video ../shared/data/videos/people_walking_close.mp4] [--frames 300]
 """
 
+# ruff: noqa: E402 (torch and what imports it load after video_environment(), as in `webdino-seg video`)
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
 from pathlib import Path
+
+from webdino_seg.app.cli import video_environment
+
+video_environment()  # as `webdino-seg video` runs: set before torch loads (OpenMP reads it then)
 
 import av
 import numpy as np

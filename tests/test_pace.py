@@ -175,3 +175,52 @@ def test_a_frozen_bf16_backbone_runs_without_autocast_and_the_head_with_it() -> 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randn(1, 3, 56, 56))
     assert seen == {"autocast": False, "dtype": torch.bfloat16, "head": True}
+
+
+# --- video: the codec threads give way to the model's ----------------------------------------------------------
+
+
+def test_a_video_process_runs_openmp_passive_and_keeps_a_users_choice(ckpt: Path, tmp_path: Path) -> None:
+    """libgomp reports the wait policy it started with (OMP_DISPLAY_ENV): `webdino-seg video` sets PASSIVE before
+    torch loads, and a value already in the environment is the one used."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CLIP
+
+    seen = []
+    for given in (None, "ACTIVE"):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_DISPLAY_ENV": "TRUE"}
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        out = tmp_path / f"{given}.mp4"
+        cmd = [sys.executable, "-m", "webdino_seg", "video", "--input", str(CLIP), "--model", str(ckpt)]
+        proc = subprocess.run(
+            [*cmd, "--out", str(out), "--max-frames", "2"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        seen.append([line.strip() for line in proc.stderr.splitlines() if "OMP_WAIT_POLICY" in line])
+    assert seen == [["OMP_WAIT_POLICY = 'PASSIVE'"], ["OMP_WAIT_POLICY = 'ACTIVE'"]]
+
+
+def test_a_codec_thread_lowers_its_own_priority_only() -> None:
+    import os
+    import threading
+
+    from webdino_seg.utils.runtime import yield_to_model
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priorities on this system")
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def codec() -> None:
+        yield_to_model()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=codec)
+    thread.start()
+    thread.join()
+    assert seen == [min(19, main_before + 10)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before

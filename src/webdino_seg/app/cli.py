@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -237,7 +238,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     )
 
 
+def video_environment() -> None:
+    """Set `VIDEO_ENVIRONMENT`'s variables that the environment leaves unset (takes effect if torch is not yet
+    loaded, as in a `webdino-seg video` process)."""
+    from ..utils.constants import VIDEO_ENVIRONMENT
+
+    for name, value in VIDEO_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 def cmd_video(args: argparse.Namespace) -> None:
+    video_environment()  # before torch loads
     from ..inference.video import is_camera, plan_video, run_video
 
     src = args.input

@@ -160,6 +160,7 @@ def _reader(
     errors: list[BaseException],
     stop: threading.Event,
 ) -> None:
+    runtime.yield_to_model()
     try:
         chunk = []
         for i, frame in enumerate(frames):
@@ -199,6 +200,7 @@ def _writer(
     """Encode (frame, mask, fps, time, drawn) items: the overlay is drawn here, off the main thread, unless `drawn`
     already holds it; each frame keeps its input timestamp (variable frame rates stay as they were), else it is
     placed at the input's frame rate."""
+    runtime.yield_to_model()
     try:
         with av.open(str(path), mode="w", format=CONTAINERS[info.get("suffix", ".mp4")]) as container:
             # says whose output this is (see utils.outputs) and the precision the masks were computed in

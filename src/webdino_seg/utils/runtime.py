@@ -24,6 +24,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def yield_to_model(steps: int = 10) -> None:
+    """Lower this thread's CPU priority by `steps` nice levels (Linux; elsewhere nothing): where the cores are
+    short, the model's threads run first and this one (a codec's, and the threads it starts) takes what they
+    leave, instead of stalling every operation of the model on the core it took."""
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+    except (AttributeError, OSError):  # no per-thread priorities here, or not allowed: it only costs speed
+        pass
+
+
 def set_threads(threads: int | None) -> int:
     """Use `threads` threads (default: the usable cores) for PyTorch's work inside each operation; returns it."""
     count = usable_cores() if threads is None else threads
