@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import webdino_seg.engine.train as train_mod
+import webdino_seg.engine.trainer as trainer_mod
 import webdino_seg.utils.files as io_mod
 from conftest import assert_same_metrics, metrics_rows, tiny_settings
 from webdino_seg.app.cli import main
@@ -106,7 +106,7 @@ def test_disk_full_stops_cleanly(small: Path, tmp_path: Path, monkeypatch: pytes
 
 
 def test_nan_loss_stops_with_epoch_and_step(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_loss = train_mod.segmentation_loss
+    real_loss = trainer_mod.segmentation_loss
     calls = {"n": 0}
 
     def loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce", weight: torch.Tensor | None = None):
@@ -116,7 +116,7 @@ def test_nan_loss_stops_with_epoch_and_step(small: Path, tmp_path: Path, monkeyp
             value = value * float("nan")
         return value, pred
 
-    monkeypatch.setattr(train_mod, "segmentation_loss", loss)
+    monkeypatch.setattr(trainer_mod, "segmentation_loss", loss)
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, step 2.*last\.pth \(epoch 1\)"):
         train(TrainConfig(**_cfg(small, tmp_path / "run")), log=lambda *_: None)
     state = torch.load(tmp_path / "run" / "last.pth", weights_only=True)

@@ -133,6 +133,7 @@ def test_a_training_step_waits_for_the_gpu_at_most_once() -> None:
     from webdino_seg.engine.train import train_step
     from webdino_seg.models.heads import SimpleDecoder
     from webdino_seg.utils.metrics import ConfusionMatrix
+    from webdino_seg.utils.runtime import RunContext
 
     device = torch.device("cuda")
     head = SimpleDecoder(64, 2).to(device)
@@ -140,13 +141,14 @@ def test_a_training_step_waits_for_the_gpu_at_most_once() -> None:
     features = torch.randn(4, 64, 8, 8, device=device)
     masks = torch.randint(0, 2, (4, 8, 8), device=device)
     cm = ConfusionMatrix(2, device)
-    train_step(head, optimizer, (features,), masks, device=device)  # warm-up: lazy initialisations may synchronise
+    context = RunContext(device)
+    train_step(head, optimizer, (features,), masks, context=context)  # warm-up: lazy initialisations may synchronise
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _, pred = train_step(head, optimizer, (features,), masks, device=device)
+            _, pred = train_step(head, optimizer, (features,), masks, context=context)
             cm.update(pred, masks)
     finally:
         torch.cuda.set_sync_debug_mode("default")

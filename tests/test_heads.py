@@ -20,6 +20,7 @@ from webdino_seg.inference.predictor import Predictor
 from webdino_seg.models.checkpoint import load_model
 from webdino_seg.models.heads import HEADS
 from webdino_seg.models.variants import IMAGENET_MEAN, IMAGENET_STD
+from webdino_seg.utils.runtime import RunContext
 
 # logits size for a 56x84 input (4x6 token grid)
 SHAPES = {"simple": (4, 6), "linear4": (4, 6), "multilayer": (16, 24), "guided": (16, 24)}
@@ -54,7 +55,7 @@ def test_heads_train_save_and_load_back(small: Path, tmp_path: Path, name: str) 
 def test_cached_inputs_equal_the_live_ones(small: Path, name: str) -> None:
     model = create_model("webdino-tiny", head=name, seed=0).eval()
     ds = SegmentationDataset(small, "train", (56, 84), IMAGENET_MEAN, IMAGENET_STD, augment=True, seed=1)
-    cache = extract(model, ds, views=2, device=torch.device("cpu"), batch=4)
+    cache = extract(model, ds, views=2, context=RunContext(torch.device("cpu")), batch=4)
     for view in range(2):
         inputs, masks = cache.batch(view, torch.arange(len(ds)), torch.device("cpu"))
         live = [ds[(view, i)] for i in range(len(ds))]

@@ -226,7 +226,7 @@ def test_training_on_the_full_set_beats_all_background(prepared_full: Path, tmp_
 
 
 def test_an_epoch_line_stays_short_with_many_classes_and_names_absent_ones() -> None:
-    from webdino_seg.engine.train import _epoch_line
+    from webdino_seg.engine.callbacks import epoch_line as _epoch_line
 
     names = [f"class{i}" for i in range(81)]  # COCO's 80 and background
     row = {

@@ -37,6 +37,9 @@ _API = {
     "evaluate": "inference.evaluate",
     # training
     "train": "engine.train",
+    "resume": "engine.train",
+    "Callback": "engine.events",
+    "Event": "engine.events",
     "TrainConfig": "engine.config",
     "sweep": "engine.sweep",
     "resume_sweep": "engine.sweep",
@@ -45,8 +48,10 @@ _API = {
 __all__ = [  # the names of _API, checked by tests/test_layout.py
     "VARIANTS",
     "BackboneConfig",
+    "Callback",
     "DinoV3VisionTransformer",
     "DinoVisionTransformer",
+    "Event",
     "GuidedDecoder",
     "Linear4",
     "MultiLayerDecoder",
@@ -64,6 +69,7 @@ __all__ = [  # the names of _API, checked by tests/test_layout.py
     "list_variants",
     "load_backbone_weights",
     "load_model",
+    "resume",
     "resume_sweep",
     "run_video",
     "sweep",

@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from ..engine.config import read_settings
-    from ..engine.train import TrainConfig, train
+    from ..engine.train import TrainConfig, resume, train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {k: v for k, v in vars(args).items() if k in names}
@@ -129,7 +129,7 @@ def _train(args: argparse.Namespace) -> None:
         settings |= read_settings(args.config) | {k: v for k, v in settings.items() if k in args.given}
     if args.resume:
         given = {k: v for k, v in settings.items() if k in args.given}
-        train(None, resume=args.resume, changes=given)  # type: ignore[arg-type]
+        resume(args.resume, given)
         return
     if not settings["data"]:
         raise ValueError(

@@ -17,7 +17,7 @@ from ..models.segmentation import SegmentationModel, model_input, upsample
 from ..utils.files import atomic_write, atomic_write_text, save_png
 from ..utils.metrics import ConfusionMatrix, bootstrap_miou, miou_of
 from ..utils.overlay import caption, legend, overlay, side_by_side
-from ..utils.runtime import autocast
+from ..utils.runtime import RunContext
 from .config import TrainConfig
 from .runfolder import RunFolder
 from .timings import Timings
@@ -76,7 +76,7 @@ def finish_run(
     history: list[dict],
     valid_pairs: list[tuple[Path, Path]],
     cfg: TrainConfig,
-    device: torch.device,
+    context: RunContext,
     clock: Timings | None = None,
 ) -> dict | None:
     """Final artifacts: final_model.pth, the curves and valid_preds/; the kept feature chunks are removed. The
@@ -92,9 +92,8 @@ def finish_run(
     if best_path.exists():
         with clock.part("finish", "valid_preds"):
             best, ckpt = load_model(best_path, backbone=model.backbone)
-            mats = write_valid_preds(
-                run / "valid_preds", best.to(device), valid_pairs, cfg=cfg, ckpt=ckpt, device=device
-            )
+            best = best.to(context.device)
+            mats = write_valid_preds(run / "valid_preds", best, valid_pairs, cfg=cfg, ckpt=ckpt, context=context)
             scores = write_valid_scores(run / VALID_SCORES, mats, [image.name for image, _ in valid_pairs], cfg)
     shutil.rmtree(run.features, ignore_errors=True)
     return scores
@@ -130,11 +129,12 @@ def write_valid_preds(
     *,
     cfg: TrainConfig,
     ckpt: dict,
-    device: torch.device,
+    context: RunContext,
 ) -> torch.Tensor:
     """``out/<name>.png``: ground truth beside the model's prediction, at full resolution, each side captioned
     (image name, "ground truth"; "prediction" and the image's mIoU), over a legend of the classes present with
     each one's IoU on this image. Returns the (N, C, C) confusion matrix of each image."""
+    device = context.device
     mean = torch.tensor(ckpt["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(ckpt["std"], device=device).view(1, 3, 1, 1)
     colors = np.array(cfg.class_colors, dtype=np.uint8)
@@ -146,7 +146,7 @@ def write_valid_preds(
         image = read_image(image_path)
         truth = read_mask(mask_path, cfg.mask_mode, coding=coding)
         pixels = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
-        with autocast(device, cfg.amp):
+        with context.autocast():
             logits = model(model_input(pixels, cfg.imgsz, mean, std)).float()
         pred = upsample(logits, image.shape[:2]).max(1).indices[0].to(torch.uint8).cpu().numpy()
         one = ConfusionMatrix(cfg.num_classes)

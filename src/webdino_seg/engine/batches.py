@@ -16,6 +16,7 @@ import torch
 from ..data.augment import denormalize, normalize_batch, sample_seed
 from ..data.datasets import SegmentationDataset, Undecoded
 from ..models.segmentation import SegmentationModel
+from ..utils.runtime import RunContext
 from . import distributed
 from .features import CachePlan, CacheShare, Contents, FeatureCache, cache_key, free_ram, load_or_extract, plan_store
 from .timings import Timings
@@ -54,7 +55,7 @@ class BatchSource:
         self,
         model: SegmentationModel,
         datasets: tuple[SegmentationDataset, SegmentationDataset],
-        device: torch.device,
+        context: RunContext,
         *,
         batch: int,
         seed: int,
@@ -65,12 +66,11 @@ class BatchSource:
         cache_memory_gb: float | None = None,
         identity: dict | None = None,
         progress_dir: str | Path | None = None,
-        amp: bool = True,
         clock: Timings | None = None,
         share: CacheShare | None = None,
     ) -> None:
         self.train_ds, self.valid_ds = datasets
-        self.model, self.device = model, device
+        self.model, self.context, self.device = model, context, context.device
         self.batch, self.seed, self.workers = batch, seed, workers
         self.cached = cache and not model.fine_tune
         self.train_cache: FeatureCache | None = None
@@ -78,7 +78,6 @@ class BatchSource:
         self.cache_seconds = 0.0
         self.progress_dir = Path(progress_dir) if progress_dir else None
         self._loaders: dict = {}
-        self.amp = amp
         self.clock = clock or Timings()
         if self.cached:
             self._extract(cache_views, Path(cache_dir) if cache_dir else None, cache_memory_gb, identity or {}, share)
@@ -86,7 +85,7 @@ class BatchSource:
         self.net = self.trainable
         if distributed.world_size() > 1:
             distributed.sync_batchnorm(self.trainable)  # batch statistics of the whole batch, as one process
-            ids = [device.index] if device.type == "cuda" else None
+            ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.trainable, device_ids=ids)
 
     def _extract(
@@ -104,12 +103,11 @@ class BatchSource:
         )
         common = {
             "model": model,
-            "device": device,
+            "context": self.context,
             "batch": extract_batch,
             "workers": self.workers,
             "dtype": self.plan.dtype,
             "store": store,
-            "amp": self.amp,
             "clock": self.clock,
             "contents": contents,
         }

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..utils.overlay import caption, overlay, side_by_side
-from ..utils.runtime import autocast
+from ..utils.runtime import RunContext
 
 PREVIEWS = 3  # valid images drawn each epoch
 INSTALL = "pip install 'webdino-seg[tensorboard]'"
@@ -56,14 +56,13 @@ class Board:
         masks: torch.Tensor,
         images: torch.Tensor,
         *,
-        device: torch.device,
-        amp: bool,
+        context: RunContext,
     ) -> list[np.ndarray]:
         """Ground truth beside prediction for a batch: `inputs` are `net`'s, `images` the (N, 3, H, W) uint8
         pictures at the masks' size."""
         from ..models.segmentation import upsample
 
-        with autocast(device, amp):
+        with context.autocast():
             logits = net(*inputs).float()
         preds = upsample(logits, tuple(masks.shape[-2:])).argmax(1).to(torch.uint8).cpu().numpy()
         out = []

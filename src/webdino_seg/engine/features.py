@@ -28,7 +28,7 @@ from ..data.datasets import AllViews, SegmentationDataset
 from ..models.segmentation import SegmentationModel
 from ..utils.download import sha256_file
 from ..utils.files import atomic_write
-from ..utils.runtime import autocast
+from ..utils.runtime import RunContext
 from . import distributed
 from .eta import Estimate, duration, faster_options
 from .timings import Timings
@@ -285,14 +285,13 @@ def extract(
     dataset: SegmentationDataset,
     *,
     views: int,
-    device: torch.device,
+    context: RunContext,
     batch: int = 16,
     workers: int = 0,
     dtype: torch.dtype = torch.float32,
     store: torch.device | Path | None = None,
     desc: str = "features",
     chunks: Path | None = None,
-    amp: bool = True,
     clock: Timings | None = None,
     contents: Contents | None = None,
 ) -> FeatureCache:
@@ -329,7 +328,7 @@ def extract(
             else:
                 todo.append((chunk, index, rows))
         if todo:
-            _compute(model, dataset, views, todo, cache, device, workers, amp, bar, desc, clock, contents.layers)
+            _compute(model, dataset, views, todo, cache, context, workers, bar, desc, clock, contents.layers)
     if world > 1 and cache.features.device.type == "cuda":
         for tensor in (cache.features, cache.masks, cache.images):  # each row was written by one process: exact
             if tensor is not None:
@@ -403,9 +402,8 @@ def _compute(
     views: int,
     todo: list,
     cache: FeatureCache,
-    device: torch.device,
+    context: RunContext,
     workers: int,
-    amp: bool,
     bar: tqdm,
     desc: str,
     clock: Timings,
@@ -420,8 +418,9 @@ def _compute(
         AllViews(dataset, views),
         batch_sampler=[index for _, index, _ in todo],
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=context.device.type == "cuda",
     )
+    device = context.device
     faster = faster_options(dataset.imgsz, model.backbone.patch_size, model.backbone.cfg.name, device)
     estimate = Estimate(desc, sum(len(rows) for _, _, rows in todo), "image", device, after=3, faster=faster)
     protect: bool | None = None  # decided from the first batch's pace
@@ -435,8 +434,7 @@ def _compute(
                 _view_major(masks),
                 dataset,
                 cache,
-                device,
-                amp,
+                context,
                 bar,
                 estimate,
                 clock,
@@ -487,8 +485,7 @@ def _compute_batch(
     masks: torch.Tensor,
     dataset: SegmentationDataset,
     cache: FeatureCache,
-    device: torch.device,
-    amp: bool,
+    context: RunContext,
     bar: tqdm,
     estimate: Estimate,
     clock: Timings,
@@ -497,8 +494,9 @@ def _compute_batch(
     """One batch's features from uint8 `images` normalised on the device, its uint8 masks (and, for heads that
     read them, the uint8 images); on a CPU one image at a time."""
     grids = []
+    device = context.device
     for chunk in images.split(1 if device.type == "cpu" else len(images)):
-        with clock.part("cache", "backbone", device), autocast(device, amp):
+        with clock.part("cache", "backbone", device), context.autocast():
             pixels = normalize_batch(chunk.to(device, non_blocking=True), dataset.mean, dataset.std)
             grids.append(model.features(pixels, layers=layers))
         bar.update(len(chunk))

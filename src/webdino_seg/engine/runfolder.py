@@ -32,6 +32,7 @@ PREVIOUS = "last.prev.pth"
 CONFIG = "config.yaml"
 SPLIT = "split.json"  # a flat folder's split, decided when the run starts
 DATA = "data.json"  # the run's images and masks per split, with sizes and hashes: --resume refuses other data
+METRICS = "metrics.csv"  # one row per epoch
 TIMINGS = "timings.json"  # where a finished run's time went, stage by stage
 CLAIM = ".webdino-seg-run"  # created exclusively: whoever creates it owns the folder
 
@@ -264,7 +265,7 @@ class RunFolder:
         writer = csv.DictWriter(buf, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-        atomic_write_text(self / "metrics.csv", buf.getvalue())
+        atomic_write_text(self / METRICS, buf.getvalue())
 
     def save_model(self, name: str, model: SegmentationModel, identity: dict, meta: dict) -> Path:
         """A model checkpoint in the folder (see `checkpoint.save_model`)."""

@@ -136,7 +136,7 @@ def _save_state(folder: Path, state: dict) -> None:
 
 def _run(folder: Path, base: TrainConfig, state: dict, log: Callable[[str], None]) -> Path:
     """Train the sweep's unfinished candidates one after another on one shared cache, then rank them."""
-    from .train import train  # the training loop, imported when a sweep runs
+    from .train import resume, train  # the training loop, imported when a sweep runs
 
     contents = Contents()
     for entry in state["candidates"]:
@@ -155,7 +155,7 @@ def _run(folder: Path, base: TrainConfig, state: dict, log: Callable[[str], None
         _save_state(folder, state)
         try:
             if (run / CONFIG).is_file():  # stopped mid-way: it continues after its last completed epoch
-                train(None, resume=run, log=say, share=share)  # type: ignore[arg-type]
+                resume(run, log=say, share=share)
             else:
                 if run.exists():  # claimed, but stopped before its settings were written: nothing in it to keep
                     shutil.rmtree(run)

@@ -1,71 +1,60 @@
-"""The training loop: build the model and its batch source, train and validate each epoch, keep the best.
+"""A training run: check the settings and data, build the model and its batch source, run the epochs with
+their subscribers, finish the run folder. `train(cfg)` starts one, `resume(run, changes)` continues one.
 
 Settings live in `config.py`, the run folder's files in `runfolder.py`, what a finished run leaves in
 `artifacts.py`; where batches come from (cached features or live images, sharded under torchrun) in
-`batches.py`.
+`batches.py`; the epochs in `trainer.py`, and what happens around them (checkpoints, logs, TensorBoard, the
+estimate) in `callbacks.py`, as subscribers of the events in `events.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.datasets import DataError, SegmentationDataset, is_flat, split_pairs
 from ..data.images import resolve_mask_mode
 from ..data.splitrule import check_disjoint
 from ..models.builder import build_backbone
-from ..models.checkpoint import backbone_identity, model_payload, snapshot, write_checkpoint
+from ..models.checkpoint import backbone_identity
 from ..models.heads import create_head
 from ..models.segmentation import SegmentationModel
 from ..models.variants import BackboneConfig, get_variant
 from ..utils.download import sha256_file
-from ..utils.files import BackgroundWriter, atomic_write_text, check_writable
-from ..utils.metrics import VOID, ConfusionMatrix
+from ..utils.files import atomic_write_text, check_writable
+from ..utils.metrics import ConfusionMatrix
 from ..utils.outputs import outside
-from ..utils.runtime import amp_dtype, autocast, prepare_model, resolve_device, speed_flags
+from ..utils.runtime import RunContext, amp_dtype, resolve_device, speed_flags
 from ..utils.safetext import command
 from . import distributed
 from .artifacts import finish_run
 from .batches import BatchSource
-from .board import PREVIEWS, Board
+from .board import Board
+from .callbacks import (
+    IDENTITY_KEYS,
+    Checkpoints,
+    EpochLog,
+    ResumeHint,
+    StepEstimate,
+    TensorBoard,
+    how_to_continue,
+    stopped_by,
+)
 from .config import ResumeError, TrainConfig
 from .eta import Estimate, faster_options
+from .events import Callback, Events
 from .features import CacheShare, chunk_count
-from .losses import median_frequency_weights, parse_class_weights, segmentation_loss
+from .losses import median_frequency_weights, parse_class_weights
 from .runfolder import DATA, LAST, SPLIT, TIMINGS, RunFolder, differences
 from .timings import Timings
+from .trainer import Progress, Trainer, TrainingError, evaluate_source, train_step
 from .warmstart import warm_start
 
-__all__ = ["TrainConfig", "TrainingError", "train", "train_step"]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss stopped being finite)."""
-
-
-class NonFiniteLoss(TrainingError):
-    """The loss of a step was NaN or infinite."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__(f"loss became {value}")
-        self.value = value
-
-
-@dataclass
-class Progress:
-    """What `--resume` restores besides the weights: epochs done, per-epoch metrics, the best so far."""
-
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"loss": math.inf, "miou": -math.inf, "iou_epoch": 0})
+__all__ = ["TrainConfig", "TrainingError", "evaluate_source", "resume", "train", "train_step"]
 
 
 def check_data(cfg: TrainConfig) -> None:
@@ -209,61 +198,55 @@ def build_model(
     return SegmentationModel(backbone, head, fine_tune=cfg.fine_tune), identity
 
 
-def train_step(
-    net: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    inputs: tuple[torch.Tensor, ...],
-    masks: torch.Tensor,
-    *,
-    device: torch.device,
-    amp: bool = True,
-    loss: str = "ce",
-    weight: torch.Tensor | None = None,
-) -> tuple[float, torch.Tensor] | None:
-    """One optimisation step on the mean loss per non-void pixel of the whole (all-process) batch (`weight`:
-    the cross-entropy's class weights).
-
-    Returns the step's loss and the predictions, or None when the batch has no labelled pixel.
-    Raises `NonFiniteLoss` before any weight is changed when the loss is not finite.
-    """
-    with autocast(device, amp):
-        logits = net(*inputs)
-    loss_sum, pred = segmentation_loss(logits, masks, loss, weight)
-    # labelled pixels and summed loss over the whole batch (all processes): the step's one wait for the device
-    totals = torch.stack([(masks != VOID).sum().double(), loss_sum.detach().double()])
-    valid, total = distributed.all_sum(totals).tolist()
-    if valid == 0:
-        return None
-    step_loss = total / valid
-    if not math.isfinite(step_loss):
-        raise NonFiniteLoss(step_loss)
-    optimizer.zero_grad(set_to_none=True)
-    # each process holds part of the batch; DDP averages gradients, hence the factor world_size
-    (loss_sum / valid * distributed.world_size()).backward()
-    optimizer.step()
-    return step_loss, pred
-
-
 def train(
     cfg: TrainConfig,
-    resume: str | Path | None = None,
-    log: Callable[[str], None] = print,
-    changes: dict | None = None,
     *,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[object] = (),
     share: CacheShare | None = None,
 ) -> Path:
     """Train a head (or fine-tune) as `cfg` says; return the run folder.
 
-    `resume` continues a run folder; `changes` are flags given with it (see `TrainConfig.resumed_with`).
-    `share` holds feature caches that other runs of this process made or will read (a sweep).
-    Every setting is checked before the folder is made; the folder is made before anything slow starts.
-    On a GPU the CUDA speed flags are on while it trains and as they were afterwards.
+    `callbacks`: objects with any of the methods of `events.Callback` (`on_epoch_end(event)`...), told each
+    event after the run's own subscribers. `share` holds feature caches that other runs of this process made or
+    will read (a sweep). Every setting is checked before the folder is made; the folder is made before anything
+    slow starts. On a GPU the CUDA speed flags are on while it trains and as they were afterwards.
     """
+    return _start(cfg, None, None, log, Events(callbacks), share)
+
+
+def resume(
+    run: str | Path,
+    changes: dict | None = None,
+    *,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[object] = (),
+    share: CacheShare | None = None,
+) -> Path:
+    """Continue the run in folder `run` after its last completed epoch, with the settings in its config.yaml
+    and `changes` to those a resumed run may change (see `TrainConfig.resumed_with`); return the run folder.
+
+    A run that finished makes its final files again. The data and the backbone must be the ones the run started
+    with; a damaged or foreign resume state is refused before any work. The other arguments are `train`'s.
+    """
+    return _start(None, run, changes or {}, log, Events(callbacks), share)
+
+
+def _start(
+    cfg: TrainConfig | None,
+    resumed: str | Path | None,
+    changes: dict | None,
+    log: Callable[[str], None],
+    events: Events,
+    share: CacheShare | None,
+) -> Path:
+    """`train` or `resume`: the settings and (resuming) the resume state read and checked, the processes and
+    the device set up."""
     clock, run, state = Timings(), None, None
     with clock.stage("startup"):
-        if resume is not None:
-            run, before = RunFolder.open(resume)
-            cfg = before.resumed_with(changes or {})
+        if resumed is not None:
+            run, before = RunFolder.open(resumed)
+            cfg = before.resumed_with(changes)
             state = run.load_last() if run.has_state() else None  # a damaged or foreign state stops it now
         check_data(cfg)
         rank, world, local_rank = distributed.setup(cfg.device)
@@ -277,25 +260,27 @@ def train(
             run.record = run.record or run._read_record()
         device = _device(cfg.device, world, local_rank)
     with speed_flags(device):
-        return _train(cfg, run, device, _quiet if rank > 0 else log, state, clock, share)
+        return _train(cfg, run, RunContext(device, cfg.amp), _quiet if rank > 0 else log, state, clock, events, share)
 
 
 def _train(
     cfg: TrainConfig,
     run: RunFolder | None,
-    device: torch.device,
+    context: RunContext,
     log: Callable[[str], None],
     state: dict | None,
     clock: Timings,
+    events: Events,
     share: CacheShare | None = None,
 ) -> Path:
-    """`train` once the settings, the device and (resuming) the checked resume state are known."""
+    """`train` once the settings, the device and precision (`context`) and (resuming) the checked resume state are
+    known."""
     with clock.stage("startup"):
-        cfg, run, splits, base, weights, model, identity = _setup(cfg, run, device, log, state, clock)
+        cfg, run, splits, base, weights, model, identity = _setup(cfg, run, context.device, log, state, clock)
     try:
         with clock.stage("cache"):
-            model = prepare_model(model, device, cfg.amp)
-            source = _batch_source(cfg, model, splits, device, identity, run.features, clock, share)
+            model = context.prepare(model)
+            source = _batch_source(cfg, model, splits, context, identity, run.features, clock, share)
     except BaseException as err:
         _say_what_was_kept(run, cfg, splits, log, err)
         raise
@@ -308,57 +293,54 @@ def _train(
             progress = _restore(state, model, optimizer, scheduler)
             log(f"resuming {run.path} after epoch {progress.epoch}")
         meta = _checkpoint_meta(cfg, get_variant(cfg.arch), base, splits, weights) | {"run_id": run.run_id}
-        steps = source.steps_per_epoch() * (cfg.epochs - progress.epoch)
-        faster = faster_options(cfg.imgsz, model.backbone.patch_size, cfg.arch, device)
-        estimate = Estimate(
-            f"training {cfg.epochs - progress.epoch} epoch(s)", steps, "step", device, after=3, faster=faster
+        trainer = Trainer(
+            cfg, run, source, optimizer, scheduler, context, log, progress=progress, weights=weights, clock=clock
         )
-        board = (
-            Board(run.path, cfg.class_names, cfg.class_colors, progress.epoch)
-            if (cfg.tensorboard and distributed.rank() == 0)
-            else None
-        )
-    loop = _Loop(cfg, run, source, optimizer, scheduler, device, identity, meta, log, weights, estimate, board, clock)
-    try:
-        with clock.stage("epochs"):
-            try:
-                _epochs(loop, progress)
-            finally:
-                loop.writer.close()  # the last epoch's files are on disk before anything is said or read
-    except BaseException as err:
-        log(_how_to_continue(run, progress, cfg.epochs, err))
-        raise
-    finally:
-        if board is not None:
-            board.close()
-    scores = _finish(loop, progress)
+        trainer.events = Events([*_subscribers(trainer, identity, meta), *events.subscribers])
+    with clock.stage("epochs"):
+        trainer.fit()
+    scores = _finish(trainer, identity, meta)
     _say_where_to_go(run, progress, base, cfg, log, clock, scores)
     return run.path
 
 
-def _finish(loop: _Loop, progress: Progress) -> dict | None:
+def _subscribers(trainer: Trainer, identity: dict, meta: dict) -> list[Callback]:
+    """What the run does around its epochs, as the settings and this process's rank ask (see `callbacks.py`)."""
+    cfg, progress, first = trainer.cfg, trainer.progress, distributed.rank() == 0
+    trainer.quiet = not first
+    subscribers: list[Callback] = [Checkpoints(identity, meta)] if first else []
+    if first and cfg.tensorboard:
+        subscribers.append(TensorBoard(Board(trainer.run.path, cfg.class_names, cfg.class_colors, progress.epoch)))
+    subscribers += [EpochLog(), ResumeHint()]
+    if first:
+        steps = trainer.source.steps_per_epoch() * (cfg.epochs - progress.epoch)
+        faster = faster_options(cfg.imgsz, trainer.source.model.backbone.patch_size, cfg.arch, trainer.context.device)
+        what = f"training {cfg.epochs - progress.epoch} epoch(s)"
+        subscribers.append(StepEstimate(Estimate(what, steps, "step", trainer.context.device, after=3, faster=faster)))
+    return subscribers
+
+
+def _finish(trainer: Trainer, identity: dict, meta: dict) -> dict | None:
     """The final model, curves and valid_preds (rank 0: the other processes are done, none waits in a collective
     that could time out); stopped here, it says how to continue (resuming makes them again)."""
+    progress, cfg = trainer.progress, trainer.cfg
     try:
-        with loop.clock.stage("finish"):
+        with trainer.clock.stage("finish"):
             if distributed.rank() == 0:
-                final_meta = loop.meta | {
-                    "epoch": loop.cfg.epochs,
-                    "metrics": progress.history[-1] if progress.history else {},
-                }
+                final_meta = meta | {"epoch": cfg.epochs, "metrics": progress.history[-1] if progress.history else {}}
                 return finish_run(
-                    loop.run,
-                    loop.source.model,
-                    loop.identity,
+                    trainer.run,
+                    trainer.source.model,
+                    identity,
                     final_meta,
                     history=progress.history,
-                    valid_pairs=loop.source.valid_ds.pairs,
-                    cfg=loop.cfg,
-                    device=loop.device,
-                    clock=loop.clock,
+                    valid_pairs=trainer.source.valid_ds.pairs,
+                    cfg=cfg,
+                    context=trainer.context,
+                    clock=trainer.clock,
                 )
     except BaseException as err:
-        loop.log(_how_to_continue(loop.run, progress, loop.cfg.epochs, err))
+        trainer.log(how_to_continue(trainer.run, progress.epoch, cfg.epochs, err))
         raise
     return None
 
@@ -403,54 +385,6 @@ def _setup(
     log(f"run folder: {run.path}  device: {device}{processes}  backbone: {cfg.arch} ({identity['weights']})")
     log(_baseline_line(base, cfg))
     return cfg, run, splits, base, weights, model, identity
-
-
-@dataclass
-class _Loop:
-    """What every epoch of a run works with."""
-
-    cfg: TrainConfig
-    run: RunFolder
-    source: BatchSource
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    device: torch.device
-    identity: dict
-    meta: dict
-    log: Callable[[str], None]
-    weights: torch.Tensor | None = None  # the cross-entropy's class weights
-    estimate: Estimate | None = None  # said once, from the first steps this process trains
-    board: Board | None = None  # TensorBoard event files (rank 0, with --tensorboard)
-    clock: Timings = field(default_factory=Timings)  # where the epochs' time goes
-    writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # checkpoints, beside the next epoch
-
-
-def _epochs(loop: _Loop, progress: Progress) -> None:
-    """Train and validate from the epoch after `progress` to the last; checkpoint and log each epoch."""
-    cfg, rank = loop.cfg, distributed.rank()
-    for epoch in range(progress.epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = loop.optimizer.param_groups[0]["lr"]
-        train_loss, train_cm = _train_epoch(loop, epoch, progress, rank > 0)
-        if loop.scheduler:
-            loop.scheduler.step()
-        with loop.clock.part("epochs", "validation"):
-            valid = evaluate_source(
-                loop.source, cfg.num_classes, loop.device, amp=cfg.amp, loss=cfg.loss, weight=loop.weights
-            )
-        row = _epoch_row(epoch, lr, (train_loss, train_cm), valid, cfg.class_names)
-        progress.history.append(row | {"seconds": time.perf_counter() - t0})
-        progress.epoch = epoch + 1
-        if rank == 0:
-            _save_epoch(loop, progress, progress.history[-1])
-            if loop.board is not None:
-                with loop.clock.part("epochs", "tensorboard"):
-                    sample = loop.source.valid_sample(PREVIEWS)
-                    loop.board.epoch(
-                        row, loop.board.previews(loop.source.trainable, *sample, device=loop.device, amp=cfg.amp)
-                    )
-        distributed.barrier()  # no process runs ahead of what is on disk
-        loop.log(_epoch_line(progress.history[-1], cfg.epochs, cfg.class_names))
 
 
 def _optimizer(model: SegmentationModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, object]:
@@ -552,19 +486,6 @@ def _say_where_to_go(
     log("      " + command(ws, "export", "--model", best, "--out", run / "model.onnx"))
 
 
-def _stopped_by(err: BaseException) -> str:
-    """'interrupted' for Ctrl-C (or SIGTERM), else 'stopped by' the error's type."""
-    return "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}"
-
-
-def _how_to_continue(run: RunFolder, progress: Progress, epochs: int, err: BaseException) -> str:
-    """After Ctrl-C or an error during the epochs: where the run stopped and the command that continues it."""
-    how = _stopped_by(err)
-    kept = f"after epoch {progress.epoch} of {epochs} (saved in {run / LAST})" if progress.epoch else "in epoch 1"
-    fix = "" if isinstance(err, KeyboardInterrupt) else "once the cause is fixed, "
-    return f"{how} {kept}; {fix}continue with: {command('webdino-seg', 'train', '--resume', run.path)}"
-
-
 def split_record(splits: tuple[SegmentationDataset, SegmentationDataset], cfg: TrainConfig) -> dict:
     """Which images of a flat images/ + masks/ folder went to train and to valid (split.json, and checkpoints)."""
     return {
@@ -590,7 +511,7 @@ def _say_what_was_kept(
     kept = sum(chunk_count(d) for d in run.features.glob("*") if d.is_dir())
     total = cfg.views * len(splits[0]) + len(splits[1])
     log(
-        f"{_stopped_by(err)} while caching features: the features of {kept} of {total} images are kept in "
+        f"{stopped_by(err)} while caching features: the features of {kept} of {total} images are kept in "
         f"{run.features}; continue with: {command('webdino-seg', 'train', '--resume', run.path)}"
     )
 
@@ -607,7 +528,7 @@ def _batch_source(
     cfg: TrainConfig,
     model: SegmentationModel,
     splits: tuple[SegmentationDataset, SegmentationDataset],
-    device: torch.device,
+    context: RunContext,
     identity: dict,
     progress_dir: Path,
     clock: Timings,
@@ -618,7 +539,7 @@ def _batch_source(
     return BatchSource(
         model,
         splits,
-        device,
+        context,
         batch=cfg.batch,
         seed=cfg.seed,
         workers=cfg.loader_workers,
@@ -628,121 +549,9 @@ def _batch_source(
         cache_memory_gb=cfg.cache_memory_gb,
         identity=identity,
         progress_dir=progress_dir,
-        amp=cfg.amp,
         clock=clock,
         share=share,
     )
-
-
-def _epoch_row(
-    epoch: int,
-    lr: float,
-    train: tuple[float, ConfusionMatrix],
-    valid: tuple[float, ConfusionMatrix],
-    class_names: list[str],
-) -> dict:
-    """One metrics.csv row (without the wall-clock seconds) from the (loss, confusion matrix) of each split."""
-    (train_loss, train_cm), (valid_loss, valid_cm) = train, valid
-    names = [f"valid_iou_{n}" for n in class_names]
-    return {
-        "epoch": epoch + 1,
-        "lr": lr,
-        "train_loss": train_loss,
-        "train_pixel_acc": train_cm.pixel_accuracy(),
-        "train_miou": train_cm.miou(),
-        "valid_loss": valid_loss,
-        "valid_pixel_acc": valid_cm.pixel_accuracy(),
-        "valid_miou": valid_cm.miou(),
-        **dict(zip(names, valid_cm.iou().tolist(), strict=True)),
-    }
-
-
-def _train_epoch(loop: _Loop, epoch: int, progress: Progress, quiet: bool) -> tuple[float, ConfusionMatrix]:
-    """One pass over the training split; returns the mean step loss and the confusion matrix."""
-    source, cfg, run = loop.source, loop.cfg, loop.run
-    source.model.train()
-    cm, total_loss, steps = ConfusionMatrix(cfg.num_classes, loop.device), 0.0, 0  # counted on the device
-    bar = tqdm(
-        loop.clock.timed(source.train_batches(epoch), "epochs", "waiting for batches"),
-        total=source.steps_per_epoch(),
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        unit="batch",
-        leave=False,
-        disable=quiet,
-    )
-    for step, (inputs, masks) in enumerate(bar):
-        try:
-            with loop.clock.part("epochs", "training steps"):
-                done = train_step(
-                    source.net,
-                    loop.optimizer,
-                    inputs,
-                    masks,
-                    device=loop.device,
-                    amp=cfg.amp,
-                    loss=cfg.loss,
-                    weight=loop.weights,
-                )
-        except NonFiniteLoss as err:
-            loop.writer.wait()  # the last epoch's state is on disk before it is named
-            last = f"{run / LAST} (epoch {progress.epoch})" if (run / LAST).exists() else "none yet"
-            raise TrainingError(
-                f"loss became {err.value} at epoch {epoch + 1}, step {step + 1}; stopped. Last good checkpoint: "
-                f"{last}. Try a lower --lr."
-            ) from None
-        if done is None:
-            continue
-        step_loss, pred = done
-        cm.update(pred.detach(), masks)
-        total_loss += step_loss
-        steps += 1
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        for line in loop.estimate.update() if loop.estimate and not quiet else []:
-            bar.write(line)
-    bar.close()
-    distributed.all_sum(cm.mat)
-    cm.mat = cm.mat.cpu()
-    return total_loss / max(steps, 1), cm
-
-
-def _save_epoch(loop: _Loop, progress: Progress, row: dict) -> None:
-    """The best checkpoints when this epoch beats them, then the resume state and metrics.csv: a snapshot taken
-    now, written in the background while the next epoch trains (files in this order, one epoch at a time)."""
-    run, model, identity, best, epoch = loop.run, loop.source.model, loop.identity, progress.best, row["epoch"]
-    with loop.clock.part("epochs", "checkpoints (snapshot)"):
-        meta_now = loop.meta | {"epoch": epoch, "metrics": row}
-        models = []
-        if row["valid_loss"] < best["loss"]:
-            best["loss"] = row["valid_loss"]
-            models.append(("best_model_loss.pth", model_payload(model, identity, meta_now, copy=True)))
-        if row["valid_miou"] > best["miou"]:
-            best.update(miou=row["valid_miou"], iou_epoch=epoch)
-            models.append(("best_model_iou.pth", model_payload(model, identity, meta_now, copy=True)))
-        state = snapshot(
-            {
-                "epoch": epoch,
-                "head": model.head.state_dict(),
-                "backbone": model.backbone.state_dict() if model.fine_tune else None,
-                "optimizer": loop.optimizer.state_dict(),
-                "scheduler": loop.scheduler.state_dict() if loop.scheduler else None,
-                "history": list(progress.history),
-                "best": dict(best),
-                "identity": {k: identity.get(k) for k in IDENTITY_KEYS},
-            }
-        )
-
-    def write() -> None:
-        with loop.clock.part("epochs", "checkpoints (writer thread)"):
-            for name, payload in models:
-                write_checkpoint(run / name, payload)
-            run.save_last(state)
-            run.write_metrics(state["history"])
-
-    with loop.clock.part("epochs", "waiting for the checkpoint writer"):
-        loop.writer.submit(write)
-
-
-IDENTITY_KEYS = ("arch", "weights", "seed", "sha256", "fingerprint")
 
 
 def check_identity(run: RunFolder, state: dict, identity: dict) -> None:
@@ -770,55 +579,5 @@ def _restore(state: dict, model: SegmentationModel, optimizer, scheduler) -> Pro
     return Progress(state["epoch"], state["history"], state["best"])
 
 
-SHOWN_CLASSES = 4  # past this many classes, an epoch line shows the 3 worst (metrics.csv has every one)
-
-
-def _epoch_line(row: dict, epochs: int, class_names: list[str]) -> str:
-    """One epoch in one line of bounded width: every class's valid IoU up to `SHOWN_CLASSES`, else the 3 worst
-    and how many are absent from valid (no pixel in the masks or the predictions: no IoU)."""
-    scores = {name: row[f"valid_iou_{name}"] for name in class_names}
-    present = {name: v for name, v in scores.items() if v == v}
-    absent = len(scores) - len(present)
-    if len(class_names) <= SHOWN_CLASSES:
-        ious = "IoU " + " ".join(f"{n} {v:.4f}" if v == v else f"{n} absent from valid" for n, v in scores.items())
-    else:
-        worst = sorted(present.items(), key=lambda kv: kv[1])[:3]
-        ious = (
-            "worst IoU "
-            + " ".join(f"{n} {v:.4f}" for n, v in worst)
-            + (f", {absent} class(es) absent from valid" if absent else "")
-        )
-    return (
-        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_pixel_acc']:.4f} "
-        f"mIoU {row['train_miou']:.4f} | valid loss {row['valid_loss']:.4f} acc {row['valid_pixel_acc']:.4f} "
-        f"mIoU {row['valid_miou']:.4f} ({ious}) | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
-    )
-
-
 def _quiet(*_args: object) -> None:
     """Log sink for processes other than rank 0."""
-
-
-@torch.no_grad()
-def evaluate_source(
-    source: BatchSource,
-    num_classes: int,
-    device: torch.device,
-    *,
-    amp: bool = True,
-    loss: str = "ce",
-    weight: torch.Tensor | None = None,
-) -> tuple[float, ConfusionMatrix]:
-    """Validation loss (per non-void pixel) and confusion matrix over the whole split."""
-    source.model.eval()
-    cm, loss_sum, pixels = ConfusionMatrix(num_classes), 0.0, 0
-    for inputs, masks in source.valid_batches():
-        with autocast(device, amp):
-            logits = source.trainable(*inputs)  # unwrapped: no collectives in evaluation
-        batch_loss, pred = segmentation_loss(logits, masks, loss, weight)
-        loss_sum += batch_loss.item()
-        pixels += int((masks != VOID).sum())
-        cm.update(pred, masks)
-    totals = distributed.all_sum(torch.tensor([loss_sum, float(pixels)], dtype=torch.float64))
-    distributed.all_sum(cm.mat)
-    return float(totals[0] / max(totals[1], 1.0)), cm

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -98,6 +99,28 @@ def prepare_model(model: torch.nn.Module, device: torch.device, amp: bool = True
     if dtype is not None and hasattr(model, "freeze_in"):
         model.freeze_in(dtype)
     return model
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a job's model runs and in what precision: `device`, and bf16 autocast where `amp` asks for it and the
+    device has native bf16 (see `amp_dtype`). One is made per job and handed down instead of (device, amp)."""
+
+    device: torch.device
+    amp: bool = True
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, None for float32."""
+        return amp_dtype(self.device, self.amp)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast where this context runs in bf16; nothing otherwise."""
+        return autocast(self.device, self.amp)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` on this device, its frozen backbone in bf16 where autocast would be (see `prepare_model`)."""
+        return prepare_model(model, self.device, self.amp)
 
 
 @contextlib.contextmanager
