@@ -631,3 +631,54 @@ def test_a_dataset_keeps_its_own_colours(tmp_path: Path) -> None:
     (root / "label_colors.txt").unlink()
     assert main([*argv, *[f"c{i}" for i in range(11)], "--out", str(tmp_path / "c")]) == 0
     assert read_classes_file(tmp_path / "c")["colors"][3] != [128, 64, 128]
+
+
+# --- a dataset format is one module that registers its reader --------------------------------------------------
+
+
+def test_a_toy_format_registered_from_here_alone_is_imported(tmp_path: Path, monkeypatch) -> None:
+    """A reader registered from this file (no package file touched) is what prepare_dataset runs: its examples
+    are written in the layout, its classes in classes.json, and a format that takes one source refuses two."""
+    from webdino_seg.data.formats import readers
+    from webdino_seg.data.formats.prepare import prepare_dataset
+    from webdino_seg.data.formats.writer import Example
+    from webdino_seg.data.labels import Classes
+
+    readers.reader("voc")  # the package's own formats are loaded (and checked against FORMATS) first
+    monkeypatch.setitem(readers.READERS, "toy", None)  # put back as it was after the test
+    del readers.READERS["toy"]
+    source = tmp_path / "toy"
+    source.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(source / f"im{i}.png")
+
+    @readers.register("toy")
+    def read_toy(given: readers.Source) -> tuple[list[Example], Classes]:
+        def mask(i: int = 0) -> np.ndarray:
+            return np.full((8, 8), i % 2, np.uint8)
+
+        examples = [
+            Example(p, lambda i=i: mask(i), "valid" if i == 3 else "train")
+            for i, p in enumerate(sorted(given.path.glob("*.png")))
+        ]
+        return examples, Classes(("sky", "sea"), ((0, 0, 255), (0, 128, 0)))
+
+    prepare_dataset("toy", source, tmp_path / "out", log=lambda *_: None)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == ["im0.png", "im1.png", "im2.png"]
+    assert np.unique(read_mask(out / "valid_masks" / "im3.png", "ids")).tolist() == [1]
+    assert read_classes_file(out)["names"] == ["sky", "sea"]
+    with pytest.raises(Exception, match=r"--format toy takes one --source \(several, one per split, are for: coco\)"):
+        prepare_dataset("toy", [source, source], tmp_path / "two", log=lambda *_: None)
+
+
+def test_formats_named_for_the_cli_and_registered_readers_must_agree() -> None:
+    from webdino_seg.data.formats.readers import READERS, check_names, reader
+    from webdino_seg.data.names import FORMATS
+
+    reader("voc")
+    check_names(set(READERS) - {"toy"}, FORMATS)  # today's agree
+    with pytest.raises(RuntimeError, match=r"\['yolo'\] named in data/names.py FORMATS without a reader"):
+        check_names(set(READERS) - {"yolo", "toy"}, FORMATS)
+    with pytest.raises(RuntimeError, match=r"\['toy'\] registered without a name there"):
+        check_names(set(READERS) | {"toy"}, FORMATS)

@@ -23,6 +23,7 @@ from ...utils.safetext import cut
 from ..datasets import DataError
 from ..images import ImageError, upright_size
 from ..labels import Classes
+from .readers import Source, register
 from .shapes import fill_coco_polygons, points_problem, rle_decode, rle_problem
 from .writer import Example
 
@@ -231,3 +232,10 @@ def read_coco_splits(root: Path | list[Path], images: Path | None = None, log=pr
             example.split = split
         examples += part
     return examples, first[1]
+
+
+@register("coco", several=True)
+def _read(source: Source) -> tuple[list[Example], Classes]:
+    """`--format coco`: one file, or several files or a folder of them (each keeps its split)."""
+    several = isinstance(source.path, list) or source.path.is_dir()
+    return (read_coco_splits if several else read_coco)(source.path, source.images, source.log)

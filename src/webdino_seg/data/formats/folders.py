@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..datasets import DataError, find_pairs
 from ..images import mask_values, read_mask
-from ..labels import Coding
+from ..labels import Classes, Coding, read_classes_file
+from .readers import Source, register
 from .writer import Example
 
 SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
@@ -86,3 +87,14 @@ def dataset_colors(root: Path, names: list[str]) -> tuple[tuple[int, int, int], 
         table = CAMVID_COLORS
     colors = tuple(table.get(n.casefold()) for n in names)
     return colors if all(c is not None for c in colors) else ()
+
+
+@register("folders")
+def _read(source: Source) -> tuple[list[Example], Classes]:
+    """`--format folders`: class names from the command line, else the folder's classes.json, else class0..."""
+    found = read_classes_file(source.path)
+    given = source.class_names or (found["names"] if found else None)
+    examples, count = read_folders(source.path, source.coding, len(given) if given else None)
+    colors = tuple(tuple(c) for c in found["colors"]) if found and found["colors"] and not source.class_names else ()
+    given = list(given or [f"class{i}" for i in range(count)])
+    return examples, Classes(tuple(given), colors or dataset_colors(source.path, given))

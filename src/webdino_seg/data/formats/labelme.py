@@ -21,6 +21,7 @@ from ...utils.safetext import cut
 from ..datasets import DataError
 from ..images import ImageError, upright_size
 from ..labels import Classes
+from .readers import Source, register
 from .shapes import fill_polygons, points_problem
 from .writer import Example
 
@@ -150,3 +151,12 @@ def read_labelme(source: Path, class_names: list[str] | None = None, log=print) 
         image, embedded = _checked_image(path, data)
         examples.append(Example(image, lambda d=data: _draw(d, index), None, data=embedded))
     return examples, Classes(tuple(names)), skipped
+
+
+@register("labelme")
+def _read(source: Source) -> tuple[list[Example], Classes]:
+    """`--format labelme`; shapes without area are left out, said in one line."""
+    examples, classes, skipped = read_labelme(source.path, source.class_names, source.log)
+    if skipped:
+        source.log(f"note: {skipped} LabelMe shape(s) without area (lines, points) were left out")
+    return examples, classes

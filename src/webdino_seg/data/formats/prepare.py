@@ -8,14 +8,9 @@ from pathlib import Path
 from ...utils.metrics import VOID
 from ..datasets import DataError
 from ..images import read_mask
-from ..labels import Classes, Coding, read_classes_file
-from ..names import FORMATS
-from .coco import read_coco, read_coco_splits
-from .folders import dataset_colors, read_folders
-from .labelme import read_labelme
-from .voc import read_voc
+from ..labels import Coding
+from .readers import READERS, Source, reader
 from .writer import Example, assign_splits, check_out, write_dataset
-from .yolo import read_yolo
 
 
 def prepare_dataset(
@@ -36,15 +31,23 @@ def prepare_dataset(
     images without one are split by the stable rule (a share `valid_fraction`, from each image's name and `seed`).
     Into an earlier import's folder it adds: what is there keeps its split. Returns the counts per split."""
     sources = [Path(s) for s in (source if isinstance(source, (list, tuple)) else [source])]
+    fmt_reader = reader(fmt)  # an unknown format is refused before anything is looked at
     out = Path(out)
     kept = check_out(out, *sources, *([Path(images)] if images else []), earlier=True)
     for one in sources:
         if not one.exists():
             raise DataError(f"{one}: no such file or folder")
-    if len(sources) > 1 and fmt != "coco":
-        raise DataError(f"--format {fmt} takes one --source (several are for COCO files, one per split)")
-    source = sources if len(sources) > 1 else sources[0]
-    examples, classes = _read(fmt, source, class_names, Coding(ignore_index, reduce_labels), images, log)
+    if len(sources) > 1 and not fmt_reader.several:
+        several = ", ".join(name for name, r in sorted(READERS.items()) if r.several)
+        raise DataError(f"--format {fmt} takes one --source (several, one per split, are for: {several})")
+    given = Source(
+        sources if len(sources) > 1 else sources[0],
+        class_names,
+        Coding(ignore_index, reduce_labels),
+        Path(images) if images else None,
+        log,
+    )
+    examples, classes = fmt_reader.read(given)
     if kept:
         examples = _keep_earlier(examples, kept, out, len(classes.names), log)
     assign_splits(examples, valid_fraction, seed)
@@ -79,29 +82,3 @@ def _keep_earlier(examples: list[Example], kept: dict[str, str], out: Path, num_
         + (f"; {moved} stay where they were although the source now puts them in another split" if moved else "")
     )
     return examples + carried
-
-
-def _read(
-    fmt: str, source: Path, names: list[str] | None, coding: Coding, images: str | Path | None, log
-) -> tuple[list[Example], Classes]:
-    if fmt == "folders":
-        found = read_classes_file(source)
-        given = names or (found["names"] if found else None)
-        examples, count = read_folders(source, coding, len(given) if given else None)
-        colors = tuple(tuple(c) for c in found["colors"]) if found and found["colors"] and not names else ()
-        given = list(given or [f"class{i}" for i in range(count)])
-        return examples, Classes(tuple(given), colors or dataset_colors(source, given))
-    if fmt == "voc":
-        return read_voc(source)
-    if fmt == "coco":
-        several = isinstance(source, list) or source.is_dir()  # several files, or a folder of them: their splits
-        reader = read_coco_splits if several else read_coco
-        return reader(source, Path(images) if images else None, log)
-    if fmt == "yolo":
-        return read_yolo(source)
-    if fmt == "labelme":
-        examples, classes, skipped = read_labelme(source, names, log)
-        if skipped:
-            log(f"note: {skipped} LabelMe shape(s) without area (lines, points) were left out")
-        return examples, classes
-    raise DataError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..datasets import DataError
 from ..labels import Classes
+from .readers import Source, register
 from .writer import Example
 
 VOC_CLASSES = (
@@ -83,3 +84,9 @@ def read_voc(source: Path) -> tuple[list[Example], Classes]:
             raise DataError(f"{label}: listed in {lists} but missing")
         examples.append(Example(root / "JPEGImages" / f"{stem}.jpg", lambda p=label: _mask(p), split))
     return examples, Classes(VOC_CLASSES, tuple(voc_colormap(len(VOC_CLASSES))))
+
+
+@register("voc")
+def _read(source: Source) -> tuple[list[Example], Classes]:
+    """`--format voc`."""
+    return read_voc(source.path)

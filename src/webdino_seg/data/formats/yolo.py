@@ -17,6 +17,7 @@ from ...utils.safetext import clip, cut
 from ..datasets import DataError
 from ..images import IMAGE_SUFFIXES, upright_size
 from ..labels import Classes
+from .readers import Source, register
 from .shapes import fill_polygons, points_problem
 from .writer import Example
 
@@ -109,3 +110,9 @@ def read_yolo(source: Path) -> tuple[list[Example], Classes]:
                 objects = _objects(_label_file(image), len(names))
                 examples.append(Example(image, lambda i=image, o=objects: _draw(i, o), split))
     return examples, Classes(("background", *names))
+
+
+@register("yolo")
+def _read(source: Source) -> tuple[list[Example], Classes]:
+    """`--format yolo`."""
+    return read_yolo(source.path)
