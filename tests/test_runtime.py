@@ -146,10 +146,8 @@ def test_loaders_are_built_once_and_keep_their_workers(prepared: Path, tmp_path:
 def test_extraction_follows_no_amp(prepared: Path, tmp_path: Path, monkeypatch) -> None:
     data = make_subset(prepared, tmp_path / "data", 2, 1)
     seen = []
-    real = features_mod.autocast
-    monkeypatch.setattr(
-        features_mod, "autocast", lambda device, enabled=True: seen.append(enabled) or real(device, enabled)
-    )
+    real = features_mod.RunContext.autocast  # the extraction (and every other step of the run) asks its context
+    monkeypatch.setattr(features_mod.RunContext, "autocast", lambda self: seen.append(self.amp) or real(self))
     train(tiny_config(data, tmp_path / "r", epochs=1, amp=False), log=lambda *_: None)
     assert seen and not any(seen)
 
