@@ -6,12 +6,19 @@ The model is webdino-tiny with random weights and the simple head, its person bi
 the first frame is labelled person: a random model's share decides the drawing cost, so it is chosen and stated.
 
     python benchmarks/video_pace.py [--video ../shared/data/videos/people_walking_close.mp4] [--frames 300]
+        [--foreground 0.5 0.95] [--json benchmarks/measured/video_pace-cpu.json]
+
+The JSON is what `tools/tables.py` makes the table in docs/benchmarks.md from.
 """
 
 # ruff: noqa: E402 (torch and what imports it load after video_environment(), as in `webdino-seg video`)
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -88,39 +95,65 @@ def tiny_predictor(video: Path, foreground: float) -> Predictor:
     return Predictor(model, size, backbone.cfg.mean, backbone.cfg.std, ["background", "person"], device="cpu")
 
 
+def pipelines(video: Path, frames: int, foreground: float, threads: int, work: Path) -> list[dict]:
+    """The bare codecs, then the video pipeline with each overlay, in one run: FPS and the ratio to bare."""
+    predictor = tiny_predictor(video, foreground)
+    bare_fps = bare(video, frames, threads, work / "b.mp4")
+    rows = [{"pipeline": "bare PyAV decode + encode", "fps": bare_fps, "x_bare": None}]
+    for label, draw in (("video, numpy overlay (before)", numpy_overlay), ("video, cv2 overlay (now)", None)):
+        if draw is not None:
+            kept_draw = predictor.draw
+            predictor.draw = lambda image, mask, f=draw: f(image, mask, colors=predictor.colors)  # type: ignore
+        cpu0 = time.process_time()
+        result = run_video(
+            predictor, video, work / f"{len(rows)}.mp4", max_frames=frames, progress=False, codec_threads=threads
+        )
+        cpu_ms = (time.process_time() - cpu0) * 1000 / result["frames"]
+        if draw is not None:
+            predictor.draw = kept_draw  # type: ignore[method-assign]
+        rows.append({"pipeline": label, "fps": result["fps"], "x_bare": result["fps"] / bare_fps, "cpu_ms": cpu_ms})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, default=VIDEO)
     parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--foreground", type=float, default=0.5, help="share of each frame the model labels")
+    parser.add_argument(
+        "--foreground", type=float, nargs="+", default=[0.5, 0.95], help="shares of each frame the model labels"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here (tools/tables.py reads them)")
     args = parser.parse_args()
     threads = runtime.codec_threads(torch.get_num_threads())
-    predictor = tiny_predictor(args.video, args.foreground)
-    rows = []
     with tempfile.TemporaryDirectory() as work:
-        rows.append(("bare PyAV decode + encode", bare(args.video, args.frames, threads, Path(work) / "b.mp4"), None))
-        for label, draw in (("video, numpy overlay (before)", numpy_overlay), ("video, cv2 overlay (now)", None)):
-            if draw is not None:
-                overlay_mod_draw = predictor.draw
-                predictor.draw = lambda image, mask, f=draw: f(image, mask, colors=predictor.colors)  # type: ignore
-            result = run_video(
-                predictor,
-                args.video,
-                Path(work) / f"{len(rows)}.mp4",
-                max_frames=args.frames,
-                progress=False,
-                codec_threads=threads,
-            )
-            if draw is not None:
-                predictor.draw = overlay_mod_draw  # type: ignore[method-assign]
-            rows.append((label, result["fps"], result["fps"] / rows[0][1]))
+        runs = {
+            f"{share:g}": pipelines(args.video, args.frames, share, threads, Path(work)) for share in args.foreground
+        }
+    res = {
+        "format": "webdino-seg/video-pace",
+        "clip": args.video.name,
+        "frames": args.frames,
+        "model": "webdino-tiny, random weights, simple head, at 224x392",
+        "torch_threads": torch.get_num_threads(),
+        "codec_threads": threads,
+        "environment": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
+        "machine": f"{runtime.usable_cores()} CPU cores ({platform.processor() or platform.machine()}), no GPU",
+        "date": datetime.date.today().isoformat(),
+        "runs": runs,
+    }
     print(
         f"clip {args.video.name}, {args.frames} frames, torch threads {torch.get_num_threads()}, codec threads "
-        f"{threads}; the model labels {args.foreground:.0%} of the first frame person"
+        f"{threads}"
     )
-    print(f"{'pipeline':34} {'FPS':>7} {'x bare':>7}")
-    for label, fps, ratio in rows:
-        print(f"{label:34} {fps:7.1f} {'' if ratio is None else f'{ratio:7.2f}'}")
+    for share, rows in runs.items():
+        print(f"the model labels {float(share):.0%} of the first frame person")
+        print(f"{'pipeline':34} {'FPS':>7} {'x bare':>7} {'CPU ms/frame':>13}")
+        for row in rows:
+            ratio = "" if row["x_bare"] is None else f"{row['x_bare']:7.2f}"
+            cpu = f"{row['cpu_ms']:13.1f}" if "cpu_ms" in row else ""
+            print(f"{row['pipeline']:34} {row['fps']:7.1f} {ratio:>7} {cpu}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -74,9 +74,35 @@ def leaderboard_table(board: dict) -> str:
     return "\n".join([*lines, "", board["verdict"] + "."])
 
 
+def video_pace_table(res: dict) -> str:
+    """`benchmarks/video_pace.py`'s figures: each pipeline's FPS, its ratio to the bare codecs and its CPU time a
+    frame, at each foreground share the model was set to."""
+    shares = list(res["runs"])
+    head = ["pipeline"] + [f"{c}, {float(s):.0%} person" for s in shares for c in ("FPS", "x bare", "CPU ms a frame")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, first in enumerate(res["runs"][shares[0]]):
+        cells = [first["pipeline"]]
+        for share in shares:
+            row = res["runs"][share][i]
+            ratio = "" if row["x_bare"] is None else f"{row['x_bare']:.2f}"
+            cpu = f"{row['cpu_ms']:.1f}" if "cpu_ms" in row else ""
+            cells += [f"{row['fps']:.1f}", ratio, cpu]
+        lines.append("| " + " | ".join(cells) + " |")
+    env = ", ".join(f"{k}={v}" for k, v in res["environment"].items() if v) or "no OpenMP variables set"
+    codec = f"{res['codec_threads']} codec thread" + ("" if res["codec_threads"] == 1 else "s")
+    lines += [
+        "",
+        f"{res['clip']}, {res['frames']} frames; {res['model']}; {res['torch_threads']} torch threads, {codec}, "
+        f"{env}; {res['machine']}; one run each, {res['date']}.",
+    ]
+    return "\n".join(lines)
+
+
 def render(path: Path) -> str:
     """The table for the measured file `path`, by what it holds."""
     res = json.loads(path.read_text())
+    if res.get("format") == "webdino-seg/video-pace":
+        return video_pace_table(res)
     if "sweep_s" in res:
         return sweep_table(res)
     if "verdict" in res and "rows" in res:
