@@ -159,12 +159,15 @@ def test_ctrl_c_in_the_third_candidate_then_resume_keeps_the_first_two_and_the_c
     kept = {h: (folder / h / "best_model_iou.pth").stat().st_mtime_ns for h in HEADS3[:2]}
     calls = _count_extractions(monkeypatch)
     trained: list = []
-    real = training.train
-    monkeypatch.setattr(training, "train", lambda *a, **k: trained.append((a, k)) or real(*a, **k))
+    for name in ("train", "resume"):
+        real = getattr(training, name)
+        monkeypatch.setattr(
+            training, name, lambda *a, real=real, name=name, **k: trained.append((name, a)) or real(*a, **k)
+        )
     lines: list[str] = []
     resume_sweep(folder, log=lines.append)
     assert calls == []  # the kept features were read
-    assert len(trained) == 1 and trained[0][1]["resume"] == folder / "guided"  # only the third, resumed
+    assert trained == [("resume", (folder / "guided",))]  # only the third, resumed
     assert {h: (folder / h / "best_model_iou.pth").stat().st_mtime_ns for h in HEADS3[:2]} == kept
     assert "resuming sweep" in lines[0] and "2 of 3 candidates finished" in lines[0]
     assert _scores(folder) == _scores(whole)
