@@ -28,6 +28,7 @@ def test_one_table_names_each_format_its_suffix_and_runtime() -> None:
         assert callable(fmt.export())  # each entry's exporter exists where the table says
 
 
+@pytest.mark.slow  # several seconds: the default run stays under three minutes
 def test_an_openvino_ir_on_disk_predicts_the_masks_of_its_checkpoint(ckpt: Path, tmp_path: Path, capsys) -> None:
     xml = tmp_path / "model.xml"
     assert main(["export", "--model", str(ckpt), "--out", str(xml)]) == 0  # the suffix chooses the format

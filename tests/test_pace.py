@@ -183,6 +183,7 @@ def test_a_frozen_bf16_backbone_runs_without_autocast_and_the_head_with_it() -> 
 # --- video: the codec threads give way to the model's ----------------------------------------------------------
 
 
+@pytest.mark.slow  # several seconds: the default run stays under three minutes
 def test_a_video_process_runs_openmp_passive_and_keeps_a_users_choice(ckpt: Path, tmp_path: Path) -> None:
     """libgomp reports the wait policy it started with (OMP_DISPLAY_ENV): `webdino-seg video` sets PASSIVE before
     torch loads, and a value already in the environment is the one used."""

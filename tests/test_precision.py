@@ -118,6 +118,7 @@ def test_int8_linear_pads_to_whole_groups_and_keeps_the_weights() -> None:
     assert {w: ov_engine.group_size(SimpleNamespace(backbone=SimpleNamespace(embed_dim=w))) for w in widths} == widths
 
 
+@pytest.mark.slow  # several seconds: the default run stays under three minutes
 @NEEDS_OPENVINO
 def test_openvino_int8_quantizes_a_copy_and_runs_every_size(ckpt: Path) -> None:
     from webdino_seg.models.checkpoint import load_model
@@ -153,6 +154,7 @@ def test_openvino_int8_quantizes_a_copy_and_runs_every_size(ckpt: Path) -> None:
     # else OpenVINO computes these layers in float32 on this CPU (no VNNI: an AVX2-only AMD EPYC gave 3e-7 off)
 
 
+@pytest.mark.slow  # several seconds: the default run stays under three minutes
 def test_predict_and_evaluate_with_int8(ckpt: Path, prepared: Path, tmp_path: Path, capsys) -> None:
     import json
 
