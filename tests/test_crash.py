@@ -94,12 +94,15 @@ def test_disk_full_stops_cleanly(small: Path, tmp_path: Path, monkeypatch: pytes
         real_fsync(fd)
 
     monkeypatch.setattr(io_mod.os, "fsync", fsync)
+    lines: list[str] = []
     with pytest.raises(
         OSError, match=r"cannot write .*No space left on device; the previous version, if any, is intact"
     ):
-        train(TrainConfig(**_cfg(small, tmp_path / "run")), log=lambda *_: None)
+        train(TrainConfig(**_cfg(small, tmp_path / "run")), log=lines.append)
     monkeypatch.setattr(io_mod.os, "fsync", real_fsync)
     run = tmp_path / "run"
+    hint = f"stopped by OSError after epoch 1 of 3 (saved in {run / 'last.pth'}); once the cause is fixed, continue"
+    assert any(line.startswith(hint) for line in lines), lines
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
     load_model(run / "best_model_iou.pth")
     assert not list(run.glob(".*.tmp"))

@@ -10,7 +10,7 @@ from ..utils.safetext import command
 from .board import PREVIEWS, Board
 from .eta import Estimate
 from .events import Callback, Event
-from .runfolder import LAST, METRICS
+from .runfolder import LAST, METRICS, RunFolder
 
 IDENTITY_KEYS = ("arch", "weights", "seed", "sha256", "fingerprint")  # the backbone a resume state was trained on
 SHOWN_CLASSES = 4  # past this many classes, an epoch line shows the 3 worst (metrics.csv has every one)
@@ -51,6 +51,7 @@ class Checkpoints(Callback):
                 for name, payload in models:
                     write_checkpoint(run / name, payload)
                 run.save_last(state)
+                trainer.saved = epoch  # the resume state is on disk: what the resume hint may name
                 run.write_metrics(state["history"])
 
         with clock.part("epochs", "waiting for the checkpoint writer"):
@@ -95,12 +96,12 @@ class TensorBoard(Callback):
 
 
 class ResumeHint(Callback):
-    """After Ctrl-C or an error during the epochs: where the run stopped and the command that continues it."""
+    """After Ctrl-C or an error during the epochs: the last epoch on disk and the command that continues it."""
 
     def on_stop(self, event: Event) -> None:
         if event.error is not None:
             trainer = event.trainer
-            trainer.log(how_to_continue(trainer.run, event.epoch, trainer.cfg.epochs, event.error))
+            trainer.log(how_to_continue(trainer.run, trainer.saved, trainer.cfg.epochs, event.error))
 
 
 def stopped_by(err: BaseException) -> str:
@@ -108,7 +109,7 @@ def stopped_by(err: BaseException) -> str:
     return "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}"
 
 
-def how_to_continue(run, done: int, epochs: int, err: BaseException) -> str:
+def how_to_continue(run: RunFolder, done: int, epochs: int, err: BaseException) -> str:
     """Where a run stopped (`done` epochs completed) and the command that continues it."""
     kept = f"after epoch {done} of {epochs} (saved in {run / LAST})" if done else "in epoch 1"
     fix = "" if isinstance(err, KeyboardInterrupt) else "once the cause is fixed, "

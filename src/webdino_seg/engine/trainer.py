@@ -157,6 +157,11 @@ class Trainer:
     writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # subscribers' files, beside the next epoch
 
     queued: list[tuple[str, int, dict]] = field(default_factory=list)  # said once the event being said is done
+    saved: int = -1  # the last epoch whose resume state is on disk (set by whoever writes it; -1: as `progress`)
+
+    def __post_init__(self) -> None:
+        if self.saved < 0:
+            self.saved = self.progress.epoch  # a resumed run's last.pth holds the epochs it restored
 
     def emit(self, name: str, epoch: int, **data: object) -> None:
         """Tell every subscriber (see `events.Events.emit`), then what they queued with `emit_after`."""
@@ -186,6 +191,9 @@ class Trainer:
         finally:
             try:
                 self.writer.close()  # the last epoch's files are on disk before anything is said or read
+            except BaseException as err:  # a write that failed (a full disk) stops the run as well
+                error = error or err
+                raise
             finally:
                 self.emit("stop", progress.epoch, error=error)
 
