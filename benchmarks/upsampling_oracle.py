@@ -22,14 +22,22 @@ Each with mIoU over all pixels and over the boundary band (pixels within --band 
 person/background boundary at full resolution), where a 14-pixel grid is coarse.
 
     python benchmarks/upsampling_oracle.py --data data/pennfudan --final [--imgsz 644 644] [--epochs 12]
+        [--json benchmarks/measured/upsampling-oracle-cpu.json]
+
+The JSON is what `tools/tables.py` makes the table in docs/training.md from.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +145,7 @@ def main() -> None:
     parser.add_argument("--band", type=int, default=3, help="boundary band half-width, full-resolution pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--final", action="store_true", help="score the valid split (once the design is chosen)")
+    parser.add_argument("--json", type=Path, help="also write the figures here (tools/tables.py reads them)")
     args = parser.parse_args()
     size = tuple(args.imgsz)
     common = {"imgsz": size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "mask_mode": "ids", "seed": args.seed}
@@ -216,6 +225,39 @@ def main() -> None:
     base, ours = results["bilinear (no learning)"][0], results["guided"][0]
     allowed = base + (ours - base) / 3
     print(f"controls must stay at or below bilinear + 1/3 of the guided gain: {allowed:.4f}")
+    if args.json:
+        res = {
+            "format": "webdino-seg/upsampling-oracle",
+            "split": which,
+            "images": len(scored),
+            "imgsz": list(size),
+            "grid": [size[0] // PATCH, size[1] // PATCH],
+            "band_px": args.band,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "train_images": len(train_ds),
+            "design_images": len(design),
+            "train_s": seconds,
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+            "date": datetime.date.today().isoformat(),
+            "rows": [{"name": n, "label": LABELS[n], "miou": m, "band_miou": b} for n, (m, b) in results.items()],
+        }
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+
+
+# how the docs name each row (tools/tables.py)
+LABELS = {
+    "bilinear (no learning)": "bilinear (no learning)",
+    "guided": "**guided** (trained)",
+    "guided, blank guide": "guided, blank image as guide",
+    "guided, shuffled guide": "guided, another valid image as guide",
+    "area-preserving bilinear (no image)": "the guided head's cell-filling rule ranked by bilinear, no image",
+    "fitted grid + bilinear (bound)": "a logit grid fitted to each mask, then bilinear (bound for any token-grid head)",
+    "true mask at the output size, 0/1": (
+        "the true mask at the guided head's output size (1/4 of the input), each pixel 0 or 1"
+    ),
+    "true mask at the output size, soft": "the same, each pixel its true person fraction",
+}
 
 
 if __name__ == "__main__":

@@ -98,9 +98,30 @@ def video_pace_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def oracle_table(res: dict) -> str:
+    """`benchmarks/upsampling_oracle.py --final`'s figures: each upsampling of the true token grid, scored over all
+    pixels and over the boundary band."""
+    lines = ["| upsampling of the true token grid | valid mIoU | boundary-band mIoU |", "|---|---|---|"]
+    for row in res["rows"]:
+        bold = "**" if row["name"] == "guided" else ""
+        lines.append(f"| {row['label']} | {bold}{row['miou']:.4f}{bold} | {bold}{row['band_miou']:.4f}{bold} |")
+    h, w = res["imgsz"]
+    lines += [
+        "",
+        f"{res['images']} images of the {res['split']}, at full resolution; input {h}x{w}, token grid "
+        f"{res['grid'][0]}x{res['grid'][1]}; band: within {res['band_px']} px of a boundary; trained on "
+        f"{res['train_images']} training images ({res['design_images']} more held out to choose the design), "
+        f"{res['epochs']} epochs, seed {res['seed']}, {res['train_s']:.0f} s of training; {res['machine']}; "
+        f"{res['date']}.",
+    ]
+    return "\n".join(lines)
+
+
 def render(path: Path) -> str:
     """The table for the measured file `path`, by what it holds."""
     res = json.loads(path.read_text())
+    if res.get("format") == "webdino-seg/upsampling-oracle":
+        return oracle_table(res)
     if res.get("format") == "webdino-seg/video-pace":
         return video_pace_table(res)
     if "sweep_s" in res:
