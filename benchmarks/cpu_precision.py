@@ -16,6 +16,11 @@ trained models have them near). Building (export, quantization, compilation) is 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
 import tempfile
 import time
 import warnings
@@ -115,6 +120,7 @@ def main() -> None:
         default=[None],
         help="CPU thread counts to run with (default: the usable cores)",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures here (tools/tables.py reads them)")
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = create_backbone(args.arch, weights="random", layerscale_init=1.0).eval()
@@ -124,6 +130,7 @@ def main() -> None:
         "warm-up; speed-up against torch fp32 at the same size, batch and threads"
     )
     print(f"{'threads':>8}{'size':>6}{'batch':>7}{'engine':>18} {'images/s':>28}{'speed-up':>12}{'min cosine':>12}")
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as folder:
         for threads in args.threads:
             threads = set_threads(threads)
@@ -134,10 +141,33 @@ def main() -> None:
                 for b in args.batches:
                     x = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(b))
                     more = onnxruntime_runs(model, x, Path(folder)) if "onnxruntime" in args.engines else {}
-                    _rows(runs | more, model, x, args.repeats, threads)
+                    rows += _rows(runs | more, model, x, args.repeats, threads)
+    if args.json:
+        args.json.write_text(json.dumps(record(args.arch, args.repeats, rows), indent=1) + "\n")
 
 
-def _rows(runs: dict[str, Forward], model: Tokens, x: torch.Tensor, repeats: int, threads: int) -> None:
+def record(arch: str, repeats: int, rows: list[dict]) -> dict:
+    """What the JSON holds: the setting, the versions and machine, and one entry per printed row."""
+    versions = {}
+    for package in ("torch", "openvino", "onnxruntime"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "format": "webdino-seg/cpu-precision",
+        "arch": arch,
+        "repeats": repeats,
+        "versions": versions,
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+        "date": datetime.date.today().isoformat(),
+        "rows": rows,
+    }
+
+
+def _rows(runs: dict[str, Forward], model: Tokens, x: torch.Tensor, repeats: int, threads: int) -> list[dict]:
+    """Print and return one row per engine and precision, at `x`'s size and batch."""
+    out = []
     with torch.inference_mode():
         ref = model(x)
         base = None
@@ -150,6 +180,15 @@ def _rows(runs: dict[str, Forward], model: Tokens, x: torch.Tensor, repeats: int
             ratio = f"{speed['median'] / base:.2f}x" if speed["reliable"] else "unreliable"
             size, b = x.shape[-1], len(x)
             print(f"{threads:>8}{size:>6}{b:>7}{name:>18} {shown:>28}{ratio:>12}{cosine:>12.6f}", flush=True)
+            engine, precision = name.split()
+            figures = {k: speed[k] for k in ("median", "min", "max")}
+            speedup = speed["median"] / base if speed["reliable"] else None
+            out.append(
+                {"threads": threads, "size": size, "batch": b, "engine": engine, "precision": precision}
+                | figures
+                | {"speedup": speedup, "min_cosine": cosine}
+            )
+    return out
 
 
 if __name__ == "__main__":

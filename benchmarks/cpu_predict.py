@@ -12,6 +12,10 @@ downloaded here, so the mIoU is a random backbone's; what matters is how much ea
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, nargs=2, default=[448, 448])
     parser.add_argument("--fit", type=int, default=24)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--json", type=Path, help="also write the figures here (tools/tables.py reads them)")
     args = parser.parse_args()
     data, imgsz = Path(args.data), tuple(args.imgsz)
     model = fitted_model(data, imgsz, args.fit, args.steps)
@@ -81,7 +86,7 @@ def main() -> None:
         del model
         print(f"{len(valid)} valid images at {imgsz[0]}x{imgsz[1]}, batch 1, this machine's cores")
         print(f"{'precision':>10}{'engine':>10}{'seconds':>9}{'images/s':>10}{'same as fp32':>14}{'valid mIoU':>12}")
-        reference = None
+        reference, rows = None, []
         for precision, engine in RUNS:
             out = Path(folder) / f"{precision}-{engine}"
             cmd = [
@@ -107,6 +112,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             if done.returncode:
                 print(f"{precision:>10}{engine:>10}  failed: {done.stderr.strip().splitlines()[-1]}")
+                rows.append({"precision": precision, "engine": engine, "failed": done.stderr.strip().splitlines()[-1]})
                 continue
             masks = [read_mask(out / f"{p.stem}_mask.png") for p in valid]
             reference = reference or masks
@@ -117,6 +123,21 @@ def main() -> None:
             miou = cm.miou()
             rate = len(valid) / seconds
             print(f"{precision:>10}{engine:>10}{seconds:>9.1f}{rate:>10.3f}{same:>14.4%}{miou:>12.4f}", flush=True)
+            rows.append(
+                {"precision": precision, "engine": engine, "seconds": seconds, "images_per_s": rate}
+                | {"same_as_fp32": same, "valid_miou": miou}
+            )
+    if args.json:
+        res = {
+            "format": "webdino-seg/cpu-predict",
+            "images": len(valid),
+            "imgsz": list(imgsz),
+            "head_fit": {"images": args.fit, "steps": args.steps},
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+            "date": datetime.date.today().isoformat(),
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":

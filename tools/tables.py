@@ -117,9 +117,67 @@ def oracle_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def cpu_precision_table(res: dict) -> str:
+    """`benchmarks/cpu_precision.py`'s figures: every engine and precision at each size and batch, the fastest of
+    each group in bold."""
+    threads = len({r["threads"] for r in res["rows"]}) > 1
+    head = ["threads"] * threads + ["size", "batch", "engine", "precision", "images/s, median [min - max]"]
+    head += ["speed-up", "lowest token cosine"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fastest = {}
+    for row in res["rows"]:
+        group = (row["threads"], row["size"], row["batch"])
+        fastest[group] = max(fastest.get(group, 0.0), row["median"])
+    for row in res["rows"]:
+        bold = "**" if row["median"] == fastest[(row["threads"], row["size"], row["batch"])] else ""
+        speed = f"{row['median']:.3g} [{row['min']:.3g} - {row['max']:.3g}]"
+        ratio = "unreliable" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+        cells = [str(row["threads"])] * threads + [str(row["size"]), str(row["batch"]), row["engine"], row["precision"]]
+        cells += [f"{bold}{speed}{bold}", f"{bold}{ratio}{bold}", f"{row['min_cosine']:.4g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    versions = ", ".join(f"{k} {v}" for k, v in res["versions"].items() if v)
+    lines += [
+        "",
+        f"{res['arch']} backbone, random weights with LayerScale set to 1; {versions}; images/s, median [min - max] "
+        f"of {res['repeats']} after a warm-up, speed-up against torch fp32 at the same size and batch; "
+        f"{res['machine']}; {res['date']}.",
+    ]
+    return "\n".join(lines)
+
+
+def cpu_predict_table(res: dict) -> str:
+    """`benchmarks/cpu_predict.py`'s figures: `predict` end to end per precision and engine, the fastest in bold,
+    speed-ups against float32."""
+    lines = [
+        "| precision | engine | seconds | images/s | pixels as float32 | valid mIoU |",
+        "|---|---|---|---|---|---|",
+    ]
+    done = [r for r in res["rows"] if "failed" not in r]
+    fastest = max(r["images_per_s"] for r in done)
+    base = next(r["images_per_s"] for r in done if r["precision"] == "fp32")
+    for row in res["rows"]:
+        if "failed" in row:
+            lines.append(f"| {row['precision']} | {row['engine']} | failed: {row['failed']} | | | |")
+            continue
+        bold = "**" if row["images_per_s"] == fastest else ""
+        ratio = "" if row["precision"] == "fp32" else f" ({row['images_per_s'] / base:.2f}x)"
+        same = "100%" if row["same_as_fp32"] == 1 else f"{row['same_as_fp32']:.2%}"
+        lines.append(
+            f"| {row['precision']} | {row['engine']} | {bold}{row['seconds']:.1f}{bold} | "
+            f"{bold}{row['images_per_s']:.3f}{bold}{ratio} | {same} | {row['valid_miou']:.4f} |"
+        )
+    h, w = res["imgsz"]
+    lines += ["", f"{res['images']} valid images at {h}x{w}, batch 1; {res['machine']}; {res['date']}."]
+    return "\n".join(lines)
+
+
 def render(path: Path) -> str:
     """The table for the measured file `path`, by what it holds."""
     res = json.loads(path.read_text())
+    if res.get("format") == "webdino-seg/cpu-predict":
+        return cpu_predict_table(res)
+    if res.get("format") == "webdino-seg/cpu-precision":
+        return cpu_precision_table(res)
     if res.get("format") == "webdino-seg/upsampling-oracle":
         return oracle_table(res)
     if res.get("format") == "webdino-seg/video-pace":
