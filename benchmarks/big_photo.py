@@ -6,12 +6,16 @@ IoU in a band of pixels near true boundaries, where detail is lost first. Each w
 its time and peak memory (RSS) are its own. Writes a side-by-side crop to --picture.
 
     python benchmarks/big_photo.py --model RUN/best_model_iou.pth --release ../shared/data/PennFudanPed
+        [--size 4000 3000 --size 5760 4356] [--json benchmarks/measured/big-photo-cpu.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from webdino_seg.data.images import read_mask
-from webdino_seg.inference.predictor import Predictor
+from webdino_seg.inference.predictor import Predictor, _starts
 from webdino_seg.utils.metrics import ConfusionMatrix
 
 
@@ -87,20 +91,43 @@ def score(pred: np.ndarray, truth: np.ndarray, where: np.ndarray | None = None) 
 
 
 def main() -> None:
-    """Build the mosaic, run both ways in child processes, print the table."""
+    """Build each mosaic, run both ways in child processes, print the table (and write it as JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--release", default="../shared/data/PennFudanPed", help="the original Penn-Fudan release")
-    parser.add_argument("--size", type=int, nargs=2, default=(4000, 3000), metavar=("W", "H"))
+    parser.add_argument(
+        "--size", type=int, nargs=2, action="append", metavar=("W", "H"), help="a photo size (repeat for more)"
+    )
     parser.add_argument("--row", type=int, default=375, help="height of each row of photos")
     parser.add_argument("--band", type=int, default=4, help="boundary band radius in pixels")
-    parser.add_argument("--picture", default="docs/big_photo.jpg", help="where to write the side-by-side crop")
+    parser.add_argument("--picture", default="docs/big_photo.jpg", help="where to write the first size's crop")
+    parser.add_argument("--json", type=Path, help="also write the figures here (tools/tables.py reads them)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_one(args.model, args.child[0] == "tile", Path(args.child[1]), Path(args.child[2]))
         return
-    image, truth = mosaic(Path(args.release), *args.size, args.row)
+    imgsz = Predictor.from_checkpoint(args.model, device="cpu").imgsz
+    photos = [one_size(args, tuple(size), imgsz, first=i == 0) for i, size in enumerate(args.size or [(4000, 3000)])]
+    if args.json:
+        ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
+        settings = {k: ckpt["config"][k] for k in ("arch", "weights", "head", "epochs", "seed", "cache_views")}
+        res = {
+            "format": "webdino-seg/big-photo",
+            "model": settings | {"best_epoch": ckpt["epoch"], "valid_miou": ckpt["metrics"]["valid_miou"]},
+            "model_input": list(imgsz),
+            "row_px": args.row,
+            "band_px": args.band,
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+            "date": datetime.date.today().isoformat(),
+            "photos": photos,
+        }
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+
+
+def one_size(args: argparse.Namespace, size: tuple[int, int], imgsz: tuple[int, int], first: bool) -> dict:
+    """One mosaic of `size` (W, H) segmented both ways: the printed rows, and their figures."""
+    image, truth = mosaic(Path(args.release), *size, args.row)
     work = Path(tempfile.mkdtemp())
     Image.fromarray(image).save(work / "photo.png")
     results = {}
@@ -112,20 +139,30 @@ def main() -> None:
         )
         results[way] = json.loads(out.with_suffix(".json").read_text()) | {"mask": np.load(out)}
     band = boundary_band(truth, args.band)
-    meta = Predictor.from_checkpoint(args.model, device="cpu").imgsz
+    windows = len(_starts(size[1], imgsz[0])) * len(_starts(size[0], imgsz[1]))
     print(
-        f"photo {args.size[0]}x{args.size[1]} ({args.size[0] * args.size[1] / 1e6:.1f} MP) of Penn-Fudan photos, "
-        f"model input {meta[1]}x{meta[0]}, boundary band: {band.mean():.1%} of pixels within {args.band} px"
+        f"photo {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.1f} MP) of Penn-Fudan photos, model input "
+        f"{imgsz[1]}x{imgsz[0]} ({windows} windows with --tile), boundary band: {band.mean():.1%} of pixels within "
+        f"{args.band} px"
     )
     print(f"{'way':<8}{'seconds':>9}{'peak RSS MB':>13}{'mIoU':>8}{'band mIoU':>11}")
+    ways = []
     for way, r in results.items():
-        print(
-            f"{way:<8}{r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}{score(r['mask'], truth):>8.4f}"
-            f"{score(r['mask'], truth, band):>11.4f}"
-        )
+        miou, band_miou = score(r["mask"], truth), score(r["mask"], truth, band)
+        print(f"{way:<8}{r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}{miou:>8.4f}{band_miou:>11.4f}")
+        ways.append({"way": way, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "miou": miou})
+        ways[-1]["band_miou"] = band_miou
     differ = results["whole"]["mask"] != results["tile"]["mask"]
     print(f"the two masks differ on {differ.mean():.2%} of all pixels and {differ[band].mean():.2%} of the band")
-    _picture(image, truth, results, Path(args.picture))
+    if first:
+        _picture(image, truth, results, Path(args.picture))
+    return {
+        "size": list(size),
+        "windows": windows,
+        "ways": ways,
+        "differ": float(differ.mean()),
+        "differ_band": float(differ[band].mean()),
+    }
 
 
 def _picture(image: np.ndarray, truth: np.ndarray, results: dict, path: Path) -> None:

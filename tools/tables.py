@@ -171,9 +171,38 @@ def cpu_predict_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def big_photo_table(res: dict) -> str:
+    """`benchmarks/big_photo.py`'s figures: each photo segmented whole (shrunk) and with --tile, scored against its
+    true mask over all pixels and over the boundary band, then how far the two masks differ."""
+    h, w = res["model_input"]
+    lines = ["| photo | way | seconds | peak RSS | mIoU | boundary-band mIoU |", "|---|---|---|---|---|---|"]
+    differ = []
+    for photo in res["photos"]:
+        pw, ph = photo["size"]
+        name = f"{pw}x{ph} ({pw * ph / 1e6:.0f} MP)"
+        for way in photo["ways"]:
+            how = f"whole, shrunk to {w}x{h}" if way["way"] == "whole" else f"`--tile` ({photo['windows']} windows)"
+            lines.append(
+                f"| {name} | {how} | {way['seconds']:.2f} | {way['peak_rss_mb']:.0f} MB | {way['miou']:.3f} | "
+                f"{way['band_miou']:.3f} |"
+            )
+        differ.append(f"{photo['differ']:.1%} of the pixels ({photo['differ_band']:.1%} of the band) at {name}")
+    m = res["model"]
+    lines += [
+        "",
+        f"The two masks differ on {'; '.join(differ)}. The model: {m['arch']}, {m['weights']} weights, "
+        f"{m['head']} head, {m['epochs']} epochs at {w}x{h} (seed {m['seed']}, {m['cache_views']} views), best "
+        f"valid mIoU {m['valid_miou']:.3f} at epoch {m['best_epoch']}. Rows of photos {res['row_px']} px high; "
+        f"band: within {res['band_px']} px of a true person boundary; {res['machine']}; {res['date']}.",
+    ]
+    return "\n".join(lines)
+
+
 def render(path: Path) -> str:
     """The table for the measured file `path`, by what it holds."""
     res = json.loads(path.read_text())
+    if res.get("format") == "webdino-seg/big-photo":
+        return big_photo_table(res)
     if res.get("format") == "webdino-seg/cpu-predict":
         return cpu_predict_table(res)
     if res.get("format") == "webdino-seg/cpu-precision":
