@@ -6,8 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 # torch is installed only when the venv has none: the CUDA build where an NVIDIA driver answers,
-# else the CPU build (0.9 GB installed instead of 5.5 GB with the CUDA libraries). Pick another
-# build with
+# else the CPU build (0.9 GB installed instead of 5.7 GB with the CUDA libraries: benchmarks/disk_space.py).
+# Pick another build with
 #   make quickstart TORCH_PIP="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"
 # Where the index in TORCH_PIP does not answer, tools/ensure_torch.py says so within about 30 s.
 ifeq ($(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),gpu)
@@ -24,11 +24,11 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	@$(BIN)/python tools/ensure_torch.py -- $(TORCH_PIP)
-	@echo "installing webdino-seg and its dependencies into $(VENV) (about 0.6 GB)"
+	@echo "installing webdino-seg and its dependencies into $(VENV) (about 0.7 GB)"
 	$(BIN)/python -m pip install --progress-bar on -e .
 
 install-dev: install
-	@echo "installing the test extras into $(VENV) (about 0.4 GB more)"
+	@echo "installing the test extras into $(VENV) (about 0.8 GB more)"
 	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
 
 quickstart: install

@@ -12,10 +12,7 @@ its time and peak memory (RSS) are its own. Writes a side-by-side crop to --pict
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from measured_json import write_measured
 from PIL import Image
 
 from webdino_seg.data.images import read_mask
@@ -112,17 +110,15 @@ def main() -> None:
     if args.json:
         ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
         settings = {k: ckpt["config"][k] for k in ("arch", "weights", "head", "epochs", "seed", "cache_views")}
-        res = {
-            "format": "webdino-seg/big-photo",
-            "model": settings | {"best_epoch": ckpt["epoch"], "valid_miou": ckpt["metrics"]["valid_miou"]},
-            "model_input": list(imgsz),
-            "row_px": args.row,
-            "band_px": args.band,
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-            "date": datetime.date.today().isoformat(),
-            "photos": photos,
-        }
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        write_measured(
+            args.json,
+            "big-photo",
+            model=settings | {"best_epoch": ckpt["epoch"], "valid_miou": ckpt["metrics"]["valid_miou"]},
+            model_input=list(imgsz),
+            row_px=args.row,
+            band_px=args.band,
+            photos=photos,
+        )
 
 
 def one_size(args: argparse.Namespace, size: tuple[int, int], imgsz: tuple[int, int], first: bool) -> dict:

@@ -16,11 +16,7 @@ trained models have them near). Building (export, quantization, compilation) is 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
-import json
-import os
-import platform
 import tempfile
 import time
 import warnings
@@ -29,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measured_json import write_measured
 from torch import nn
 
 from webdino_seg.app.benchmark import repeat
@@ -143,26 +140,18 @@ def main() -> None:
                     more = onnxruntime_runs(model, x, Path(folder)) if "onnxruntime" in args.engines else {}
                     rows += _rows(runs | more, model, x, args.repeats, threads)
     if args.json:
-        args.json.write_text(json.dumps(record(args.arch, args.repeats, rows), indent=1) + "\n")
+        write_measured(args.json, "cpu-precision", **record(args.arch, args.repeats, rows))
 
 
 def record(arch: str, repeats: int, rows: list[dict]) -> dict:
-    """What the JSON holds: the setting, the versions and machine, and one entry per printed row."""
+    """What the JSON holds besides the machine and date: the setting, the versions, one entry per printed row."""
     versions = {}
     for package in ("torch", "openvino", "onnxruntime"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {
-        "format": "webdino-seg/cpu-precision",
-        "arch": arch,
-        "repeats": repeats,
-        "versions": versions,
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-        "date": datetime.date.today().isoformat(),
-        "rows": rows,
-    }
+    return {"arch": arch, "repeats": repeats, "versions": versions, "rows": rows}
 
 
 def _rows(runs: dict[str, Forward], model: Tokens, x: torch.Tensor, repeats: int, threads: int) -> list[dict]:

@@ -12,10 +12,6 @@ downloaded here, so the mIoU is a random backbone's; what matters is how much ea
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from measured_json import write_measured
 
 from webdino_seg.data.images import read_image, read_mask
 from webdino_seg.models.builder import create_backbone
@@ -127,17 +124,14 @@ def main() -> None:
                 {"precision": precision, "engine": engine, "seconds": seconds, "images_per_s": rate}
                 | {"same_as_fp32": same, "valid_miou": miou}
             )
-    if args.json:
-        res = {
-            "format": "webdino-seg/cpu-predict",
-            "images": len(valid),
-            "imgsz": list(imgsz),
-            "head_fit": {"images": args.fit, "steps": args.steps},
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-            "date": datetime.date.today().isoformat(),
-            "rows": rows,
-        }
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    write_measured(
+        args.json,
+        "cpu-predict",
+        images=len(valid),
+        imgsz=list(imgsz),
+        head_fit={"images": args.fit, "steps": args.steps},
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":

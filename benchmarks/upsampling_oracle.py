@@ -30,10 +30,6 @@ The JSON is what `tools/tables.py` makes the table in docs/training.md from.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import random
 import time
 from collections.abc import Callable
@@ -41,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measured_json import write_measured
 
 from webdino_seg.data.datasets import SegmentationDataset
 from webdino_seg.data.images import read_mask
@@ -226,23 +223,21 @@ def main() -> None:
     allowed = base + (ours - base) / 3
     print(f"controls must stay at or below bilinear + 1/3 of the guided gain: {allowed:.4f}")
     if args.json:
-        res = {
-            "format": "webdino-seg/upsampling-oracle",
-            "split": which,
-            "images": len(scored),
-            "imgsz": list(size),
-            "grid": [size[0] // PATCH, size[1] // PATCH],
-            "band_px": args.band,
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "train_images": len(train_ds),
-            "design_images": len(design),
-            "train_s": seconds,
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-            "date": datetime.date.today().isoformat(),
-            "rows": [{"name": n, "label": LABELS[n], "miou": m, "band_miou": b} for n, (m, b) in results.items()],
-        }
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        write_measured(
+            args.json,
+            "upsampling-oracle",
+            split=which,
+            images=len(scored),
+            imgsz=list(size),
+            grid=[size[0] // PATCH, size[1] // PATCH],
+            band_px=args.band,
+            epochs=args.epochs,
+            seed=args.seed,
+            train_images=len(train_ds),
+            design_images=len(design),
+            train_s=seconds,
+            rows=[{"name": n, "label": LABELS[n], "miou": m, "band_miou": b} for n, (m, b) in results.items()],
+        )
 
 
 # how the docs name each row (tools/tables.py)

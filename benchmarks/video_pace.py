@@ -15,10 +15,7 @@ The JSON is what `tools/tables.py` makes the table in docs/benchmarks.md from.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +27,7 @@ video_environment()  # as `webdino-seg video` runs: set before torch loads (Open
 import av
 import numpy as np
 import torch
+from measured_json import write_measured
 
 from webdino_seg.inference.predictor import Predictor
 from webdino_seg.inference.video import run_video
@@ -129,18 +127,6 @@ def main() -> None:
         runs = {
             f"{share:g}": pipelines(args.video, args.frames, share, threads, Path(work)) for share in args.foreground
         }
-    res = {
-        "format": "webdino-seg/video-pace",
-        "clip": args.video.name,
-        "frames": args.frames,
-        "model": "webdino-tiny, random weights, simple head, at 224x392",
-        "torch_threads": torch.get_num_threads(),
-        "codec_threads": threads,
-        "environment": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
-        "machine": f"{runtime.usable_cores()} CPU cores ({platform.processor() or platform.machine()}), no GPU",
-        "date": datetime.date.today().isoformat(),
-        "runs": runs,
-    }
     print(
         f"clip {args.video.name}, {args.frames} frames, torch threads {torch.get_num_threads()}, codec threads "
         f"{threads}"
@@ -152,8 +138,17 @@ def main() -> None:
             ratio = "" if row["x_bare"] is None else f"{row['x_bare']:7.2f}"
             cpu = f"{row['cpu_ms']:13.1f}" if "cpu_ms" in row else ""
             print(f"{row['pipeline']:34} {row['fps']:7.1f} {ratio:>7} {cpu}")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    write_measured(
+        args.json,
+        "video-pace",
+        clip=args.video.name,
+        frames=args.frames,
+        model="webdino-tiny, random weights, simple head, at 224x392",
+        torch_threads=torch.get_num_threads(),
+        codec_threads=threads,
+        environment={k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
+        runs=runs,
+    )
 
 
 if __name__ == "__main__":

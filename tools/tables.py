@@ -198,9 +198,28 @@ def big_photo_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def disk_space_table(res: dict) -> str:
+    """`benchmarks/disk_space.py`'s figures: a new `.venv` after each install step, per build of torch."""
+    builds = res["builds"]
+    head = ["`.venv` holding"] + [f"{label} (torch {b['torch']})" for label, b in builds.items()]
+    openvino = max(b["openvino_bytes"] for b in builds.values()) / 1e9
+    rows = {
+        "torch": "torch",
+        "webdino-seg": "+ webdino-seg and its dependencies (`make quickstart`)",
+        "test extras": f"+ the test extras (`make test`; OpenVINO is {openvino:.2f} GB of them)",
+    }
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step, label in rows.items():
+        lines.append("| " + " | ".join([label] + [f"{b['bytes'][step] / 1e9:.1f} GB" for b in builds.values()]) + " |")
+    lines += ["", f"Each in a new `.venv` on {res['platform']} (Python {res['python']}), {res['date']}."]
+    return "\n".join(lines)
+
+
 def render(path: Path) -> str:
     """The table for the measured file `path`, by what it holds."""
     res = json.loads(path.read_text())
+    if res.get("format") == "webdino-seg/disk-space":
+        return disk_space_table(res)
     if res.get("format") == "webdino-seg/big-photo":
         return big_photo_table(res)
     if res.get("format") == "webdino-seg/cpu-predict":
