@@ -18,6 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 TABLE = re.compile(r"(<!-- measured-table: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end measured-table -->)", re.S)
 
 
+def _table(head: list[str], rows: list[list[str]], note: str) -> str:
+    """A markdown table of `rows` under `head`, then a blank line and `note` (what was measured, where, when)."""
+    return "\n".join([_row(head), "|" + "---|" * len(head), *map(_row, rows), "", note])
+
+
+def _row(cells: list[str]) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def sweep_table(res: dict) -> str:
     """`benchmarks/sweep.py`'s figures: each separate run, the sweep, the ratios, and the sweep's leaderboard."""
     lines = ["| run | wall s | its extraction s | the rest s | epochs equal the sweep's |", "|---|---|---|---|---|"]
@@ -79,7 +89,7 @@ def video_pace_table(res: dict) -> str:
     frame, at each foreground share the model was set to."""
     shares = list(res["runs"])
     head = ["pipeline"] + [f"{c}, {float(s):.0%} person" for s in shares for c in ("FPS", "x bare", "CPU ms a frame")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for i, first in enumerate(res["runs"][shares[0]]):
         cells = [first["pipeline"]]
         for share in shares:
@@ -87,34 +97,32 @@ def video_pace_table(res: dict) -> str:
             ratio = "" if row["x_bare"] is None else f"{row['x_bare']:.2f}"
             cpu = f"{row['cpu_ms']:.1f}" if "cpu_ms" in row else ""
             cells += [f"{row['fps']:.1f}", ratio, cpu]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     env = ", ".join(f"{k}={v}" for k, v in res["environment"].items() if v) or "no OpenMP variables set"
     codec = f"{res['codec_threads']} codec thread" + ("" if res["codec_threads"] == 1 else "s")
-    lines += [
-        "",
+    note = (
         f"{res['clip']}, {res['frames']} frames; {res['model']}; {res['torch_threads']} torch threads, {codec}, "
-        f"{env}; {res['machine']}; one run each, {res['date']}.",
-    ]
-    return "\n".join(lines)
+        f"{env}; {res['machine']}; one run each, {res['date']}."
+    )
+    return _table(head, rows, note)
 
 
 def oracle_table(res: dict) -> str:
     """`benchmarks/upsampling_oracle.py --final`'s figures: each upsampling of the true token grid, scored over all
     pixels and over the boundary band."""
-    lines = ["| upsampling of the true token grid | valid mIoU | boundary-band mIoU |", "|---|---|---|"]
+    rows = []
     for row in res["rows"]:
         bold = "**" if row["name"] == "guided" else ""
-        lines.append(f"| {row['label']} | {bold}{row['miou']:.4f}{bold} | {bold}{row['band_miou']:.4f}{bold} |")
+        rows.append([row["label"], f"{bold}{row['miou']:.4f}{bold}", f"{bold}{row['band_miou']:.4f}{bold}"])
     h, w = res["imgsz"]
-    lines += [
-        "",
+    note = (
         f"{res['images']} images of the {res['split']}, at full resolution; input {h}x{w}, token grid "
         f"{res['grid'][0]}x{res['grid'][1]}; band: within {res['band_px']} px of a boundary; trained on "
         f"{res['train_images']} training images ({res['design_images']} more held out to choose the design), "
         f"{res['epochs']} epochs, seed {res['seed']}, {res['train_s']:.0f} s of training; {res['machine']}; "
-        f"{res['date']}.",
-    ]
-    return "\n".join(lines)
+        f"{res['date']}."
+    )
+    return _table(["upsampling of the true token grid", "valid mIoU", "boundary-band mIoU"], rows, note)
 
 
 def cpu_precision_table(res: dict) -> str:
@@ -123,8 +131,7 @@ def cpu_precision_table(res: dict) -> str:
     threads = len({r["threads"] for r in res["rows"]}) > 1
     head = ["threads"] * threads + ["size", "batch", "engine", "precision", "images/s, median [min - max]"]
     head += ["speed-up", "lowest token cosine"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    fastest = {}
+    rows, fastest = [], {}
     for row in res["rows"]:
         group = (row["threads"], row["size"], row["batch"])
         fastest[group] = max(fastest.get(group, 0.0), row["median"])
@@ -134,68 +141,58 @@ def cpu_precision_table(res: dict) -> str:
         ratio = "unreliable" if row["speedup"] is None else f"{row['speedup']:.2f}x"
         cells = [str(row["threads"])] * threads + [str(row["size"]), str(row["batch"]), row["engine"], row["precision"]]
         cells += [f"{bold}{speed}{bold}", f"{bold}{ratio}{bold}", f"{row['min_cosine']:.4g}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     versions = ", ".join(f"{k} {v}" for k, v in res["versions"].items() if v)
-    lines += [
-        "",
+    note = (
         f"{res['arch']} backbone, random weights with LayerScale set to 1; {versions}; images/s, median [min - max] "
         f"of {res['repeats']} after a warm-up, speed-up against torch fp32 at the same size and batch; "
-        f"{res['machine']}; {res['date']}.",
-    ]
-    return "\n".join(lines)
+        f"{res['machine']}; {res['date']}."
+    )
+    return _table(head, rows, note)
 
 
 def cpu_predict_table(res: dict) -> str:
     """`benchmarks/cpu_predict.py`'s figures: `predict` end to end per precision and engine, the fastest in bold,
     speed-ups against float32."""
-    lines = [
-        "| precision | engine | seconds | images/s | pixels as float32 | valid mIoU |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     done = [r for r in res["rows"] if "failed" not in r]
     fastest = max(r["images_per_s"] for r in done)
     base = next(r["images_per_s"] for r in done if r["precision"] == "fp32")
     for row in res["rows"]:
         if "failed" in row:
-            lines.append(f"| {row['precision']} | {row['engine']} | failed: {row['failed']} | | | |")
+            rows.append([row["precision"], row["engine"], f"failed: {row['failed']}", "", "", ""])
             continue
         bold = "**" if row["images_per_s"] == fastest else ""
         ratio = "" if row["precision"] == "fp32" else f" ({row['images_per_s'] / base:.2f}x)"
         same = "100%" if row["same_as_fp32"] == 1 else f"{row['same_as_fp32']:.2%}"
-        lines.append(
-            f"| {row['precision']} | {row['engine']} | {bold}{row['seconds']:.1f}{bold} | "
-            f"{bold}{row['images_per_s']:.3f}{bold}{ratio} | {same} | {row['valid_miou']:.4f} |"
-        )
+        speed = [f"{bold}{row['seconds']:.1f}{bold}", f"{bold}{row['images_per_s']:.3f}{bold}{ratio}"]
+        rows.append([row["precision"], row["engine"], *speed, same, f"{row['valid_miou']:.4f}"])
     h, w = res["imgsz"]
-    lines += ["", f"{res['images']} valid images at {h}x{w}, batch 1; {res['machine']}; {res['date']}."]
-    return "\n".join(lines)
+    head = ["precision", "engine", "seconds", "images/s", "pixels as float32", "valid mIoU"]
+    return _table(head, rows, f"{res['images']} valid images at {h}x{w}, batch 1; {res['machine']}; {res['date']}.")
 
 
 def big_photo_table(res: dict) -> str:
     """`benchmarks/big_photo.py`'s figures: each photo segmented whole (shrunk) and with --tile, scored against its
     true mask over all pixels and over the boundary band, then how far the two masks differ."""
     h, w = res["model_input"]
-    lines = ["| photo | way | seconds | peak RSS | mIoU | boundary-band mIoU |", "|---|---|---|---|---|---|"]
-    differ = []
+    rows, differ = [], []
     for photo in res["photos"]:
         pw, ph = photo["size"]
         name = f"{pw}x{ph} ({pw * ph / 1e6:.0f} MP)"
         for way in photo["ways"]:
             how = f"whole, shrunk to {w}x{h}" if way["way"] == "whole" else f"`--tile` ({photo['windows']} windows)"
-            lines.append(
-                f"| {name} | {how} | {way['seconds']:.2f} | {way['peak_rss_mb']:.0f} MB | {way['miou']:.3f} | "
-                f"{way['band_miou']:.3f} |"
-            )
+            figures = [f"{way['seconds']:.2f}", f"{way['peak_rss_mb']:.0f} MB", f"{way['miou']:.3f}"]
+            rows.append([name, how, *figures, f"{way['band_miou']:.3f}"])
         differ.append(f"{photo['differ']:.1%} of the pixels ({photo['differ_band']:.1%} of the band) at {name}")
     m = res["model"]
-    lines += [
-        "",
+    note = (
         f"The two masks differ on {'; '.join(differ)}. The model: {m['arch']}, {m['weights']} weights, "
         f"{m['head']} head, {m['epochs']} epochs at {w}x{h} (seed {m['seed']}, {m['cache_views']} views), best "
         f"valid mIoU {m['valid_miou']:.3f} at epoch {m['best_epoch']}. Rows of photos {res['row_px']} px high; "
-        f"band: within {res['band_px']} px of a true person boundary; {res['machine']}; {res['date']}.",
-    ]
-    return "\n".join(lines)
+        f"band: within {res['band_px']} px of a true person boundary; {res['machine']}; {res['date']}."
+    )
+    return _table(["photo", "way", "seconds", "peak RSS", "mIoU", "boundary-band mIoU"], rows, note)
 
 
 def disk_space_table(res: dict) -> str:
@@ -208,28 +205,27 @@ def disk_space_table(res: dict) -> str:
         "webdino-seg": "+ webdino-seg and its dependencies (`make quickstart`)",
         "test extras": f"+ the test extras (`make test`; OpenVINO is {openvino:.2f} GB of them)",
     }
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for step, label in rows.items():
-        lines.append("| " + " | ".join([label] + [f"{b['bytes'][step] / 1e9:.1f} GB" for b in builds.values()]) + " |")
-    lines += ["", f"Each in a new `.venv` on {res['platform']} (Python {res['python']}), {res['date']}."]
-    return "\n".join(lines)
+    cells = [[label] + [f"{b['bytes'][step] / 1e9:.1f} GB" for b in builds.values()] for step, label in rows.items()]
+    return _table(head, cells, f"Each in a new `.venv` on {res['platform']} (Python {res['python']}), {res['date']}.")
+
+
+# the benchmark scripts' files (benchmarks/measured_json.py) by their format; older files are told by their keys
+RENDERERS = {
+    "webdino-seg/video-pace": video_pace_table,
+    "webdino-seg/upsampling-oracle": oracle_table,
+    "webdino-seg/cpu-precision": cpu_precision_table,
+    "webdino-seg/cpu-predict": cpu_predict_table,
+    "webdino-seg/big-photo": big_photo_table,
+    "webdino-seg/disk-space": disk_space_table,
+}
 
 
 def render(path: Path) -> str:
     """The table for the measured file `path`, by what it holds."""
     res = json.loads(path.read_text())
-    if res.get("format") == "webdino-seg/disk-space":
-        return disk_space_table(res)
-    if res.get("format") == "webdino-seg/big-photo":
-        return big_photo_table(res)
-    if res.get("format") == "webdino-seg/cpu-predict":
-        return cpu_predict_table(res)
-    if res.get("format") == "webdino-seg/cpu-precision":
-        return cpu_precision_table(res)
-    if res.get("format") == "webdino-seg/upsampling-oracle":
-        return oracle_table(res)
-    if res.get("format") == "webdino-seg/video-pace":
-        return video_pace_table(res)
+    table = RENDERERS.get(res.get("format", ""))
+    if table is not None:
+        return table(res)
     if "sweep_s" in res:
         return sweep_table(res)
     if "verdict" in res and "rows" in res:
