@@ -70,7 +70,7 @@ class BatchSource:
         share: CacheShare | None = None,
     ) -> None:
         self.train_ds, self.valid_ds = datasets
-        self.model, self.context, self.device = model, context, context.device
+        self.model, self.context = model, context
         self.batch, self.seed, self.workers = batch, seed, workers
         self.cached = cache and not model.fine_tune
         self.train_cache: FeatureCache | None = None
@@ -87,6 +87,11 @@ class BatchSource:
             distributed.sync_batchnorm(self.trainable)  # batch statistics of the whole batch, as one process
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.trainable, device_ids=ids)
+
+    @property
+    def device(self) -> torch.device:
+        """Where batches go: the run context's device."""
+        return self.context.device
 
     def _extract(
         self, views: int, cache_dir: Path | None, memory_gb: float | None, identity: dict, share: CacheShare | None

@@ -110,7 +110,8 @@ def stopped_by(err: BaseException) -> str:
 
 
 def how_to_continue(run: RunFolder, done: int, epochs: int, err: BaseException) -> str:
-    """Where a run stopped (`done` epochs completed) and the command that continues it."""
+    """Where a run stopped (`done`: the last epoch whose resume state is on disk) and the command that continues
+    it."""
     kept = f"after epoch {done} of {epochs} (saved in {run / LAST})" if done else "in epoch 1"
     fix = "" if isinstance(err, KeyboardInterrupt) else "once the cause is fixed, "
     return f"{stopped_by(err)} {kept}; {fix}continue with: {command('webdino-seg', 'train', '--resume', run.path)}"

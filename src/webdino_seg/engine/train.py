@@ -293,8 +293,9 @@ def _train(
             progress = _restore(state, model, optimizer, scheduler)
             log(f"resuming {run.path} after epoch {progress.epoch}")
         meta = _checkpoint_meta(cfg, get_variant(cfg.arch), base, splits, weights) | {"run_id": run.run_id}
+        quiet = distributed.rank() > 0  # no progress bar, and none of the files and lines rank 0 makes
         trainer = Trainer(
-            cfg, run, source, optimizer, scheduler, context, log, progress=progress, weights=weights, clock=clock
+            cfg, run, source, optimizer, scheduler, context, log, progress, weights=weights, quiet=quiet, clock=clock
         )
         trainer.events = Events([*_subscribers(trainer, identity, meta), *events.subscribers])
     with clock.stage("epochs"):
@@ -306,8 +307,7 @@ def _train(
 
 def _subscribers(trainer: Trainer, identity: dict, meta: dict) -> list[Callback]:
     """What the run does around its epochs, as the settings and this process's rank ask (see `callbacks.py`)."""
-    cfg, progress, first = trainer.cfg, trainer.progress, distributed.rank() == 0
-    trainer.quiet = not first
+    cfg, progress, first = trainer.cfg, trainer.progress, not trainer.quiet
     subscribers: list[Callback] = [Checkpoints(identity, meta)] if first else []
     if first and cfg.tensorboard:
         subscribers.append(TensorBoard(Board(trainer.run.path, cfg.class_names, cfg.class_colors, progress.epoch)))

@@ -157,11 +157,10 @@ class Trainer:
     writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # subscribers' files, beside the next epoch
 
     queued: list[tuple[str, int, dict]] = field(default_factory=list)  # said once the event being said is done
-    saved: int = -1  # the last epoch whose resume state is on disk (set by whoever writes it; -1: as `progress`)
+    saved: int = field(init=False)  # the last epoch whose resume state is on disk (its writer updates it)
 
     def __post_init__(self) -> None:
-        if self.saved < 0:
-            self.saved = self.progress.epoch  # a resumed run's last.pth holds the epochs it restored
+        self.saved = self.progress.epoch  # a resumed run's last.pth holds the epochs it restored
 
     def emit(self, name: str, epoch: int, **data: object) -> None:
         """Tell every subscriber (see `events.Events.emit`), then what they queued with `emit_after`."""
